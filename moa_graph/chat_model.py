@@ -1,0 +1,348 @@
+"""``ChatMixtureOfAgents``: the whole mixture as a drop-in LangChain chat model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Self
+
+from langchain_core.callbacks import (
+    BaseCallbackHandler,
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    BaseCallbackManager,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tracers.base import BaseTracer
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from moa_graph.graph import AGGREGATE, build_graph
+from moa_graph.models import ModelDefaults
+from moa_graph.plan import MixturePlan, build_plan
+from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.state import Proposal, merge_proposals
+
+
+class ChatMixtureOfAgents(BaseChatModel):
+    """Mixture-of-Agents (arXiv 2406.04692) as one chat model.
+
+    Proposers answer the conversation in parallel; every proposer of a later layer and the final
+    aggregator see all answers of the layer before (the paper's Aggregate-and-Synthesize prompt).
+    The result is the aggregator's ``AIMessage``; its ``usage_metadata`` sums every call of the
+    run, and ``response_metadata["proposals"]`` records each proposal (layer, proposer, model,
+    text, usage, latency). ``stream`` yields the aggregator's tokens as they come.
+
+    Standard parameters: ``temperature`` and ``max_tokens`` are the defaults of every model built
+    from a ``"provider:model"`` string (0.7 and 512, as in the reference implementation);
+    ``timeout`` and ``max_retries`` apply to those models too; ``stop`` and other call-time
+    keyword arguments go to the final aggregator. Model instances are used as configured unless
+    a ``ProposerSpec`` sets a value.
+
+    Example:
+        >>> from langchain_core.language_models import GenericFakeChatModel
+        >>> from langchain_core.messages import AIMessage
+        >>> def fake(text):
+        ...     return GenericFakeChatModel(messages=iter([AIMessage(text)] * 4))
+        >>> moa = ChatMixtureOfAgents(proposers=[fake("4"), fake("four")],
+        ...                           aggregator=fake("2 + 2 = 4"), layers=2)
+        >>> moa.invoke("What is 2 + 2?").content
+        '2 + 2 = 4'
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    proposers: list[Any] = Field(min_length=1)
+    """Proposer models: a flat list reused in every proposer layer, or one list per layer."""
+    aggregator: Any
+    """The model that writes the final answer."""
+    layers: int | None = None
+    """Layers as in the paper, aggregator included (3 = MoA, 2 = MoA-Lite)."""
+    prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT
+    """The Aggregate-and-Synthesize prompt."""
+    min_proposals: int = 1
+    """Proposers of each layer that must answer for the run to go on."""
+    temperature: float | None = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=512, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
+    stop: list[str] | None = None
+    max_retries: int | None = Field(default=None, ge=0)
+
+    _plan: MixturePlan = PrivateAttr()
+    _graph: CompiledStateGraph[Any, Any, Any, Any] = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _build_mixture(self) -> Self:
+        defaults = ModelDefaults(
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+        self._plan = build_plan(
+            self.proposers,
+            aggregator=self.aggregator,
+            layers=self.layers,
+            prompt=self.prompt,
+            min_proposals=self.min_proposals,
+            proposer_defaults=defaults,
+        )
+        self._graph = build_graph(self._plan).compile(name="mixture_of_agents")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """``"moa:<aggregator model>"``, reported as ``response_metadata["model_name"]``."""
+        return f"moa:{self._plan.aggregator.model_name}"
+
+    @property
+    def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The compiled graph this chat model runs (for inspection and drawing)."""
+        return self._graph
+
+    @property
+    def _llm_type(self) -> str:
+        return "mixture-of-agents"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "layers": self._plan.layers,
+            "proposers": [[slot.name for slot in layer] for layer in self._plan.proposer_layers],
+            "aggregator": self._plan.aggregator.name,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "min_proposals": self.min_proposals,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="moa_graph", ls_model_name=self.model_name, ls_model_type="chat"
+        )
+        if self.temperature is not None:
+            params["ls_temperature"] = self.temperature
+        if self.max_tokens is not None:
+            params["ls_max_tokens"] = self.max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        config = self._inner_config(run_manager, CallbackManager)
+        state = self._graph.invoke(
+            {"messages": messages}, config, context=self._context(stop, kwargs)
+        )
+        return self._result(state)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        config = self._inner_config(run_manager, AsyncCallbackManager)
+        state = await self._graph.ainvoke(
+            {"messages": messages}, config, context=self._context(stop, kwargs)
+        )
+        return self._result(state)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        collector = _StreamCollector(self)
+        for mode, payload in self._graph.stream(
+            {"messages": messages},
+            self._inner_config(run_manager, CallbackManager),
+            context=self._context(stop, kwargs),
+            stream_mode=["messages", "updates"],
+        ):
+            chunk = collector.accept(mode, payload)
+            if chunk is not None:
+                yield chunk
+        yield from collector.finish()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        collector = _StreamCollector(self)
+        async for mode, payload in self._graph.astream(
+            {"messages": messages},
+            self._inner_config(run_manager, AsyncCallbackManager),
+            context=self._context(stop, kwargs),
+            stream_mode=["messages", "updates"],
+        ):
+            chunk = collector.accept(mode, payload)
+            if chunk is not None:
+                yield chunk
+        for chunk in collector.finish():
+            yield chunk
+
+    def _context(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        aggregator_kwargs = dict(kwargs)
+        if stop or self.stop:
+            aggregator_kwargs["stop"] = stop or self.stop
+        return {"aggregator_kwargs": aggregator_kwargs}
+
+    def _inner_config(
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        manager_class: type[BaseCallbackManager],
+    ) -> RunnableConfig:
+        """Config for the inner graph, isolated from the caller's.
+
+        Only tracers (LangSmith, run collectors) follow the inner calls, nested under this chat
+        model's run; the caller's other handlers see one chat model call. Every key is set
+        explicitly so nothing of a surrounding chain or graph (tags, ``configurable`` with a
+        parent's checkpoint keys) leaks into the inner graph.
+        """
+        if run_manager is None:
+            callbacks = manager_class(handlers=[])
+        else:
+            tracers: list[BaseCallbackHandler] = [
+                h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)
+            ]
+            callbacks = manager_class(
+                handlers=tracers,
+                inheritable_handlers=tracers,
+                parent_run_id=run_manager.run_id,
+                inheritable_tags=run_manager.inheritable_tags,
+                inheritable_metadata=run_manager.inheritable_metadata,
+            )
+        return RunnableConfig(
+            callbacks=callbacks,
+            tags=[],
+            metadata={},
+            configurable={},
+            run_name="mixture_of_agents",
+            recursion_limit=2 * self._plan.layers + 10,
+            max_concurrency=self._plan.max_width,
+        )
+
+    def _result(self, state: dict[str, Any]) -> ChatResult:
+        final = state["messages"][-1]
+        message = final.model_copy(
+            update={
+                "usage_metadata": total_usage(state["proposals"], final),
+                "response_metadata": self._response_metadata(final, state["proposals"]),
+            }
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _response_metadata(
+        self, final: BaseMessage, proposals: Sequence[Proposal]
+    ) -> dict[str, Any]:
+        return {
+            **final.response_metadata,
+            "model_name": self.model_name,
+            "aggregator_model": self._plan.aggregator.model_name,
+            "proposals": list(proposals),
+        }
+
+
+class _StreamCollector:
+    """Turns the inner graph's stream into the chat model's chunks.
+
+    Aggregator tokens pass through as they come (without their own usage and metadata); the last
+    chunk carries the run's total usage and the proposals.
+    """
+
+    def __init__(self, model: ChatMixtureOfAgents) -> None:
+        self.model = model
+        self.proposals: list[Proposal] = []
+        self.final: BaseMessage | None = None
+        self.streamed = False
+
+    def accept(self, mode: str, payload: Any) -> ChatGenerationChunk | None:
+        if mode == "updates":
+            for node, update in payload.items():
+                if not update:
+                    continue
+                if "proposals" in update and node != "prepare":
+                    self.proposals = merge_proposals(self.proposals, update["proposals"])
+                if node == AGGREGATE:
+                    self.final = update["messages"][-1]
+            return None
+        message, metadata = payload
+        if metadata.get("langgraph_node") != AGGREGATE or not isinstance(message, AIMessage):
+            return None
+        self.streamed = True
+        return ChatGenerationChunk(message=_plain_chunk(message))
+
+    def finish(self) -> Iterator[ChatGenerationChunk]:
+        if self.final is None:
+            raise RuntimeError("the mixture ended without an aggregator answer")
+        if not self.streamed:
+            yield ChatGenerationChunk(message=_plain_chunk(self.final))
+        last = AIMessageChunk(
+            content="",
+            usage_metadata=total_usage(self.proposals, self.final),
+            response_metadata=self.model._response_metadata(self.final, self.proposals),
+            chunk_position="last",
+        )
+        yield ChatGenerationChunk(message=last)
+
+
+def _plain_chunk(message: BaseMessage) -> AIMessageChunk:
+    """The aggregator's token as a chunk of ours: content and tool calls, no usage/metadata."""
+    tool_call_chunks = getattr(message, "tool_call_chunks", None)
+    if tool_call_chunks is None and isinstance(message, AIMessage):
+        tool_call_chunks = [
+            {
+                "name": c["name"],
+                "args": _json(c["args"]),
+                "id": c["id"],
+                "index": i,
+                "type": "tool_call_chunk",
+            }
+            for i, c in enumerate(message.tool_calls)
+        ]
+    return AIMessageChunk(
+        content=message.content,
+        id=message.id,
+        additional_kwargs=message.additional_kwargs,
+        tool_call_chunks=tool_call_chunks or [],
+    )
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def total_usage(proposals: Sequence[Proposal], final: BaseMessage) -> UsageMetadata:
+    """Sum the token usage of every proposal and of the aggregator's answer.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+        >>> total_usage([{"usage": usage}], AIMessage("x", usage_metadata=usage))["total_tokens"]
+        10
+    """
+    total = UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0)
+    for usage in [p["usage"] for p in proposals] + [getattr(final, "usage_metadata", None)]:
+        if usage:
+            total = add_usage(total, UsageMetadata(**usage))  # type: ignore[typeddict-item]
+    return total

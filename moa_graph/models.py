@@ -1,0 +1,232 @@
+"""Model specs: turn ``"provider:model"`` strings, chat models and ``ProposerSpec`` into models.
+
+A model is given as a ``BaseChatModel`` instance, a ``"provider:model"`` string (any provider that
+``init_chat_model`` knows, plus ``local:<name>`` for the embedded models), or a
+``ProposerSpec`` that adds per-model settings. Sampling defaults (temperature, max_tokens, ...)
+apply to models built from strings; an instance is used as configured unless its spec sets a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
+LOCAL_PROVIDER = "local"
+
+
+class ProposerSpec(BaseModel):
+    """A model plus the settings of one proposer (or of the aggregator).
+
+    Args:
+        model: a chat model instance or a ``"provider:model"`` string.
+        name: display name in proposals, progress events and traces (default: the model name).
+        temperature: sampling temperature for this model.
+        max_tokens: answer length limit for this model.
+        system_prompt: a system prompt this proposer sees before the conversation.
+        samples: how many times this model is sampled in a layer (Self-MoA uses n > 1).
+        base_url: endpoint of an OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...).
+        api_key: key for that endpoint; held as a secret, never printed.
+        model_kwargs: any further keyword arguments for the model's constructor.
+
+    Example:
+        >>> spec = ProposerSpec(model="openai:llama3.1", base_url="http://localhost:11434/v1",
+        ...                     api_key="ollama", temperature=0.2, samples=3)
+        >>> spec.samples, spec.api_key
+        (3, SecretStr('**********'))
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+
+    model: BaseChatModel | str
+    name: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    system_prompt: str | None = None
+    samples: int = Field(default=1, ge=1, le=64)
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model_string_not_blank(cls, value: BaseChatModel | str) -> BaseChatModel | str:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("model must not be an empty string")
+        return value
+
+    @field_validator("name", "system_prompt")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty or only white space")
+        return value
+
+
+ModelLike: TypeAlias = BaseChatModel | str | ProposerSpec | Mapping[str, Any]
+"""Anything accepted where a model is expected."""
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Settings applied to models built from strings (and bound when a spec sets them)."""
+
+    temperature: float | None = 0.7
+    max_tokens: int | None = 512
+    timeout: float | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A ready chat model with its display name, model label and optional system prompt."""
+
+    name: str
+    model_name: str
+    model: ChatRunnable
+    system_prompt: str | None
+    samples: int
+
+
+def to_spec(value: ModelLike, *, field: str) -> ProposerSpec:
+    """Normalise any accepted model form to a ``ProposerSpec``; errors name ``field``.
+
+    Example:
+        >>> to_spec("openai:gpt-4o", field="aggregator").model
+        'openai:gpt-4o'
+    """
+    if isinstance(value, ProposerSpec):
+        return value
+    if isinstance(value, BaseChatModel | str):
+        return _validated(field, model=value)
+    if isinstance(value, Mapping):
+        return _validated(field, **value)
+    raise ValueError(
+        f"{field}: expected a chat model, a 'provider:model' string or a ProposerSpec, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _validated(field: str, **kwargs: Any) -> ProposerSpec:
+    try:
+        return ProposerSpec(**kwargs)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def resolve_model(value: ModelLike, *, field: str, defaults: ModelDefaults) -> ResolvedModel:
+    """Build the chat model a spec describes, with ``defaults`` where the spec is silent.
+
+    Raises:
+        ValueError: naming ``field`` when the provider is unknown, its package is missing, or
+            the model cannot be created (for example a missing API key).
+    """
+    spec = to_spec(value, field=field)
+    model_name = model_label(spec.model)
+    if isinstance(spec.model, BaseChatModel):
+        model = _bind_explicit_settings(spec)
+    else:
+        model = _build_from_string(spec, field=field, defaults=defaults)
+    return ResolvedModel(
+        name=spec.name or model_name,
+        model_name=model_name,
+        model=model,
+        system_prompt=spec.system_prompt,
+        samples=spec.samples,
+    )
+
+
+def _bind_explicit_settings(spec: ProposerSpec) -> ChatRunnable:
+    assert isinstance(spec.model, BaseChatModel)
+    settings = {
+        key: value
+        for key, value in {"temperature": spec.temperature, "max_tokens": spec.max_tokens}.items()
+        if value is not None
+    }
+    return spec.model.bind(**settings) if settings else spec.model
+
+
+def _build_from_string(spec: ProposerSpec, *, field: str, defaults: ModelDefaults) -> BaseChatModel:
+    assert isinstance(spec.model, str)
+    provider, model = split_provider(spec.model, field=field)
+    settings: dict[str, Any] = {
+        "temperature": _first(spec.temperature, defaults.temperature),
+        "max_tokens": _first(spec.max_tokens, defaults.max_tokens),
+        "timeout": defaults.timeout,
+        "max_retries": defaults.max_retries,
+        "base_url": spec.base_url,
+        "api_key": spec.api_key,
+    }
+    kwargs = {key: value for key, value in settings.items() if value is not None}
+    kwargs.update(spec.model_kwargs)
+    try:
+        if provider == LOCAL_PROVIDER:
+            from moa_graph.local import create_local_chat_model
+
+            for remote_only in ("timeout", "max_retries", "base_url", "api_key"):
+                kwargs.pop(remote_only, None)
+            return create_local_chat_model(model, **kwargs)
+        from langchain.chat_models import init_chat_model
+
+        return init_chat_model(model, model_provider=provider, **kwargs)
+    except Exception as exc:
+        raise ValueError(f"{field}: cannot create chat model {spec.model!r}: {exc}") from exc
+
+
+def split_provider(spec: str, *, field: str) -> tuple[str | None, str]:
+    """Split ``"provider:model"``; an unknown provider prefix is a ``ValueError`` naming ``field``.
+
+    A string without a provider prefix is returned as ``(None, spec)`` so that
+    ``init_chat_model`` may infer the provider (``"gpt-4o"`` -> OpenAI).
+
+    Example:
+        >>> split_provider("together:Qwen/Qwen2.5-72B-Instruct-Turbo", field="proposers[0]")
+        ('together', 'Qwen/Qwen2.5-72B-Instruct-Turbo')
+    """
+    prefix, sep, rest = spec.partition(":")
+    if not sep:
+        return None, spec
+    known = known_providers()
+    if prefix in known:
+        if not rest.strip():
+            raise ValueError(f"{field}: {spec!r} names no model after '{prefix}:'")
+        return prefix, rest
+    raise ValueError(
+        f"{field}: unknown provider {prefix!r} in {spec!r}; known providers: "
+        + ", ".join(sorted(known))
+    )
+
+
+def known_providers() -> set[str]:
+    """Providers accepted in ``"provider:model"`` strings."""
+    try:
+        from langchain.chat_models.base import _BUILTIN_PROVIDERS
+    except ImportError:  # pragma: no cover - older or newer langchain layouts
+        return {"openai", "together", LOCAL_PROVIDER}
+    return {*_BUILTIN_PROVIDERS, LOCAL_PROVIDER}
+
+
+def model_label(model: BaseChatModel | str) -> str:
+    """A short human-readable model name: the id after the provider prefix, or the instance's.
+
+    Example:
+        >>> model_label("together:Qwen/Qwen2.5-72B-Instruct-Turbo")
+        'Qwen/Qwen2.5-72B-Instruct-Turbo'
+    """
+    if isinstance(model, str):
+        return model.partition(":")[2] or model
+    for attribute in ("model_name", "model", "model_id", "repo_id"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
+def _first(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)

@@ -1,0 +1,214 @@
+"""Named recipes: the paper's configurations, Together's quickstart, Self-MoA and local ones.
+
+Each function returns a ``Recipe``; ``recipe.chat_model()`` builds a ``ChatMixtureOfAgents`` and
+``recipe.graph()`` an uncompiled graph. Remote recipes need ``TOGETHER_API_KEY`` (and
+``OPENAI_API_KEY`` for the GPT-4o aggregator) when the models are built, not before.
+
+Example:
+    >>> recipe = moa_lite()
+    >>> recipe.layers, len(recipe.proposers), recipe.aggregator
+    (2, 6, 'together:Qwen/Qwen1.5-72B-Chat')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from langgraph.graph import StateGraph
+
+from moa_graph.models import ModelLike, ProposerSpec
+
+if TYPE_CHECKING:
+    from moa_graph.chat_model import ChatMixtureOfAgents
+
+PAPER_PROPOSERS: tuple[str, ...] = (
+    "together:Qwen/Qwen1.5-110B-Chat",
+    "together:Qwen/Qwen1.5-72B-Chat",
+    "together:microsoft/WizardLM-2-8x22B",
+    "together:meta-llama/Llama-3-70b-chat-hf",
+    "together:mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "together:databricks/dbrx-instruct",
+)
+"""The six open-source proposers of the paper (section 3.1), as Together model ids."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named mixture configuration; keyword overrides are checked like the constructor's."""
+
+    name: str
+    description: str
+    proposers: Sequence[ModelLike] | Sequence[Sequence[ModelLike]]
+    aggregator: ModelLike
+    layers: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def chat_model(self, **overrides: Any) -> ChatMixtureOfAgents:
+        """Build the recipe as a ``ChatMixtureOfAgents`` (``overrides`` replace its settings)."""
+        from moa_graph.chat_model import ChatMixtureOfAgents
+
+        return ChatMixtureOfAgents(**self._arguments(overrides))
+
+    def graph(self, **overrides: Any) -> StateGraph[Any, Any, Any, Any]:
+        """Build the recipe as an uncompiled ``StateGraph`` (see ``create_moa_graph``)."""
+        from moa_graph.graph import create_moa_graph
+
+        arguments = self._arguments(overrides)
+        return create_moa_graph(arguments.pop("proposers"), **arguments)
+
+    def with_options(self, **options: Any) -> Recipe:
+        """A copy with more settings, e.g. ``recipe.with_options(min_proposals=2)``."""
+        return replace(self, options={**self.options, **options})
+
+    def _arguments(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "proposers": list(self.proposers),
+            "aggregator": self.aggregator,
+            "layers": self.layers,
+            **self.options,
+        }
+        arguments.update(overrides)
+        return arguments
+
+
+def moa() -> Recipe:
+    """The paper's MoA: six proposers in two layers, Qwen1.5-110B-Chat aggregating (3 layers).
+
+    Reproduces the "MoA" rows of the paper's Table 2 (AlpacaEval 2.0 LC win rate 65.1%,
+    MT-Bench 9.25). Sampling as in the authors' evaluation scripts: temperature 0.7, 2048 tokens.
+    """
+    return Recipe(
+        name="moa",
+        description="Paper MoA: 6 open-source proposers x 2 layers, Qwen1.5-110B-Chat aggregator",
+        proposers=PAPER_PROPOSERS,
+        aggregator="together:Qwen/Qwen1.5-110B-Chat",
+        layers=3,
+        options={"temperature": 0.7, "max_tokens": 2048},
+    )
+
+
+def moa_lite() -> Recipe:
+    """MoA-Lite: the same six proposers in one layer, Qwen1.5-72B-Chat aggregating (2 layers).
+
+    Reproduces the "MoA-Lite" rows of the paper's Table 2 (AlpacaEval 2.0 LC win rate 59.3%).
+    """
+    return Recipe(
+        name="moa-lite",
+        description="Paper MoA-Lite: 6 open-source proposers x 1 layer, Qwen1.5-72B aggregator",
+        proposers=PAPER_PROPOSERS,
+        aggregator="together:Qwen/Qwen1.5-72B-Chat",
+        layers=2,
+        options={"temperature": 0.7, "max_tokens": 2048},
+    )
+
+
+def moa_gpt4o() -> Recipe:
+    """MoA w/ GPT-4o: the paper's two open-source proposer layers, GPT-4o aggregating.
+
+    Reproduces the "MoA w/ GPT-4o" rows of the paper's Table 2 (AlpacaEval 2.0 LC win rate
+    65.7%, MT-Bench 9.40). Needs ``TOGETHER_API_KEY`` and ``OPENAI_API_KEY``.
+    """
+    return Recipe(
+        name="moa-gpt4o",
+        description="Paper MoA with GPT-4o as the final aggregator",
+        proposers=PAPER_PROPOSERS,
+        aggregator="openai:gpt-4o",
+        layers=3,
+        options={"temperature": 0.7, "max_tokens": 2048},
+    )
+
+
+def together_quickstart() -> Recipe:
+    """Together's 2025 quickstart (``moa.py`` of togethercomputer/MoA): 4 proposers, 2 layers.
+
+    Proposers at temperature 0.7 and 512 tokens, Qwen2.5-72B-Instruct-Turbo aggregating.
+    """
+    return Recipe(
+        name="together",
+        description="Together quickstart: 4 current open models, Qwen2.5-72B aggregator",
+        proposers=(
+            "together:meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-Coder-32B-Instruct",
+            "together:microsoft/WizardLM-2-8x22B",
+        ),
+        aggregator="together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+        layers=2,
+        options={"temperature": 0.7, "max_tokens": 512},
+    )
+
+
+def self_moa(model: ModelLike, n: int = 6, *, layers: int = 2) -> Recipe:
+    """Self-MoA: one model sampled ``n`` times, then aggregated by the same model.
+
+    Self-MoA (Li et al., 2025, "Rethinking Mixture-of-Agents", arXiv 2502.00674) reports that
+    sampling the single best model often beats mixing different models.
+
+    Example:
+        >>> self_moa("together:Qwen/Qwen2.5-72B-Instruct-Turbo", n=4).proposers[0].samples
+        4
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: the number of samples must be an integer >= 1 (got {n!r})")
+    spec = model if isinstance(model, ProposerSpec) else ProposerSpec(model=model)  # type: ignore[arg-type]
+    return Recipe(
+        name="self-moa",
+        description=f"Self-MoA: {n} samples of one model, aggregated by it",
+        proposers=(spec.model_copy(update={"samples": n}),),
+        aggregator=spec.model,
+        layers=layers,
+    )
+
+
+def local() -> Recipe:
+    """Embedded models, no key: three small proposers, Qwen2.5-Coder-1.5B aggregating (2 layers)."""
+    return Recipe(
+        name="local",
+        description="Local: SmolLM2-135M, Qwen2.5-Coder-0.5B, Qwen2.5-Coder-1.5B -> Qwen 1.5B",
+        proposers=(
+            "local:qwen2.5-coder-1.5b",
+            "local:qwen2.5-coder-0.5b",
+            "local:smollm2-135m",
+        ),
+        aggregator="local:qwen2.5-coder-1.5b",
+        layers=2,
+        options={"temperature": 0.7, "max_tokens": 256},
+    )
+
+
+def local_tiny() -> Recipe:
+    """The smallest local mixture, for smoke runs: two SmolLM2 samples, SmolLM2 aggregating."""
+    return Recipe(
+        name="local-tiny",
+        description="Local tiny: 2 samples of SmolLM2-135M aggregated by SmolLM2-135M",
+        proposers=(ProposerSpec(model="local:smollm2-135m", samples=2),),
+        aggregator="local:smollm2-135m",
+        layers=2,
+        options={"temperature": 0.7, "max_tokens": 96},
+    )
+
+
+PRESETS: dict[str, Callable[[], Recipe]] = {
+    "moa": moa,
+    "moa-lite": moa_lite,
+    "moa-gpt4o": moa_gpt4o,
+    "together": together_quickstart,
+    "local": local,
+    "local-tiny": local_tiny,
+}
+"""Recipes by name, as the command line's ``--preset`` knows them."""
+
+
+def get_preset(name: str) -> Recipe:
+    """The recipe called ``name``; an unknown name is a ``ValueError`` listing the known ones.
+
+    Example:
+        >>> get_preset("moa").layers
+        3
+    """
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"preset: unknown {name!r}; known: {', '.join(PRESETS)}") from None
