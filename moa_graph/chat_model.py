@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Self
 
 from langchain_core.callbacks import (
-    BaseCallbackHandler,
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     BaseCallbackManager,
     CallbackManager,
     CallbackManagerForLLMRun,
@@ -99,6 +99,11 @@ class ChatMixtureOfAgents(BaseChatModel):
     def model_name(self) -> str:
         """``"moa:<aggregator model>"``, reported as ``response_metadata["model_name"]``."""
         return f"moa:{self._plan.aggregator.model_name}"
+
+    @property
+    def plan(self) -> MixturePlan:
+        """The validated plan: proposer layers (names, models) and the aggregator."""
+        return self._plan
 
     @property
     def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
@@ -287,8 +292,11 @@ class _StreamCollector:
         message, metadata = payload
         if metadata.get("langgraph_node") != AGGREGATE or not isinstance(message, AIMessage):
             return None
+        chunk = _plain_chunk(message)
+        if not chunk.content and not chunk.tool_call_chunks:
+            return None  # the aggregator's usage-only or end marker chunks: ours come last
         self.streamed = True
-        return ChatGenerationChunk(message=_plain_chunk(message))
+        return ChatGenerationChunk(message=chunk)
 
     def finish(self) -> Iterator[ChatGenerationChunk]:
         if self.final is None:

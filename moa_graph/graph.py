@@ -122,9 +122,13 @@ def build_graph(plan: MixturePlan) -> StateGraph[MoAState, MoAContext, MoAInput,
         MoAState, input_schema=MoAInput, output_schema=MoAOutput, context_schema=MoAContext
     )
     graph.add_node(PREPARE, RunnableCallable(nodes.prepare, name=PREPARE, trace=False))
-    graph.add_node(PROPOSE, RunnableCallable(nodes.propose, nodes.apropose, name=PROPOSE))
+    graph.add_node(
+        PROPOSE, RunnableCallable(nodes.propose, nodes.apropose, name=PROPOSE, trace=False)
+    )
     graph.add_node(COLLECT, RunnableCallable(nodes.collect, name=COLLECT, trace=False), defer=True)
-    graph.add_node(AGGREGATE, RunnableCallable(nodes.aggregate, nodes.aaggregate, name=AGGREGATE))
+    graph.add_node(
+        AGGREGATE, RunnableCallable(nodes.aggregate, nodes.aaggregate, name=AGGREGATE, trace=False)
+    )
     graph.add_edge(START, PREPARE)
     graph.add_conditional_edges(PREPARE, nodes.send_first_layer, [PROPOSE])
     graph.add_edge(PROPOSE, COLLECT)

@@ -174,9 +174,14 @@ def _build_from_string(spec: ProposerSpec, *, field: str, defaults: ModelDefault
             return create_local_chat_model(model, **kwargs)
         from langchain.chat_models import init_chat_model
 
-        return init_chat_model(model, model_provider=provider, **kwargs)
+        chat_model = init_chat_model(model, model_provider=provider, **kwargs)
     except Exception as exc:
         raise ValueError(f"{field}: cannot create chat model {spec.model!r}: {exc}") from exc
+    if getattr(chat_model, "stream_usage", True) is None:
+        # OpenAI-compatible clients (Together, vLLM, ...) then report usage when streaming too,
+        # so a streamed mixture can sum the tokens of every call.
+        chat_model.stream_usage = True  # type: ignore[attr-defined]
+    return chat_model
 
 
 def split_provider(spec: str, *, field: str) -> tuple[str | None, str]:

@@ -42,7 +42,7 @@ class Recipe:
     description: str
     proposers: Sequence[ModelLike] | Sequence[Sequence[ModelLike]]
     aggregator: ModelLike
-    layers: int
+    layers: int | None
     options: dict[str, Any] = field(default_factory=dict)
 
     def chat_model(self, **overrides: Any) -> ChatMixtureOfAgents:

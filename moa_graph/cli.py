@@ -1,0 +1,182 @@
+"""The ``moa-graph`` command: ``ask`` one question, or ``chat`` in the terminal.
+
+Examples::
+
+    moa-graph ask "What are 3 fun things to do in SF?"          # local models, no key
+    moa-graph ask --preset together --show-proposals "..."        # needs TOGETHER_API_KEY
+    moa-graph ask --proposer openai:gpt-4o-mini --proposer openai:gpt-4.1-mini \
+        --aggregator openai:gpt-4o --layers 2 --json "..."
+    moa-graph chat --preset local-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from moa_graph.chat_model import ChatMixtureOfAgents
+from moa_graph.console import ProgressPrinter, RunOutcome, follow_run
+from moa_graph.presets import PRESETS, Recipe, get_preset
+from moa_graph.recipes_io import load_recipe
+
+EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit code 2."""
+
+
+def default_preset_name(environ: dict[str, str] | None = None) -> str:
+    """``together`` when ``TOGETHER_API_KEY`` is set, else the embedded ``local`` preset.
+
+    Example:
+        >>> default_preset_name({}), default_preset_name({"TOGETHER_API_KEY": "k"})
+        ('local', 'together')
+    """
+    environ = dict(os.environ) if environ is None else environ
+    return "together" if environ.get("TOGETHER_API_KEY") else "local"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moa-graph", description="Mixture-of-Agents on LangGraph (arXiv 2406.04692)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="answer one question")
+    ask.add_argument("question", help="the question to answer")
+    ask.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+    chat = commands.add_parser("chat", help="a multi-turn conversation in the terminal")
+    for command in (ask, chat):
+        _add_mixture_options(command)
+    return parser
+
+
+def _add_mixture_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="named recipe (default: local without a key)"
+    )
+    parser.add_argument("--config", metavar="FILE", help="a TOML recipe file")
+    parser.add_argument(
+        "--proposer", action="append", metavar="MODEL", help="proposer model spec (repeatable)"
+    )
+    parser.add_argument("--aggregator", metavar="MODEL", help="aggregator model spec")
+    parser.add_argument("--layers", type=int, help="layers, aggregator included (3 = paper MoA)")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--timeout", type=float, help="seconds per remote call")
+    parser.add_argument("--min-proposals", type=int)
+    parser.add_argument(
+        "--show-proposals", action="store_true", help="print every proposal before the answer"
+    )
+
+
+def build_mixture(args: argparse.Namespace) -> ChatMixtureOfAgents:
+    """The chat model the options describe; any configuration problem is a ``UsageError``."""
+    try:
+        recipe = _base_recipe(args)
+        overrides: dict[str, Any] = {}
+        if args.proposer:
+            overrides["proposers"] = list(args.proposer)
+        for option in ("aggregator", "layers", "temperature", "max_tokens", "timeout",
+                       "min_proposals"):  # fmt: skip
+            value = getattr(args, option)
+            if value is not None:
+                overrides[option] = value
+        return recipe.chat_model(**overrides)
+    except ValueError as exc:
+        raise UsageError(_first_line(exc)) from None
+
+
+def _base_recipe(args: argparse.Namespace) -> Recipe:
+    if args.config and args.preset:
+        raise ValueError("give either --config or --preset, not both")
+    if args.config:
+        return load_recipe(args.config)
+    return get_preset(args.preset or default_preset_name())
+
+
+def run_once(
+    moa: ChatMixtureOfAgents, messages: list[BaseMessage], printer: ProgressPrinter
+) -> RunOutcome:
+    """Run the mixture on a conversation, printing progress and the answer as they come."""
+    stream = moa.graph.stream(
+        {"messages": messages},
+        {"max_concurrency": moa.plan.max_width, "recursion_limit": 2 * moa.plan.layers + 10},
+        stream_mode=["custom", "messages", "updates"],
+    )
+    return follow_run(stream, printer)
+
+
+def command_ask(args: argparse.Namespace) -> int:
+    moa = build_mixture(args)
+    printer = ProgressPrinter(stream_answer=not args.json, show_proposals=args.show_proposals)
+    _announce(moa)
+    outcome = run_once(moa, [HumanMessage(args.question)], printer)
+    if args.json:
+        print(outcome.as_json(question=args.question, model_name=moa.model_name))
+    return 0
+
+
+def command_chat(args: argparse.Namespace) -> int:
+    moa = build_mixture(args)
+    printer = ProgressPrinter(show_proposals=args.show_proposals)
+    _announce(moa)
+    print("Type a message; /reset starts over, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    history: list[BaseMessage] = []
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print("", file=sys.stderr)
+            return 0
+        text = line.strip()
+        if text in {"/exit", "/quit"}:
+            return 0
+        if text == "/reset":
+            history.clear()
+            continue
+        if not text:
+            continue
+        history.append(HumanMessage(text))
+        outcome = run_once(moa, history, printer)
+        history.append(outcome.answer)
+
+
+def _announce(moa: ChatMixtureOfAgents) -> None:
+    plan = moa.plan
+    names = ", ".join(slot.name for slot in plan.proposer_layers[0])
+    print(
+        f"MoA: {plan.layers} layers | proposers: {names} | aggregator: {plan.aggregator.name}",
+        file=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``moa-graph``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    command = {"ask": command_ask, "chat": command_chat}[args.command]
+    try:
+        return command(args)
+    except UsageError as exc:
+        print(f"moa-graph: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nmoa-graph: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        print(f"moa-graph: error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

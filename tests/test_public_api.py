@@ -1,0 +1,53 @@
+"""The public names are the contract (DESIGN.md section 3); docstring examples must run."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+import moa_graph
+
+CONTRACT = {
+    "ChatMixtureOfAgents",
+    "create_moa_graph",
+    "create_aggregator",
+    "MoAState",
+    "Proposal",
+    "AGGREGATE_AND_SYNTHESIZE_PROMPT",
+    "presets",
+}
+EXPORTED = CONTRACT | {
+    "AggregatorError",
+    "MoAContext",
+    "MoAError",
+    "MoAInput",
+    "MoAOutput",
+    "ProposalsFailedError",
+    "ProposerSpec",
+    "inject_references",
+}
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(moa_graph.__all__) == EXPORTED
+    assert CONTRACT <= set(moa_graph.__all__)
+    for name in moa_graph.__all__:
+        assert getattr(moa_graph, name) is not None
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["prompts", "state", "models", "plan", "aggregator", "graph", "chat_model", "presets"],
+)
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(f"moa_graph.{module}"), verbose=False)
+    assert result.failed == 0
+    assert result.attempted > 0
+
+
+def test_public_factories_document_an_example() -> None:
+    for factory in (moa_graph.create_moa_graph, moa_graph.create_aggregator,
+                    moa_graph.ChatMixtureOfAgents, moa_graph.ProposerSpec):
+        assert "Example:" in (factory.__doc__ or "")
