@@ -126,8 +126,10 @@ class ChatMixtureOfAgents(BaseChatModel):
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # A call-time ``model`` goes to the aggregator call with the other keyword arguments.
+        model_name = kwargs.get("model") or self.model_name
         params = LangSmithParams(
-            ls_provider="moa_graph", ls_model_name=self.model_name, ls_model_type="chat"
+            ls_provider="moa_graph", ls_model_name=model_name, ls_model_type="chat"
         )
         if self.temperature is not None:
             params["ls_temperature"] = self.temperature
