@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
+from pydantic import ValidationError
 
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.console import ProgressPrinter, RunOutcome, follow_run
@@ -174,8 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
+    """One line that names the problem (pydantic's field errors without their boilerplate)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(_field_error(error) for error in exc.errors())
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _field_error(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ").splitlines()[0]
+    location = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{location}: {message}" if location and not message.startswith(location) else message
 
 
 if __name__ == "__main__":  # pragma: no cover

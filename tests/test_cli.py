@@ -1,0 +1,134 @@
+"""The ``moa-graph`` command against a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moa_graph.cli import main
+from moa_graph.testing import ModelScript, OpenAICompatibleServer
+
+MIXTURE = [
+    "--proposer",
+    "openai:p1",
+    "--proposer",
+    "openai:p2",
+    "--aggregator",
+    "openai:agg",
+    "--layers",
+    "2",
+]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAICompatibleServer]:
+    scripts = {
+        "p1": ModelScript(reply="Golden Gate Park"),
+        "p2": ModelScript(reply="Alcatraz island"),
+        "agg": ModelScript(reply="Visit the park and the island."),
+    }
+    with OpenAICompatibleServer(scripts=scripts) as running:
+        monkeypatch.setenv("OPENAI_BASE_URL", running.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-placeholder")
+        monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+        yield running
+
+
+def test_ask_streams_the_answer_and_reports_progress(
+    server: OpenAICompatibleServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ask", *MIXTURE, "--show-proposals", "Fun in SF?"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "Visit the park and the island.\n"
+    assert "layer 1 | p1: running" in err and "layer 1 | p2: done in" in err
+    assert "layer 1 done: 2 answered, 0 failed" in err
+    assert "aggregating with agg" in err
+    assert "Golden Gate Park" in err  # --show-proposals
+    assert server.request_count() == 3
+
+
+def test_ask_json_is_machine_readable(
+    server: OpenAICompatibleServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ask", *MIXTURE, "--json", "Fun in SF?"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["answer"] == "Visit the park and the island."
+    assert [p["text"] for p in result["proposals"]] == ["Golden Gate Park", "Alcatraz island"]
+    assert result["usage"]["total_tokens"] > 0 and result["model"] == "moa:agg"
+    assert "sk-test-placeholder" not in json.dumps(result)
+
+
+def test_config_file_recipe(
+    server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        'aggregator = "openai:agg"\nlayers = 2\n'
+        'proposers = ["openai:p1", { model = "openai:p2", samples = 2, name = "two" }]\n'
+    )
+    assert main(["ask", "--config", str(recipe), "--json", "Q?"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [p["proposer"] for p in result["proposals"]] == ["p1", "two #1", "two #2"]
+
+
+def test_chat_keeps_the_conversation(
+    server: OpenAICompatibleServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = iter(["first question", "second question", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", *MIXTURE]) == 0
+    (second_turn,) = [r for r in server.requests_for("p1") if len(r.messages) > 1]
+    assert [m["role"] for m in second_turn.messages] == ["user", "assistant", "user"]
+    assert second_turn.messages[1]["content"] == "Visit the park and the island."
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["ask", "--proposer", "nosuch:x", "--aggregator", "openai:agg", "Q"],
+            "unknown provider 'nosuch'",
+        ),
+        (["ask", "--config", "/nonexistent/recipe.toml", "Q"], "config: cannot read"),
+        (["ask", "--preset", "local", "--config", "x.toml", "Q"], "not both"),
+        (["ask", *MIXTURE, "--layers", "1", "Q"], "layers: must be at least 2"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(
+    server: OpenAICompatibleServer,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_key_is_a_usage_error(
+    server: OpenAICompatibleServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(["ask", *MIXTURE, "Q"]) == 2
+    err = capsys.readouterr().err
+    assert "proposers[0]: cannot create chat model 'openai:p1'" in err
+    assert err.count("\n") == 1
+
+
+def test_a_failing_run_is_one_line_with_exit_code_1(
+    server: OpenAICompatibleServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add_faults("agg", "http_401")
+    assert main(["ask", *MIXTURE, "--timeout", "5", "Q"]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("moa-graph: error: AggregatorError: aggregator agg (agg) failed")
+    assert "Traceback" not in err
