@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
@@ -105,7 +105,7 @@ def run_once(
     moa: ChatMixtureOfAgents, messages: list[BaseMessage], printer: ProgressPrinter
 ) -> RunOutcome:
     """Run the mixture on a conversation, printing progress and the answer as they come."""
-    stream = moa.graph.stream(
+    stream: Iterator[tuple[str, Any]] = moa.graph.stream(  # type: ignore[assignment]
         {"messages": messages},
         {"max_concurrency": moa.plan.max_width, "recursion_limit": 2 * moa.plan.layers + 10},
         stream_mode=["custom", "messages", "updates"],

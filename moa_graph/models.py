@@ -180,7 +180,7 @@ def _build_from_string(spec: ProposerSpec, *, field: str, defaults: ModelDefault
     if getattr(chat_model, "stream_usage", True) is None:
         # OpenAI-compatible clients (Together, vLLM, ...) then report usage when streaming too,
         # so a streamed mixture can sum the tokens of every call.
-        chat_model.stream_usage = True  # type: ignore[attr-defined]
+        chat_model.stream_usage = True
     return chat_model
 
 

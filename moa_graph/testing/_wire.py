@@ -1,0 +1,114 @@
+"""OpenAI chat-completion wire format (bodies and SSE chunks) for the test server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from moa_graph.testing import _http
+from moa_graph.testing.scripts import tokenize
+
+SSE_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("Transfer-Encoding", "chunked"),
+)
+SSE_DONE = _http.chunk(b"data: [DONE]\n\n") + _http.LAST_CHUNK
+ROLE_DELTA = {"role": "assistant", "content": "", "refusal": None}
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def apply_limits(text: str, payload: dict[str, Any]) -> tuple[str, str]:
+    """Apply ``stop`` and ``max_(completion_)tokens``; return ``(text, finish_reason)``."""
+    stop = payload.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    cuts = [i for s in stops if isinstance(s, str) and s and (i := text.find(s)) >= 0]
+    if cuts:
+        text = text[: min(cuts)]
+    limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        pieces = tokenize(text)
+        if len(pieces) > limit:
+            return "".join(pieces[: max(limit, 0)]), "length"
+    return text, "stop"
+
+
+def completion_body(
+    cid: str,
+    model: str,
+    created: int,
+    text: str,
+    finish: str,
+    usage: dict[str, int],
+    n_choices: int = 1,
+) -> dict[str, Any]:
+    """A non-streaming ``chat.completion`` object."""
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+            for i in range(n_choices)
+        ],
+        "usage": usage,
+        "system_fingerprint": None,
+    }
+
+
+class ChunkFormatter:
+    """Formats the ``chat.completion.chunk`` SSE events of one streamed response.
+
+    With ``include_usage`` every chunk carries ``"usage": null`` and
+    :meth:`usage` makes the final chunk with empty ``choices``, like OpenAI.
+    """
+
+    def __init__(
+        self, cid: str, model: str, created: int, n_choices: int, include_usage: bool
+    ) -> None:
+        self._base: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self._n = n_choices
+        self._include_usage = include_usage
+        # Content chunks are the hot path: splice the JSON-encoded piece into a
+        # pre-serialised template instead of dumping a whole dict per token.
+        marker = "\x00piece\x00"
+        self._content_parts = self._json({"content": marker}, None).split(dumps(marker))
+
+    def _json(self, delta: dict[str, Any], finish: str | None) -> bytes:
+        choices = [
+            {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            for i in range(self._n)
+        ]
+        obj = {**self._base, "choices": choices}
+        if self._include_usage:
+            obj["usage"] = None
+        return dumps(obj)
+
+    def event(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        """One chunk with the same ``delta`` for every choice, as an HTTP chunk."""
+        return sse(self._json(delta, finish))
+
+    def content(self, piece: str) -> bytes:
+        """A content chunk; same bytes as ``event({"content": piece})``, but faster."""
+        return sse(dumps(piece).join(self._content_parts))
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        """The final usage-only chunk."""
+        return sse(dumps({**self._base, "choices": [], "usage": usage}))
+
+
+def sse(data: bytes) -> bytes:
+    """One ``data:`` SSE event wrapped in an HTTP chunk."""
+    return _http.chunk(b"data: " + data + b"\n\n")
