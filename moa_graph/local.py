@@ -1,0 +1,503 @@
+"""Small LLMs running in-process on CPU (llama.cpp via ``xllamacpp``) as LangChain chat models.
+
+Example:
+    >>> from moa_graph.local import ChatLocalModel
+    >>> llm = ChatLocalModel(model="smollm2-135m", max_tokens=32)   # cheap: loads lazily
+    >>> llm.invoke("Say hi").content  # doctest: +SKIP
+    'Hi! How can I help you today?'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Self
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models.chat_models import agenerate_from_stream
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    UsageMetadata,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import Field, field_validator, model_validator
+
+from moa_graph.local_models import (
+    LocalModelError,
+    LocalModelSpec,
+    ensure_model_file,
+    resolve_model,
+)
+
+__all__ = ["ChatLocalModel", "create_local_chat_model", "unload_local_models"]
+
+#: Call-time kwargs forwarded to llama.cpp's OpenAI-style request.
+_REQUEST_KWARGS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "seed",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+_NON_TEXT_BLOCKS = frozenset({"image", "image_url", "audio", "input_audio", "file", "video"})
+_DONE = object()
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_slots_guard = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def _compute_slots(n_threads: int) -> threading.BoundedSemaphore:
+    """How many generations using ``n_threads`` threads may run at once: cores // n_threads."""
+    with _slots_guard:
+        if n_threads not in _slots:
+            _slots[n_threads] = threading.BoundedSemaphore(max(1, _default_threads() // n_threads))
+        return _slots[n_threads]
+
+
+class _Engine:
+    """One loaded llama.cpp model; a lock makes requests queue, one at a time."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise LocalModelError(
+                "Local models need xllamacpp: pip install 'xllamacpp==2026.10.11549' "
+                "(or pip install 'moa-graph[local]')"
+            ) from exc
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = n_ctx
+        params.n_parallel = 1  # one slot owning the whole context
+        params.n_threads_http = 1
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+        params.verbosity = 0  # llama.cpp logs off
+        params.cache_ram_mib = 0  # no extra host-RAM prompt cache per model
+        params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
+        # xllamacpp always opens a loopback HTTP port; a random key keeps other processes out
+        # (in-process calls do not need it).
+        params.api_keys = [secrets.token_hex(16)]
+        started = time.perf_counter()
+        try:
+            self.server = xllamacpp.Server(params)
+        except RuntimeError as exc:
+            raise LocalModelError(f"llama.cpp could not load {str(path)!r}: {exc}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.path = path
+        self.n_threads = n_threads
+        self.lock = threading.Lock()
+
+    def run(
+        self,
+        request: dict[str, Any],
+        on_chunk: Callable[[Any], bool] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """Run one chat completion; with ``on_chunk`` it streams (return True to stop).
+
+        Generations of all models share the CPU through ``_compute_slots``: on 2 cores, two
+        models each using 2 threads would run several times slower side by side than in turn.
+        """
+        with self.lock, _compute_slots(self.n_threads):
+            if cancel is not None and cancel.is_set():  # given up while queued
+                return None
+            if on_chunk is None:
+                return self.server.handle_chat_completions(request)
+            return self.server.handle_chat_completions(request, on_chunk)
+
+
+_engines: dict[tuple[str, int, int], _Engine] = {}
+_engines_guard = threading.Lock()
+_load_locks: dict[tuple[str, int, int], threading.Lock] = {}
+
+
+def _get_engine(path: Path, n_ctx: int, n_threads: int) -> _Engine:
+    """The process-wide engine for this file and settings, loading it on first use."""
+    key = (str(path), n_ctx, n_threads)
+    with _engines_guard:
+        if key in _engines:
+            return _engines[key]
+        load_lock = _load_locks.setdefault(key, threading.Lock())
+    with load_lock:  # different models load concurrently; the same one loads once
+        with _engines_guard:
+            if key in _engines:
+                return _engines[key]
+        engine = _Engine(path, n_ctx, n_threads)
+        with _engines_guard:
+            _engines[key] = engine
+        return engine
+
+
+def unload_local_models() -> int:
+    """Forget every loaded model (memory is freed once no call is using it).
+
+    Returns:
+        How many loaded models were dropped.
+
+    Example:
+        >>> unload_local_models() >= 0
+        True
+    """
+    with _engines_guard:
+        count = len(_engines)
+        _engines.clear()
+    return count
+
+
+def _label(model: str) -> str:
+    resolved = resolve_model(model)
+    return resolved.name if isinstance(resolved, LocalModelSpec) else str(resolved)
+
+
+def _text_of(message: BaseMessage) -> str:
+    if isinstance(message.content, list):
+        for block in message.content:
+            if isinstance(block, dict) and block.get("type") in _NON_TEXT_BLOCKS:
+                raise ValueError(
+                    f"Local models accept text only; got a {block['type']!r} content block"
+                )
+    return message.text
+
+
+def _to_openai_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    """Map LangChain messages to the roles the GGUF chat templates know."""
+    converted = []
+    for message in messages:
+        text = _text_of(message)
+        if isinstance(message, SystemMessage):
+            role = "system"
+        elif isinstance(message, HumanMessage):
+            role = "user"
+        elif isinstance(message, AIMessage):
+            role = "assistant"
+            calls = [f"Tool call: {c['name']}({json.dumps(c['args'])})" for c in message.tool_calls]
+            text = "\n".join([text, *calls]) if text else "\n".join(calls)
+        elif isinstance(message, ToolMessage | FunctionMessage):
+            role = "user"
+            label = message.name or getattr(message, "tool_call_id", "") or "tool"
+            text = f"Tool result ({label}):\n{text}"
+        elif isinstance(message, ChatMessage):
+            role = message.role if message.role in {"system", "user", "assistant"} else "user"
+        else:
+            raise ValueError(f"Unsupported message type for a local model: {message.type!r}")
+        converted.append({"role": role, "content": text})
+    return converted
+
+
+def _usage(raw: dict[str, Any] | None) -> UsageMetadata | None:
+    if not raw:
+        return None
+    usage = UsageMetadata(
+        input_tokens=int(raw.get("prompt_tokens", 0)),
+        output_tokens=int(raw.get("completion_tokens", 0)),
+        total_tokens=int(raw.get("total_tokens", 0)),
+    )
+    cached = (raw.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached:
+        usage["input_token_details"] = {"cache_read": int(cached)}
+    return usage
+
+
+def _raise_if_error(raw: Any) -> None:
+    if not isinstance(raw, dict):
+        raise LocalModelError(f"Unexpected reply from llama.cpp: {raw!r}")
+    error = raw.get("error") or (raw if "code" in raw and "message" in raw else None)
+    if error:
+        raise LocalModelError(f"llama.cpp error: {error.get('message', error)}")
+
+
+class ChatLocalModel(BaseChatModel):
+    """A chat model running a small GGUF model in this process, on CPU.
+
+    Models load lazily on the first call and are shared process-wide: every
+    instance using the same file, ``n_ctx`` and ``n_threads`` uses one loaded
+    copy, whose calls queue behind a lock. Different models run concurrently.
+
+    Example:
+        >>> llm = ChatLocalModel(model="qwen2.5-coder-0.5b", temperature=0.2, max_tokens=64)
+        >>> for chunk in llm.stream("Write a haiku about CPUs"):  # doctest: +SKIP
+        ...     print(chunk.content, end="")
+    """
+
+    model: str
+    """Registered name (see ``moa_graph.local_models.MODELS``) or path to a ``.gguf`` file."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    max_tokens: int = Field(default=512, ge=1)
+    n_ctx: int = Field(default=4096, ge=64)
+    """Context window (prompt plus answer) in tokens."""
+    n_threads: int = Field(default_factory=_default_threads, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _fspath(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _check_model(self) -> Self:
+        resolve_model(self.model)  # ValueError naming the problem
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "local-llamacpp"
+
+    @property
+    def model_label(self) -> str:
+        """Canonical registry name, or the file path for a user's own GGUF file."""
+        return _label(self.model)
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model_label,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "n_ctx": self.n_ctx,
+            "n_threads": self.n_threads,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "local"
+        model = self._model_for(kwargs)
+        try:
+            params["ls_model_name"] = _label(model)
+        except ValueError:  # tracing reports the name; the call itself will raise
+            params["ls_model_name"] = model
+        return params
+
+    def preload(self) -> Self:
+        """Load the model now rather than on the first call.
+
+        Example:
+            >>> ChatLocalModel(model="smollm2-135m").preload()  # doctest: +SKIP
+        """
+        self._engine()
+        return self
+
+    def _model_for(self, kwargs: dict[str, Any]) -> str:
+        """The call-time ``model`` override (e.g. from ``bind(model=...)``), else ``model``."""
+        override = kwargs.get("model")
+        return os.fspath(override) if override else self.model
+
+    def _engine(self, model: str | None = None) -> _Engine:
+        resolved = resolve_model(model or self.model)
+        path = (
+            ensure_model_file(resolved.name) if isinstance(resolved, LocalModelSpec) else resolved
+        )
+        return _get_engine(path, self.n_ctx, self.n_threads)
+
+    def _request(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        stream: bool,
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "messages": _to_openai_messages(messages),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.seed is not None:
+            request["seed"] = self.seed
+        request.update({k: v for k, v in kwargs.items() if k in _REQUEST_KWARGS and v is not None})
+        stops = stop if stop is not None else self.stop
+        if stops:
+            request["stop"] = list(stops)
+        if stream:
+            request["stream"] = True
+            request["stream_options"] = {"include_usage": True}
+        return request
+
+    def _metadata(self, model: str, finish_reason: str | None) -> dict[str, Any]:
+        return {"model_name": _label(model), "finish_reason": finish_reason}
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        model = self._model_for(kwargs)
+        raw = self._engine(model).run(self._request(messages, stop, kwargs, stream=False))
+        _raise_if_error(raw)
+        choice = raw["choices"][0]
+        finish_reason = choice.get("finish_reason")
+        message = AIMessage(
+            content=choice["message"].get("content") or "",
+            usage_metadata=_usage(raw.get("usage")),
+            response_metadata=self._metadata(model, finish_reason),
+        )
+        return ChatResult(
+            generations=[
+                ChatGeneration(message=message, generation_info={"finish_reason": finish_reason})
+            ],
+            llm_output={"model_name": _label(model), "token_usage": raw.get("usage")},
+        )
+
+    def _start_stream(
+        self,
+        model: str,
+        request: dict[str, Any],
+        emit: Callable[[Any], None],
+        cancel: threading.Event,
+    ) -> None:
+        """Generate in a worker thread, passing raw chunks, then ``_DONE`` or an error, to emit."""
+
+        def on_chunk(raw: Any) -> bool:
+            emit(raw)
+            return cancel.is_set()  # True asks llama.cpp to stop generating
+
+        def work() -> None:
+            try:
+                self._engine(model).run(request, on_chunk, cancel)
+            except BaseException as exc:
+                emit(exc)
+            else:
+                emit(_DONE)
+
+        threading.Thread(target=work, name="moa-graph-local", daemon=True).start()
+
+    def _chunks(self, raw: Any, state: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
+        """Turn one raw llama.cpp chunk (or error) into text chunks; remember finish/usage."""
+        if isinstance(raw, BaseException):
+            raise raw
+        _raise_if_error(raw)
+        if raw.get("usage"):
+            state["usage"] = raw["usage"]
+        for choice in raw.get("choices") or []:
+            state["finish_reason"] = choice.get("finish_reason") or state.get("finish_reason")
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+
+    def _last_chunk(self, model: str, state: dict[str, Any]) -> ChatGenerationChunk:
+        finish_reason = state.get("finish_reason")
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=_usage(state.get("usage")),
+                response_metadata=self._metadata(model, finish_reason),
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": finish_reason},
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        cancel = threading.Event()
+        model = self._model_for(kwargs)
+        request = self._request(messages, stop, kwargs, stream=True)
+        self._start_stream(model, request, items.put, cancel)
+        state: dict[str, Any] = {}
+        try:
+            while (raw := items.get()) is not _DONE:
+                for chunk in self._chunks(raw, state):
+                    if run_manager:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+            yield self._last_chunk(model, state)
+        finally:
+            cancel.set()  # stops generation early if the consumer went away
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # event loop already closed
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        model = self._model_for(kwargs)
+        self._start_stream(model, self._request(messages, stop, kwargs, stream=True), emit, cancel)
+        state: dict[str, Any] = {}
+        try:
+            while (raw := await items.get()) is not _DONE:
+                for chunk in self._chunks(raw, state):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+            yield self._last_chunk(model, state)
+        finally:
+            cancel.set()  # also on task cancellation
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # Streaming internally keeps the event loop free and lets cancellation stop generation.
+        return await agenerate_from_stream(self._astream(messages, stop, None, **kwargs))
+
+
+def create_local_chat_model(spec: str, **kwargs: Any) -> ChatLocalModel:
+    """Build a :class:`ChatLocalModel` from the part of a model spec after ``local:``.
+
+    Args:
+        spec: A registered name (``"smollm2-135m"``) or a path to a ``.gguf`` file;
+            a leading ``"local:"`` is accepted too.
+        **kwargs: Other :class:`ChatLocalModel` fields (``temperature``, ``max_tokens``...).
+
+    Returns:
+        The (not yet loaded) chat model.
+
+    Raises:
+        ValueError: Unknown name and no such GGUF file.
+
+    Example:
+        >>> create_local_chat_model("qwen2.5-coder-1.5b", temperature=0.3).model_label
+        'qwen2.5-coder-1.5b'
+    """
+    return ChatLocalModel(model=spec.removeprefix("local:"), **kwargs)
