@@ -9,13 +9,18 @@ is cancelled and not retried: the timeout is the proposer's whole budget for tha
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+
+from moa_graph.race import LayerRace
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 PERMANENT_CODES = frozenset({"context_length_exceeded", "invalid_api_key", "model_not_found"})
@@ -117,38 +122,188 @@ def check_answer(message: BaseMessage) -> BaseMessage:
     return message
 
 
-async def call_with_policy(
+class CallCancelled(Exception):
+    """The layer stopped waiting for this call (``first_k``, layer deadline or fail-fast)."""
+
+    def __init__(self, reason: str | None) -> None:
+        self.reason = reason or "the layer stopped waiting"
+        super().__init__(self.reason)
+
+
+RetryHook = Callable[[int, BaseException, float], Any]
+
+
+async def call_async(
     attempt: Callable[[], Awaitable[BaseMessage]],
     policy: CallPolicy,
     *,
-    rng: random.Random | None = None,
-    on_retry: Callable[[int, BaseException, float], Any] | None = None,
-) -> tuple[BaseMessage, int]:
-    """Run ``attempt`` under ``policy``; returns the answer and the number of attempts made.
+    race: LayerRace | None = None,
+    on_retry: RetryHook | None = None,
+    can_retry: Callable[[], bool] = lambda: True,
+) -> BaseMessage:
+    """Run ``attempt`` under ``policy`` on the running loop; a stopped ``race`` cancels it.
 
-    Raises the last error when retries are exhausted or the error is not transient, and
-    ``CallTimeoutError`` when an attempt exceeds ``policy.timeout``.
+    Raises the last error when retries are exhausted, the error is not transient or
+    ``can_retry()`` says no (say, tokens were already streamed); ``CallTimeoutError`` when an
+    attempt exceeds ``policy.timeout``; ``CallCancelled`` when the race stopped first.
     """
-    rng = rng or random.Random()
+    task = asyncio.ensure_future(_retrying(attempt, policy, on_retry, can_retry))
+    if race is None:
+        return await task
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    race.subscribe(lambda: loop.call_soon_threadsafe(stopped.set))
+    waiter = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise CallCancelled(race.reason)
+    return task.result()
+
+
+async def _retrying(
+    attempt: Callable[[], Awaitable[BaseMessage]],
+    policy: CallPolicy,
+    on_retry: RetryHook | None,
+    can_retry: Callable[[], bool],
+) -> BaseMessage:
+    rng = random.Random()
     attempts = 0
     while True:
         attempts += 1
         try:
-            message = await _with_deadline(attempt(), policy.timeout)
-            return check_answer(message), attempts
+            return check_answer(await _with_deadline(attempt(), policy.timeout))
         except Exception as error:
-            if attempts > policy.max_retries or not is_transient(error):
+            delay = _retry_delay(policy, attempts, error, can_retry, rng)
+            if delay is None:
                 raise
-            delay = policy.delay_before(attempts, error, rng)
             if on_retry is not None:
                 on_retry(attempts, error, delay)
             await asyncio.sleep(delay)
 
 
+def call_sync(
+    attempt: Callable[[], BaseMessage],
+    policy: CallPolicy,
+    *,
+    race: LayerRace | None = None,
+    on_retry: RetryHook | None = None,
+    can_retry: Callable[[], bool] = lambda: True,
+) -> BaseMessage:
+    """The blocking twin of ``call_async``.
+
+    With a deadline or a race, each attempt runs in a helper thread so the caller can stop
+    waiting; ``attempt`` should then check ``cancel_requested()`` to stop its own work (the
+    mixture streams such calls and stops reading at the next token).
+    """
+    wake = threading.Event()
+    if race is not None:
+        race.subscribe(wake.set)
+    rng = random.Random()
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return check_answer(_attempt_sync(attempt, policy.timeout, race, wake))
+        except CallCancelled:
+            raise
+        except Exception as error:
+            delay = _retry_delay(policy, attempts, error, can_retry, rng)
+            if delay is None:
+                raise
+            if on_retry is not None:
+                on_retry(attempts, error, delay)
+            _sleep_unless_stopped(delay, race, wake)
+
+
+_cancel_flag: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "moa_cancel_flag", default=None
+)
+
+
+def cancel_requested() -> bool:
+    """Inside a ``call_sync`` attempt: whether the caller stopped waiting for it."""
+    flag = _cancel_flag.get()
+    return flag is not None and flag.is_set()
+
+
+def _attempt_sync(
+    attempt: Callable[[], BaseMessage],
+    timeout: float | None,
+    race: LayerRace | None,
+    wake: threading.Event,
+) -> BaseMessage:
+    if timeout is None and race is None:
+        return attempt()
+    outcome: dict[str, Any] = {}
+    cancel = threading.Event()
+
+    def run() -> None:
+        _cancel_flag.set(cancel)
+        try:
+            outcome["message"] = attempt()
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+        finally:
+            wake.set()
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), daemon=True, name="moa-call").start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not outcome:
+        if race is not None and race.stopped:
+            cancel.set()
+            raise CallCancelled(race.reason)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            cancel.set()
+            raise CallTimeoutError(f"no answer within {timeout:g}s")
+        if wake.wait(remaining):
+            wake.clear()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["message"]
+
+
+def _sleep_unless_stopped(delay: float, race: LayerRace | None, wake: threading.Event) -> None:
+    """Back off for ``delay`` seconds, or less if the race stops meanwhile."""
+    end = time.monotonic() + delay
+    while True:
+        if race is not None and race.stopped:
+            raise CallCancelled(race.reason)
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        if wake.wait(remaining):
+            wake.clear()
+
+
+def _retry_delay(
+    policy: CallPolicy,
+    attempts: int,
+    error: Exception,
+    can_retry: Callable[[], bool],
+    rng: random.Random,
+) -> float | None:
+    """Seconds to wait before the next attempt, or ``None`` when ``error`` is final."""
+    if attempts > policy.max_retries or not is_transient(error) or not can_retry():
+        return None
+    return policy.delay_before(attempts, error, rng)
+
+
 async def _with_deadline(call: Awaitable[BaseMessage], timeout: float | None) -> BaseMessage:
     if timeout is None:
         return await call
+    deadline = asyncio.timeout(timeout)
     try:
-        return await asyncio.wait_for(call, timeout)
+        async with deadline:
+            return await call
     except TimeoutError:
-        raise CallTimeoutError(f"no answer within {timeout:g}s") from None
+        if deadline.expired():
+            raise CallTimeoutError(f"no answer within {timeout:g}s") from None
+        raise  # the model's own TimeoutError

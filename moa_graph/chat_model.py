@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Self
 
 from langchain_core.callbacks import (
@@ -23,10 +23,18 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from moa_graph.graph import AGGREGATE, build_graph
-from moa_graph.models import ModelDefaults
-from moa_graph.plan import MixturePlan, build_plan
+from moa_graph.plan import FailMode, MixturePlan, plan_from_settings
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.references import approximate_tokens
 from moa_graph.state import Proposal, merge_proposals
+from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
+
+_SETTINGS = (
+    "temperature", "max_tokens", "timeout", "max_retries", "rate_limits", "min_proposals",
+    "fail_mode", "first_k", "layer_timeout", "fallback_to_aggregator", "max_reference_tokens",
+    "token_counter", "max_concurrent_calls", "max_input_chars",
+)  # fmt: skip
+"""Fields passed on to the plan (see ``create_moa_graph`` for what each does)."""
 
 
 class ChatMixtureOfAgents(BaseChatModel):
@@ -65,32 +73,38 @@ class ChatMixtureOfAgents(BaseChatModel):
     """Layers as in the paper, aggregator included (3 = MoA, 2 = MoA-Lite)."""
     prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT
     """The Aggregate-and-Synthesize prompt."""
-    min_proposals: int = 1
-    """Proposers of each layer that must answer for the run to go on."""
     temperature: float | None = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=512, gt=0)
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=120.0, gt=0)
+    """Seconds one call may take before it is cancelled."""
     stop: list[str] | None = None
-    max_retries: int | None = Field(default=None, ge=0)
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of transient errors, with backoff honouring ``Retry-After``."""
+    min_proposals: int = 1
+    """Proposers of each layer that must answer for the run to go on."""
+    fail_mode: FailMode = "best_effort"
+    first_k: int | None = None
+    """Straggler cut-off: stop waiting once this many proposers of a layer answered."""
+    layer_timeout: float | None = None
+    fallback_to_aggregator: bool = False
+    max_reference_tokens: int | None = None
+    token_counter: Callable[[str], int] = approximate_tokens
+    rate_limits: dict[str, float] | None = None
+    max_concurrent_calls: int | None = None
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
 
     _plan: MixturePlan = PrivateAttr()
     _graph: CompiledStateGraph[Any, Any, Any, Any] = PrivateAttr()
 
     @model_validator(mode="after")
     def _build_mixture(self) -> Self:
-        defaults = ModelDefaults(
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
-        self._plan = build_plan(
+        settings = {name: getattr(self, name) for name in _SETTINGS}
+        self._plan = plan_from_settings(
             self.proposers,
             aggregator=self.aggregator,
             layers=self.layers,
             prompt=self.prompt,
-            min_proposals=self.min_proposals,
-            proposer_defaults=defaults,
+            **settings,
         )
         self._graph = build_graph(self._plan).compile(name="mixture_of_agents")
         return self
@@ -123,6 +137,7 @@ class ChatMixtureOfAgents(BaseChatModel):
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "min_proposals": self.min_proposals,
+            "first_k": self.first_k,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

@@ -16,7 +16,7 @@ class ProposalsFailedError(MoAError):
 
     def __init__(self, layer: int, proposals: Sequence[Proposal], min_proposals: int) -> None:
         self.layer = layer
-        self.failures = [p for p in proposals if p["error"] is not None]
+        self.failures = [p for p in proposals if p["status"] != "answered"]
         answered = len(proposals) - len(self.failures)
         lines = [
             f"layer {layer}: {answered} of {len(proposals)} proposers answered, "
@@ -29,7 +29,7 @@ class ProposalsFailedError(MoAError):
 class AggregatorError(MoAError):
     """The aggregator's call failed; the message names the model and the cause."""
 
-    def __init__(self, name: str, model: str, cause: BaseException) -> None:
+    def __init__(self, name: str, model: str, cause: str) -> None:
         self.name = name
         self.model = model
-        super().__init__(f"aggregator {name} ({model}) failed: {type(cause).__name__}: {cause}")
+        super().__init__(f"aggregator {name} ({model}) failed: {cause}")

@@ -7,18 +7,18 @@ Shape::
 
 ``propose`` runs once per proposer (all of a layer at once, under ``invoke`` and ``ainvoke``);
 ``collect_layer`` is deferred, so it runs once per layer, after every proposer of it finished.
+Under ``ainvoke`` a timed-out or cut-off call is cancelled; under ``invoke`` the call is
+abandoned and stops reading at its next token (see ``moa_graph.calls``).
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import AnyMessage, BaseMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import merge_configs
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.errors import GraphBubbleUp
 from langgraph.graph import START, StateGraph
@@ -27,24 +27,35 @@ from langgraph.types import Send
 from typing_extensions import TypedDict
 
 from moa_graph.aggregator import bind_aggregator
-from moa_graph.errors import AggregatorError, ProposalsFailedError
-from moa_graph.models import ModelDefaults, ModelLike
-from moa_graph.plan import MixturePlan, ProposerSlot, build_plan
-from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT, with_system_prompt
-from moa_graph.state import (
-    CLEAR_PROPOSALS,
-    MoAInput,
-    MoAOutput,
-    MoAState,
-    ProgressEvent,
-    Proposal,
-    ProposerTask,
+from moa_graph.calls import call_async, call_sync
+from moa_graph.errors import ProposalsFailedError
+from moa_graph.limits import CallLimiter
+from moa_graph.models import ModelLike
+from moa_graph.plan import FailMode, MixturePlan, ProposerSlot, plan_from_settings
+from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.race import RaceRegistry
+from moa_graph.redact import redact
+from moa_graph.references import (
+    TokenCounter,
+    Truncation,
+    answered,
+    approximate_tokens,
+    fit_to_budget,
 )
-
-logger = logging.getLogger("moa_graph")
+from moa_graph.state import CLEAR_PROPOSALS, MoAInput, MoAOutput, MoAState, Proposal, ProposerTask
+from moa_graph.steps import (
+    AGGREGATOR_TAG,
+    PROPOSER_TAG,
+    AggregatorCall,
+    ProposerCall,
+    emit,
+    run_name,
+    truncation_record,
+)
+from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
 
 PREPARE, PROPOSE, COLLECT, AGGREGATE = "prepare", "propose", "collect_layer", "aggregate"
-PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"
+__all__ = ["AGGREGATOR_TAG", "PROPOSER_TAG", "MoAContext", "build_graph", "create_moa_graph"]
 
 
 class MoAContext(TypedDict, total=False):
@@ -62,11 +73,20 @@ def create_moa_graph(
     aggregator: ModelLike,
     layers: int | None = None,
     prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT,
-    min_proposals: int = 1,
     temperature: float | None = 0.7,
     max_tokens: int | None = 512,
-    timeout: float | None = None,
-    max_retries: int | None = None,
+    timeout: float | None = 120.0,
+    max_retries: int = 2,
+    min_proposals: int = 1,
+    fail_mode: FailMode = "best_effort",
+    first_k: int | None = None,
+    layer_timeout: float | None = None,
+    fallback_to_aggregator: bool = False,
+    max_reference_tokens: int | None = None,
+    token_counter: TokenCounter = approximate_tokens,
+    rate_limits: Mapping[str, float] | None = None,
+    max_concurrent_calls: int | None = None,
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
 ) -> StateGraph[MoAState, MoAContext, MoAInput, MoAOutput]:
     """Create the Mixture-of-Agents graph (uncompiled, like ``create_supervisor``).
 
@@ -79,12 +99,30 @@ def create_moa_graph(
             MoA (two proposer layers), ``2`` is MoA-Lite. Default 3, or the number of nested
             lists plus one.
         prompt: the Aggregate-and-Synthesize prompt (the paper's Table 1 by default).
-        min_proposals: how many proposers of a layer must answer for the run to go on; failed
-            proposers are recorded in ``proposals`` and left out of the references.
         temperature: default temperature of models built from strings (reference value 0.7).
         max_tokens: default answer limit of models built from strings (reference value 512).
-        timeout: request timeout, seconds, of models built from strings.
-        max_retries: retries of models built from strings.
+        timeout: seconds one call may take before it is cancelled (every model; ``None`` for
+            no limit). Models built from strings also use it as their HTTP timeout.
+        max_retries: retries of transient errors (429, 5xx, connection errors, empty or
+            malformed answers) with exponential backoff and jitter, honouring ``Retry-After``.
+        min_proposals: proposers of a layer that must answer for the run to go on; failed
+            proposers are recorded in ``proposals`` and left out of the references.
+        fail_mode: ``"best_effort"`` (go on while ``min_proposals`` answered) or
+            ``"fail_fast"`` (the first failure cancels the layer and fails the run).
+        first_k: stop waiting once this many proposers of a layer answered and cancel the
+            rest (straggler cut-off); ``None`` waits for all.
+        layer_timeout: seconds a proposer layer may take; unfinished proposers are cancelled.
+        fallback_to_aggregator: below quorum, go straight to the aggregator with the answers
+            there are (or none: it then answers alone); the final message's
+            ``response_metadata["moa_fallback"]`` says so.
+        max_reference_tokens: token budget of the references given to one call; longer
+            references are cut to an equal share each (see ``moa_graph.references``), and the
+            cut is recorded.
+        token_counter: counts tokens for that budget (default: about four characters a token).
+        rate_limits: requests per second per provider (``{"together": 5}``) for models built
+            from strings.
+        max_concurrent_calls: cap on this mixture's calls in flight at once.
+        max_input_chars: longest conversation accepted, in characters.
 
     Returns:
         A ``StateGraph`` with input ``{"messages": [...]}`` and output ``{"messages": [...,
@@ -101,16 +139,25 @@ def create_moa_graph(
         >>> result["messages"][-1].content, [p["text"] for p in result["proposals"]]
         ('A and B', ['A', 'B'])
     """
-    defaults = ModelDefaults(
-        temperature=temperature, max_tokens=max_tokens, timeout=timeout, max_retries=max_retries
-    )
-    plan = build_plan(
+    plan = plan_from_settings(
         proposers,
         aggregator=aggregator,
         layers=layers,
         prompt=prompt,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        max_retries=max_retries,
+        rate_limits=rate_limits,
         min_proposals=min_proposals,
-        proposer_defaults=defaults,
+        fail_mode=fail_mode,
+        first_k=first_k,
+        layer_timeout=layer_timeout,
+        fallback_to_aggregator=fallback_to_aggregator,
+        max_reference_tokens=max_reference_tokens,
+        token_counter=token_counter,
+        max_concurrent_calls=max_concurrent_calls,
+        max_input_chars=max_input_chars,
     )
     return build_graph(plan)
 
@@ -121,14 +168,14 @@ def build_graph(plan: MixturePlan) -> StateGraph[MoAState, MoAContext, MoAInput,
     graph = StateGraph(
         MoAState, input_schema=MoAInput, output_schema=MoAOutput, context_schema=MoAContext
     )
-    graph.add_node(PREPARE, RunnableCallable(nodes.prepare, name=PREPARE, trace=False))
-    graph.add_node(
-        PROPOSE, RunnableCallable(nodes.propose, nodes.apropose, name=PROPOSE, trace=False)
-    )
-    graph.add_node(COLLECT, RunnableCallable(nodes.collect, name=COLLECT, trace=False), defer=True)
-    graph.add_node(
-        AGGREGATE, RunnableCallable(nodes.aggregate, nodes.aaggregate, name=AGGREGATE, trace=False)
-    )
+
+    def node(func: Callable[..., Any], afunc: Callable[..., Any] | None, name: str) -> Any:
+        return RunnableCallable(func, afunc, name=name, trace=False)
+
+    graph.add_node(PREPARE, node(nodes.prepare, None, PREPARE))
+    graph.add_node(PROPOSE, node(nodes.propose, nodes.apropose, PROPOSE))
+    graph.add_node(COLLECT, node(nodes.collect, None, COLLECT), defer=True)
+    graph.add_node(AGGREGATE, node(nodes.aggregate, nodes.aaggregate, AGGREGATE))
     graph.add_edge(START, PREPARE)
     graph.add_conditional_edges(PREPARE, nodes.send_first_layer, [PROPOSE])
     graph.add_edge(PROPOSE, COLLECT)
@@ -141,17 +188,14 @@ class _MoANodes:
 
     def __init__(self, plan: MixturePlan) -> None:
         self.plan = plan
+        self.options = plan.options
         self.runnables = {
             (slot.layer, slot.index): self._runnable_for(slot)
             for layer in plan.proposer_layers
             for slot in layer
         }
-        self.aggregator = bind_aggregator(
-            plan.aggregator.model,
-            prompt=plan.prompt,
-            system_prompt=plan.aggregator.system_prompt,
-            name=f"aggregator: {plan.aggregator.name}",
-        )
+        self.races = RaceRegistry(plan.options.race_rules)
+        self.limiter = CallLimiter(plan.options.max_concurrent_calls)
 
     def _runnable_for(self, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
         if slot.layer == 1:
@@ -160,238 +204,145 @@ class _MoANodes:
             slot.model,
             prompt=self.plan.prompt,
             system_prompt=slot.system_prompt,
-            name=_run_name(slot),
+            name=run_name(slot),
         )
 
-    # -- nodes -------------------------------------------------------------------------------
+    # -- nodes ---------------------------------------------------------------------------------
 
     def prepare(self, state: MoAState) -> dict[str, Any]:
-        if not state.get("messages"):
-            raise ValueError("messages: the conversation is empty; send at least one message")
-        return {"proposals": CLEAR_PROPOSALS}
+        validate_conversation(
+            state.get("messages", []), max_input_chars=self.options.max_input_chars
+        )
+        return {"proposals": CLEAR_PROPOSALS, "run_id": uuid.uuid4().hex}
 
     def send_first_layer(self, state: MoAState) -> list[Send]:
-        return self._sends(1, state["messages"], [])
+        return self._sends(1, state, [])
 
     def propose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
-        slot, runnable, call_input = self._start(task, runtime)
-        started = time.perf_counter()
+        call = ProposerCall(self, task, config, runtime)
+        if call.race is not None and call.race.stopped:
+            return call.outcome()
         try:
-            message = runnable.invoke(call_input, self._proposer_config(slot, config))
+            message = call_sync(call.attempt_sync, call.slot.policy, race=call.race,
+                                on_retry=call.on_retry)  # fmt: skip
         except GraphBubbleUp:
             raise
-        except Exception as exc:
-            return self._failed(slot, exc, started, runtime)
-        return self._finished(slot, message, started, runtime)
+        except Exception as error:
+            return call.outcome(error=error)
+        return call.outcome(message=message)
 
     async def apropose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
-        slot, runnable, call_input = self._start(task, runtime)
-        started = time.perf_counter()
+        call = ProposerCall(self, task, config, runtime)
+        if call.race is not None and call.race.stopped:
+            return call.outcome()
         try:
-            message = await runnable.ainvoke(call_input, self._proposer_config(slot, config))
+            message = await call_async(call.attempt_async, call.slot.policy, race=call.race,
+                                       on_retry=call.on_retry)  # fmt: skip
         except GraphBubbleUp:
             raise
-        except Exception as exc:
-            return self._failed(slot, exc, started, runtime)
-        return self._finished(slot, message, started, runtime)
+        except Exception as error:
+            return call.outcome(error=error)
+        return call.outcome(message=message)
 
     def collect(self, state: MoAState, runtime: Runtime) -> None:
         layer = _current_layer(state["proposals"])
         proposals = [p for p in state["proposals"] if p["layer"] == layer]
-        failed = sum(p["error"] is not None for p in proposals)
-        _emit(
-            runtime,
-            moa_event="layer_done",
-            layer=layer,
-            succeeded=len(proposals) - failed,
-            failed=failed,
-        )
-        if len(proposals) - failed < self.plan.min_proposals:
-            raise ProposalsFailedError(layer, proposals, self.plan.min_proposals)
+        counts = {status: sum(p["status"] == status for p in proposals)
+                  for status in ("answered", "failed", "cancelled")}  # fmt: skip
+        emit(runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
+              failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
+        fail_fast = self.options.fail_mode == "fail_fast" and counts["failed"] > 0
+        below_quorum = counts["answered"] < self.options.min_proposals
+        if (fail_fast or below_quorum) and not self.options.fallback_to_aggregator:
+            raise ProposalsFailedError(layer, proposals, self.options.min_proposals)
+        if layer < len(self.plan.proposer_layers) and not (fail_fast or below_quorum):
+            self._references(state, layer, runtime)  # reports any truncation once
 
     def route_after_layer(self, state: MoAState) -> list[Send] | str:
         layer = _current_layer(state["proposals"])
-        if layer >= len(self.plan.proposer_layers):
+        proposals = [p for p in state["proposals"] if p["layer"] == layer]
+        done = sum(p["status"] == "answered" for p in proposals)
+        failed = any(p["status"] == "failed" for p in proposals)
+        stop = done < self.options.min_proposals or (self.options.fail_mode == "fail_fast"
+                                                     and failed)  # fmt: skip
+        if layer >= len(self.plan.proposer_layers) or stop:
             return AGGREGATE
-        return self._sends(layer + 1, state["messages"], references(state["proposals"], layer))
+        return self._sends(layer + 1, state, self._references(state, layer, None))
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
-        runnable, call_input, call_config = self._aggregation(state, config, runtime)
+        call = AggregatorCall(self, state, config, runtime)
         try:
-            message = runnable.invoke(call_input, call_config)
+            message = call_sync(call.attempt_sync, self.plan.aggregator.policy,
+                                on_retry=call.on_retry, can_retry=call.can_retry)  # fmt: skip
         except GraphBubbleUp:
             raise
-        except Exception as exc:
-            raise self._aggregator_error(exc) from exc
-        return self._aggregated(message, runtime)
+        except Exception as error:
+            raise call.failure(error) from error
+        return call.outcome(message)
 
     async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
-        runnable, call_input, call_config = self._aggregation(state, config, runtime)
+        call = AggregatorCall(self, state, config, runtime)
         try:
-            message = await runnable.ainvoke(call_input, call_config)
+            message = await call_async(
+                call.attempt_async, self.plan.aggregator.policy, on_retry=call.on_retry,
+                can_retry=call.can_retry,
+            )  # fmt: skip
         except GraphBubbleUp:
             raise
-        except Exception as exc:
-            raise self._aggregator_error(exc) from exc
-        return self._aggregated(message, runtime)
+        except Exception as error:
+            raise call.failure(error) from error
+        return call.outcome(message)
 
-    # -- helpers shared by the sync and async nodes --------------------------------------------
+    # -- proposers ---------------------------------------------------------------------------
 
-    def _sends(self, layer: int, messages: list[AnyMessage], refs: list[str]) -> list[Send]:
+    def _sends(self, layer: int, state: MoAState, refs: list[str]) -> list[Send]:
         return [
-            Send(
-                PROPOSE,
-                ProposerTask(layer=layer, index=slot.index, messages=messages, references=refs),
-            )
+            Send(PROPOSE, ProposerTask(run_id=state["run_id"], layer=layer, index=slot.index,
+                                       messages=state["messages"], references=refs))
             for slot in self.plan.proposer_layers[layer - 1]
-        ]
+        ]  # fmt: skip
 
-    def _start(
-        self, task: ProposerTask, runtime: Runtime
-    ) -> tuple[ProposerSlot, Runnable[Any, BaseMessage], Any]:
-        slot = self.plan.proposer_layers[task["layer"] - 1][task["index"]]
-        _emit(runtime, moa_event="proposal_started", **_identity(slot))
-        if slot.layer == 1:
-            call_input: Any = with_system_prompt(task["messages"], slot.system_prompt)
-        else:
-            call_input = {"messages": task["messages"], "references": task["references"]}
-        return slot, self.runnables[(slot.layer, slot.index)], call_input
+    def describe(self, error: BaseException) -> str:
+        """The error as recorded: type and message, secrets masked."""
+        return redact(f"{type(error).__name__}: {error}", self.plan.secrets)
 
-    def _proposer_config(self, slot: ProposerSlot, config: RunnableConfig) -> RunnableConfig:
-        return merge_configs(
-            config,
-            {
-                "run_name": _run_name(slot),
-                "tags": [PROPOSER_TAG, f"moa:layer:{slot.layer}"],
-                "metadata": {
-                    "moa_layer": slot.layer,
-                    "moa_index": slot.index,
-                    "moa_proposer": slot.name,
-                    "moa_model": slot.model_name,
-                },
-            },
-        )
+    # -- references and the aggregator -------------------------------------------------------
 
-    def _finished(
-        self, slot: ProposerSlot, message: BaseMessage, started: float, runtime: Runtime
-    ) -> dict[str, list[Proposal]]:
-        latency = time.perf_counter() - started
-        _emit(runtime, moa_event="proposal_finished", latency_s=latency, **_identity(slot))
-        usage = getattr(message, "usage_metadata", None)
-        return {"proposals": [_proposal(slot, message.text, None, usage, latency)]}
+    def _references(self, state: MoAState, layer: int, runtime: Runtime | None) -> list[str]:
+        return self._fit(answered(state["proposals"], layer), layer, runtime)[0]
 
-    def _failed(
-        self, slot: ProposerSlot, exc: Exception, started: float, runtime: Runtime
-    ) -> dict[str, list[Proposal]]:
-        latency = time.perf_counter() - started
-        error = f"{type(exc).__name__}: {exc}"
-        logger.warning(
-            "proposer %s (%s) of layer %d failed: %s", slot.name, slot.model_name, slot.layer, error
-        )
-        _emit(
-            runtime, moa_event="proposal_failed", latency_s=latency, error=error, **_identity(slot)
-        )
-        return {"proposals": [_proposal(slot, "", error, None, latency)]}
+    def _fit(
+        self, chosen: list[Proposal], layer: int, runtime: Runtime | None
+    ) -> tuple[list[str], list[Truncation]]:
+        """Fit references to the budget, reporting any cut when ``runtime`` is given."""
+        texts, cuts = fit_to_budget(chosen, self.options.max_reference_tokens,
+                                    self.options.token_counter)  # fmt: skip
+        if cuts and runtime is not None:
+            emit(runtime, moa_event="references_truncated", layer=layer,
+                 truncations=[truncation_record(cut) for cut in cuts])  # fmt: skip
+        return texts, cuts
 
-    def _aggregation(
-        self, state: MoAState, config: RunnableConfig, runtime: Runtime
-    ) -> tuple[Runnable[Any, BaseMessage], dict[str, Any], RunnableConfig]:
-        plan = self.plan
-        refs = references(state["proposals"], len(plan.proposer_layers))
-        _emit(
-            runtime,
-            moa_event="aggregation_started",
-            layer=plan.layers,
-            proposer=plan.aggregator.name,
-            model=plan.aggregator.model_name,
-        )
-        runnable = self.aggregator
-        context: MoAContext = runtime.context or {}
-        call_kwargs = context.get("aggregator_kwargs")
-        if call_kwargs:
-            runnable = bind_aggregator(
-                plan.aggregator.model.bind(**call_kwargs),
-                prompt=plan.prompt,
-                system_prompt=plan.aggregator.system_prompt,
-                name=f"aggregator: {plan.aggregator.name}",
+    def final_references(
+        self, state: MoAState, runtime: Runtime
+    ) -> tuple[list[str], list[Truncation], str | None]:
+        """References for the aggregator, and why it is a fallback (``None`` when it is not)."""
+        proposals = state["proposals"]
+        reached = _current_layer(proposals)
+        for layer in range(reached, 0, -1):
+            chosen = answered(proposals, layer)
+            if not chosen:
+                continue
+            texts, cuts = self._fit(chosen, layer, runtime)
+            complete = layer == len(self.plan.proposer_layers) and len(chosen) >= (
+                self.options.min_proposals
             )
-        call_config = merge_configs(
-            config,
-            {
-                "tags": [AGGREGATOR_TAG, f"moa:layer:{plan.layers}"],
-                "metadata": {
-                    "moa_layer": plan.layers,
-                    "moa_proposer": plan.aggregator.name,
-                    "moa_model": plan.aggregator.model_name,
-                },
-            },
-        )
-        return runnable, {"messages": state["messages"], "references": refs}, call_config
-
-    def _aggregated(self, message: BaseMessage, runtime: Runtime) -> dict[str, list[BaseMessage]]:
-        _emit(
-            runtime,
-            moa_event="aggregation_finished",
-            layer=self.plan.layers,
-            proposer=self.plan.aggregator.name,
-            model=self.plan.aggregator.model_name,
-        )
-        return {"messages": [message]}
-
-    def _aggregator_error(self, exc: Exception) -> AggregatorError:
-        return AggregatorError(self.plan.aggregator.name, self.plan.aggregator.model_name, exc)
-
-
-def references(proposals: Sequence[Proposal], layer: int) -> list[str]:
-    """The answered texts of ``layer``, in configured order (failed proposers left out).
-
-    Example:
-        >>> ps = [{"layer": 1, "index": 1, "text": "b", "error": None},
-        ...       {"layer": 1, "index": 0, "text": "a", "error": None},
-        ...       {"layer": 1, "index": 2, "text": "", "error": "boom"}]
-        >>> references(ps, 1)
-        ['a', 'b']
-    """
-    chosen = [p for p in proposals if p["layer"] == layer and p["error"] is None]
-    return [p["text"] for p in sorted(chosen, key=lambda p: p["index"])]
+            reason = None if complete else (
+                f"the aggregator used the {len(chosen)} answer(s) of layer {layer} after "
+                f"layer {reached} fell below min_proposals={self.options.min_proposals}"
+            )  # fmt: skip
+            return texts, cuts, reason
+        return [], [], "every proposer failed: the aggregator answered alone"
 
 
 def _current_layer(proposals: Sequence[Proposal]) -> int:
     return max(p["layer"] for p in proposals)
-
-
-def _run_name(slot: ProposerSlot) -> str:
-    return f"proposer {slot.layer}.{slot.index + 1}: {slot.name}"
-
-
-def _identity(slot: ProposerSlot) -> dict[str, Any]:
-    return {
-        "layer": slot.layer,
-        "index": slot.index,
-        "proposer": slot.name,
-        "model": slot.model_name,
-    }
-
-
-def _proposal(
-    slot: ProposerSlot,
-    text: str,
-    error: str | None,
-    usage: Mapping[str, Any] | None,
-    latency: float,
-) -> Proposal:
-    return Proposal(
-        layer=slot.layer,
-        index=slot.index,
-        proposer=slot.name,
-        model=slot.model_name,
-        text=text,
-        error=error,
-        usage=dict(usage) if usage else None,
-        latency_s=round(latency, 6),
-    )
-
-
-def _emit(runtime: Runtime | None, **event: Any) -> None:
-    if runtime is not None:
-        runtime.stream_writer(ProgressEvent(**event))  # type: ignore[typeddict-item]

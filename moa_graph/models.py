@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, TypeAlias
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
+from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from moa_graph.calls import CallPolicy
 
 ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
 LOCAL_PROVIDER = "local"
@@ -33,6 +37,8 @@ class ProposerSpec(BaseModel):
         samples: how many times this model is sampled in a layer (Self-MoA uses n > 1).
         base_url: endpoint of an OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...).
         api_key: key for that endpoint; held as a secret, never printed.
+        timeout: seconds one call of this model may take (default: the mixture's ``timeout``).
+        max_retries: retries of transient errors for this model (default: the mixture's).
         model_kwargs: any further keyword arguments for the model's constructor.
 
     Example:
@@ -52,6 +58,8 @@ class ProposerSpec(BaseModel):
     samples: int = Field(default=1, ge=1, le=64)
     base_url: str | None = None
     api_key: SecretStr | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=20)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
@@ -75,12 +83,19 @@ ModelLike: TypeAlias = BaseChatModel | str | ProposerSpec | Mapping[str, Any]
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """Settings applied to models built from strings (and bound when a spec sets them)."""
+    """Settings of the mixture's calls; sampling ones apply to models built from strings.
+
+    ``timeout`` (seconds per call) and ``max_retries`` apply to every call, whatever the model;
+    models built from strings also get ``timeout`` as their HTTP timeout and make no retries of
+    their own. ``rate_limits`` maps a provider (``"together"``) to requests per second, shared by
+    every model of that provider built from a string.
+    """
 
     temperature: float | None = 0.7
     max_tokens: int | None = 512
-    timeout: float | None = None
-    max_retries: int | None = None
+    timeout: float | None = 120.0
+    max_retries: int = 2
+    rate_limits: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,8 @@ class ResolvedModel:
     model: ChatRunnable
     system_prompt: str | None
     samples: int
+    policy: CallPolicy
+    secret: str | None = dataclass_field(default=None, repr=False)
 
 
 def to_spec(value: ModelLike, *, field: str) -> ProposerSpec:
@@ -120,7 +137,13 @@ def _validated(field: str, **kwargs: Any) -> ProposerSpec:
         raise ValueError(f"{field}: {exc}") from None
 
 
-def resolve_model(value: ModelLike, *, field: str, defaults: ModelDefaults) -> ResolvedModel:
+def resolve_model(
+    value: ModelLike,
+    *,
+    field: str,
+    defaults: ModelDefaults,
+    rate_limiters: Mapping[str, BaseRateLimiter] | None = None,
+) -> ResolvedModel:
     """Build the chat model a spec describes, with ``defaults`` where the spec is silent.
 
     Raises:
@@ -129,16 +152,24 @@ def resolve_model(value: ModelLike, *, field: str, defaults: ModelDefaults) -> R
     """
     spec = to_spec(value, field=field)
     model_name = model_label(spec.model)
+    policy = CallPolicy(
+        timeout=_first(spec.timeout, defaults.timeout),
+        max_retries=_first(spec.max_retries, defaults.max_retries),
+    )
     if isinstance(spec.model, BaseChatModel):
         model = _bind_explicit_settings(spec)
     else:
-        model = _build_from_string(spec, field=field, defaults=defaults)
+        model = _build_from_string(
+            spec, field=field, defaults=defaults, policy=policy, rate_limiters=rate_limiters or {}
+        )
     return ResolvedModel(
         name=spec.name or model_name,
         model_name=model_name,
         model=model,
         system_prompt=spec.system_prompt,
         samples=spec.samples,
+        policy=policy,
+        secret=spec.api_key.get_secret_value() if spec.api_key else None,
     )
 
 
@@ -152,16 +183,24 @@ def _bind_explicit_settings(spec: ProposerSpec) -> ChatRunnable:
     return spec.model.bind(**settings) if settings else spec.model
 
 
-def _build_from_string(spec: ProposerSpec, *, field: str, defaults: ModelDefaults) -> BaseChatModel:
+def _build_from_string(
+    spec: ProposerSpec,
+    *,
+    field: str,
+    defaults: ModelDefaults,
+    policy: CallPolicy,
+    rate_limiters: Mapping[str, BaseRateLimiter],
+) -> BaseChatModel:
     assert isinstance(spec.model, str)
     provider, model = split_provider(spec.model, field=field)
     settings: dict[str, Any] = {
         "temperature": _first(spec.temperature, defaults.temperature),
         "max_tokens": _first(spec.max_tokens, defaults.max_tokens),
-        "timeout": defaults.timeout,
-        "max_retries": defaults.max_retries,
+        "timeout": policy.timeout,
+        "max_retries": 0,  # the mixture retries, with its own backoff and Retry-After handling
         "base_url": spec.base_url,
         "api_key": spec.api_key,
+        "rate_limiter": rate_limiters.get(provider or ""),
     }
     kwargs = {key: value for key, value in settings.items() if value is not None}
     kwargs.update(spec.model_kwargs)
@@ -169,7 +208,7 @@ def _build_from_string(spec: ProposerSpec, *, field: str, defaults: ModelDefault
         if provider == LOCAL_PROVIDER:
             from moa_graph.local import create_local_chat_model
 
-            for remote_only in ("timeout", "max_retries", "base_url", "api_key"):
+            for remote_only in ("timeout", "max_retries", "base_url", "api_key", "rate_limiter"):
                 kwargs.pop(remote_only, None)
             return create_local_chat_model(model, **kwargs)
         from langchain.chat_models import init_chat_model

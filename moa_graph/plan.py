@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
-from moa_graph.models import ChatRunnable, ModelDefaults, ModelLike, ResolvedModel, resolve_model
+from langchain_core.rate_limiters import InMemoryRateLimiter
+
+from moa_graph.calls import CallPolicy
+from moa_graph.models import (
+    ChatRunnable,
+    ModelDefaults,
+    ModelLike,
+    ResolvedModel,
+    resolve_model,
+)
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.race import RaceRules
+from moa_graph.references import TokenCounter, approximate_tokens
+from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
+
+FailMode = Literal["best_effort", "fail_fast"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,30 @@ class ProposerSlot:
     model_name: str
     model: ChatRunnable
     system_prompt: str | None
+    policy: CallPolicy
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run copes with slow, failing or verbose proposers (see ``create_moa_graph``)."""
+
+    min_proposals: int = 1
+    fail_mode: FailMode = "best_effort"
+    first_k: int | None = None
+    layer_timeout: float | None = None
+    fallback_to_aggregator: bool = False
+    max_reference_tokens: int | None = None
+    token_counter: TokenCounter = approximate_tokens
+    max_concurrent_calls: int | None = None
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+
+    @property
+    def race_rules(self) -> RaceRules:
+        return RaceRules(
+            first_k=self.first_k,
+            deadline=self.layer_timeout,
+            fail_fast=self.fail_mode == "fail_fast",
+        )
 
 
 @dataclass(frozen=True)
@@ -31,7 +70,9 @@ class MixturePlan:
     proposer_layers: tuple[tuple[ProposerSlot, ...], ...]
     aggregator: ResolvedModel
     prompt: str
-    min_proposals: int
+    options: RunOptions
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """API keys given in specs, masked wherever an error message is recorded."""
 
     @property
     def layers(self) -> int:
@@ -48,9 +89,8 @@ def build_plan(
     aggregator: ModelLike,
     layers: int | None = None,
     prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT,
-    min_proposals: int = 1,
-    proposer_defaults: ModelDefaults | None = None,
-    aggregator_defaults: ModelDefaults | None = None,
+    defaults: ModelDefaults | None = None,
+    options: RunOptions | None = None,
 ) -> MixturePlan:
     """Check every option and resolve every model; invalid input raises ``ValueError``.
 
@@ -66,35 +106,110 @@ def build_plan(
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt: the aggregation prompt must be a non-empty string")
+    if aggregator is None:
+        raise ValueError("aggregator: a model is required")
+    defaults = defaults or ModelDefaults()
+    options = options or RunOptions()
     specs_per_layer = _layer_specs(proposers, layers)
-    proposer_defaults = proposer_defaults or ModelDefaults()
-    aggregator_defaults = aggregator_defaults or proposer_defaults
-    resolved_cache: dict[int, ResolvedModel] = {}
+    resolved_models: dict[int, ResolvedModel] = {}
+    resolve = _resolver(defaults, resolved_models)
     proposer_layers = []
     for layer_number, specs in enumerate(specs_per_layer, start=1):
         slots: list[ProposerSlot] = []
         for position, spec in enumerate(specs):
-            field = _field_name(proposers, layer_number, position)
-            # The same object listed in several layers is resolved (and constructed) once.
-            resolved = resolved_cache.get(id(spec))
-            if resolved is None:
-                resolved = resolve_model(spec, field=field, defaults=proposer_defaults)
-                resolved_cache[id(spec)] = resolved
+            resolved = resolve(spec, _field_name(proposers, layer_number, position))
             slots.extend(_slots_for(resolved, layer_number, first_index=len(slots)))
         proposer_layers.append(tuple(slots))
-    if aggregator is None:
-        raise ValueError("aggregator: a model is required")
-    resolved_aggregator = resolve_model(
-        aggregator, field="aggregator", defaults=aggregator_defaults
-    )
     plan = MixturePlan(
         proposer_layers=tuple(proposer_layers),
-        aggregator=resolved_aggregator,
+        aggregator=resolve(aggregator, "aggregator"),
         prompt=prompt,
-        min_proposals=min_proposals,
+        options=options,
+        secrets=tuple(sorted({m.secret for m in resolved_models.values() if m.secret})),
     )
-    _check_min_proposals(plan)
+    check_options(plan.options, smallest_layer=min(len(layer) for layer in proposer_layers))
     return plan
+
+
+def plan_from_settings(
+    proposers: Sequence[ModelLike] | Sequence[Sequence[ModelLike]],
+    *,
+    aggregator: ModelLike,
+    layers: int | None = None,
+    prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT,
+    **settings: Any,
+) -> MixturePlan:
+    """``build_plan`` with flat keyword settings, each going to ``ModelDefaults`` or ``RunOptions``.
+
+    Example:
+        >>> from langchain_core.language_models import GenericFakeChatModel
+        >>> fake = GenericFakeChatModel(messages=iter([]))
+        >>> plan_from_settings([fake], aggregator=fake, first_k=1, timeout=5).options.first_k
+        1
+    """
+    model_fields = {f.name for f in fields(ModelDefaults)}
+    option_fields = {f.name for f in fields(RunOptions)}
+    unknown = set(settings) - model_fields - option_fields
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return build_plan(
+        proposers,
+        aggregator=aggregator,
+        layers=layers,
+        prompt=prompt,
+        defaults=ModelDefaults(**{k: v for k, v in settings.items() if k in model_fields}),
+        options=RunOptions(**{k: v for k, v in settings.items() if k in option_fields}),
+    )
+
+
+def _resolver(
+    defaults: ModelDefaults, cache: dict[int, ResolvedModel]
+) -> Callable[[ModelLike, str], ResolvedModel]:
+    """Resolve specs into ``cache``, each distinct object once (a flat list reused in layers)."""
+    limiters = {
+        provider: InMemoryRateLimiter(requests_per_second=rate, max_bucket_size=max(1, rate))
+        for provider, rate in (defaults.rate_limits or {}).items()
+    }
+
+    def resolve(spec: ModelLike, field_name: str) -> ResolvedModel:
+        if id(spec) not in cache:
+            cache[id(spec)] = resolve_model(
+                spec, field=field_name, defaults=defaults, rate_limiters=limiters
+            )
+        return cache[id(spec)]
+
+    return resolve
+
+
+def check_options(options: RunOptions, *, smallest_layer: int) -> None:
+    """Raise ``ValueError`` naming the first invalid run option."""
+    minimum = options.min_proposals
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise ValueError(f"min_proposals: must be an integer >= 1 (got {minimum!r})")
+    if minimum > smallest_layer:
+        raise ValueError(
+            f"min_proposals: {minimum} is more than the {smallest_layer} proposers of the "
+            "smallest layer"
+        )
+    if options.fail_mode not in ("best_effort", "fail_fast"):
+        raise ValueError(
+            f"fail_mode: must be 'best_effort' or 'fail_fast' (got {options.fail_mode!r})"
+        )
+    if options.first_k is not None and not minimum <= options.first_k <= smallest_layer:
+        raise ValueError(
+            f"first_k: must be between min_proposals ({minimum}) and the {smallest_layer} "
+            f"proposers of the smallest layer (got {options.first_k!r})"
+        )
+    for name in ("layer_timeout",):
+        value = getattr(options, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name}: must be a positive number of seconds (got {value!r})")
+    for name in ("max_reference_tokens", "max_concurrent_calls", "max_input_chars"):
+        value = getattr(options, name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{name}: must be a positive integer (got {value!r})")
 
 
 def _layer_specs(
@@ -141,6 +256,7 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             model_name=resolved.model_name,
             model=resolved.model,
             system_prompt=resolved.system_prompt,
+            policy=resolved.policy,
         )
         for sample in range(resolved.samples)
     ]
@@ -150,14 +266,3 @@ def _field_name(proposers: Sequence[object], layer: int, position: int) -> str:
     if proposers and _is_layer_list(proposers[0]):
         return f"proposers[{layer - 1}][{position}]"
     return f"proposers[{position}]"
-
-
-def _check_min_proposals(plan: MixturePlan) -> None:
-    smallest = min(len(layer) for layer in plan.proposer_layers)
-    minimum = plan.min_proposals
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-        raise ValueError(f"min_proposals: must be an integer >= 1 (got {minimum!r})")
-    if minimum > smallest:
-        raise ValueError(
-            f"min_proposals: {minimum} is more than the {smallest} proposers of the smallest layer"
-        )

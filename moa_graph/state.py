@@ -18,17 +18,21 @@ class Proposal(TypedDict):
 
     ``layer`` counts from 1 and ``index`` is the proposer's configured position in its layer
     (from 0), so ``(layer, index)`` identifies the call whatever order calls finish in.
-    A failed call has ``text == ""`` and its ``error`` set.
+    ``status`` is ``"answered"``, ``"failed"`` or ``"cancelled"`` (cut off by ``first_k``, the
+    layer deadline or ``fail_mode="fail_fast"``); a proposal that did not answer has
+    ``text == ""`` and says why in ``error``. ``attempts`` counts calls made (retries included).
     """
 
     layer: int
     index: int
     proposer: str
     model: str
+    status: Literal["answered", "failed", "cancelled"]
     text: str
     error: str | None
     usage: dict[str, Any] | None
     latency_s: float
+    attempts: int
 
 
 def merge_proposals(
@@ -67,14 +71,16 @@ class MoAOutput(TypedDict):
 
 
 class MoAState(MessagesState):
-    """Full graph state: ``messages`` (from ``MessagesState``) plus ``proposals``."""
+    """Full graph state: ``messages`` (from ``MessagesState``), ``proposals`` and the run's id."""
 
     proposals: Annotated[list[Proposal], merge_proposals]
+    run_id: str
 
 
 class ProposerTask(TypedDict):
     """The payload one ``Send`` carries to the ``propose`` node."""
 
+    run_id: str
     layer: int
     index: int
     messages: list[AnyMessage]
@@ -91,6 +97,8 @@ class ProgressEvent(TypedDict):
         "layer_done",
         "aggregation_started",
         "aggregation_finished",
+        "proposal_retrying",
+        "references_truncated",
     ]
     layer: int
     index: NotRequired[int]
@@ -98,5 +106,9 @@ class ProgressEvent(TypedDict):
     model: NotRequired[str]
     latency_s: NotRequired[float]
     error: NotRequired[str]
+    attempt: NotRequired[int]
+    delay_s: NotRequired[float]
     succeeded: NotRequired[int]
     failed: NotRequired[int]
+    cancelled: NotRequired[int]
+    truncations: NotRequired[list[dict[str, int]]]

@@ -135,7 +135,7 @@ def test_many_proposers_all_run_at_once_under_sync_invoke() -> None:
 
 
 def test_works_as_a_node_of_a_parent_graph_with_a_checkpointer() -> None:
-    moa, models = make_moa()
+    moa, _ = make_moa()
 
     def call_moa(state: MessagesState) -> dict:
         return {"messages": [moa.invoke(state["messages"])]}

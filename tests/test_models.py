@@ -20,21 +20,35 @@ def placeholder_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_provider_strings_build_clients_with_reference_defaults() -> None:
-    resolved = resolve_model("together:Qwen/Qwen2.5-72B-Instruct-Turbo", field="f",
-                             defaults=ModelDefaults(timeout=9, max_retries=1))
+    resolved = resolve_model(
+        "together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+        field="f",
+        defaults=ModelDefaults(timeout=9, max_retries=1),
+    )
     model = resolved.model
     assert isinstance(model, ChatTogether)
     assert (model.model_name, model.temperature, model.max_tokens) == (
-        "Qwen/Qwen2.5-72B-Instruct-Turbo", 0.7, 512)
-    assert (model.request_timeout, model.max_retries, model.stream_usage) == (9, 1, True)
+        "Qwen/Qwen2.5-72B-Instruct-Turbo",
+        0.7,
+        512,
+    )
+    # The HTTP client times out with the call and leaves retrying to the mixture.
+    assert (model.request_timeout, model.max_retries, model.stream_usage) == (9, 0, True)
+    assert (resolved.policy.timeout, resolved.policy.max_retries) == (9, 1)
     assert resolved.name == "Qwen/Qwen2.5-72B-Instruct-Turbo"
     openai = resolve_model("openai:gpt-4o-mini", field="f", defaults=ModelDefaults()).model
     assert isinstance(openai, ChatOpenAI) and openai.model_name == "gpt-4o-mini"
 
 
 def test_spec_overrides_defaults_and_points_at_a_compatible_server() -> None:
-    spec = ProposerSpec(model="openai:llama3.1", base_url="http://127.0.0.1:11434/v1",
-                        api_key=PLANTED_KEY, temperature=0.2, max_tokens=64, name="ollama")
+    spec = ProposerSpec(
+        model="openai:llama3.1",
+        base_url="http://127.0.0.1:11434/v1",
+        api_key=PLANTED_KEY,
+        temperature=0.2,
+        max_tokens=64,
+        name="ollama",
+    )
     resolved = resolve_model(spec, field="f", defaults=ModelDefaults())
     assert isinstance(resolved.model, ChatOpenAI)
     assert resolved.model.openai_api_base == "http://127.0.0.1:11434/v1"

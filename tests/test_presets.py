@@ -17,7 +17,10 @@ def placeholder_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_paper_recipes_have_the_paper_shapes() -> None:
     moa, lite, gpt4o = presets.moa(), presets.moa_lite(), presets.moa_gpt4o()
     assert (moa.layers, len(moa.proposers), moa.aggregator) == (
-        3, 6, "together:Qwen/Qwen1.5-110B-Chat")
+        3,
+        6,
+        "together:Qwen/Qwen1.5-110B-Chat",
+    )
     assert (lite.layers, lite.aggregator) == (2, "together:Qwen/Qwen1.5-72B-Chat")
     assert gpt4o.aggregator == "openai:gpt-4o"
     for recipe in (moa, lite, gpt4o):

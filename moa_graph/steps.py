@@ -1,0 +1,248 @@
+"""One proposer call and one aggregator call, as the graph's nodes make them.
+
+Each object gathers what a call needs (model, input, traced config, the layer's race) and turns
+its outcome into the state update and progress events; the nodes only choose sync or async.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
+from langgraph.runtime import Runtime
+
+from moa_graph.aggregator import bind_aggregator
+from moa_graph.calls import CallCancelled, cancel_requested
+from moa_graph.errors import AggregatorError
+from moa_graph.plan import ProposerSlot
+from moa_graph.prompts import with_system_prompt
+from moa_graph.references import Truncation
+from moa_graph.state import ProgressEvent, Proposal, ProposerTask
+
+if TYPE_CHECKING:
+    from moa_graph.graph import MoAContext, _MoANodes
+    from moa_graph.state import MoAState
+
+logger = logging.getLogger("moa_graph")
+PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"
+
+
+class ProposerCall:
+    """One proposer's call in one run."""
+
+    def __init__(
+        self, nodes: _MoANodes, task: ProposerTask, config: RunnableConfig, runtime: Runtime
+    ) -> None:
+        plan = nodes.plan
+        layer = plan.proposer_layers[task["layer"] - 1]
+        self.slot = slot = layer[task["index"]]
+        self.nodes, self.runtime = nodes, runtime
+        self.race = (
+            nodes.races.race(task["run_id"], slot.layer, len(layer))
+            if nodes.races.rules.can_stop_early
+            else None
+        )
+        self.runnable = nodes.runnables[(slot.layer, slot.index)]
+        self.input: Any = (
+            with_system_prompt(task["messages"], slot.system_prompt)
+            if slot.layer == 1
+            else {"messages": task["messages"], "references": task["references"]}
+        )
+        self.config = merge_configs(
+            config,
+            {
+                "run_name": run_name(slot),
+                "tags": [PROPOSER_TAG, f"moa:layer:{slot.layer}"],
+                "metadata": {
+                    "moa_layer": slot.layer,
+                    "moa_index": slot.index,
+                    "moa_proposer": slot.name,
+                    "moa_model": slot.model_name,
+                },
+            },
+        )
+        self.attempts = 0
+        self.started = time.perf_counter()
+        if self.race is None or not self.race.stopped:
+            emit(runtime, moa_event="proposal_started", **identity(slot))
+
+    def attempt_sync(self) -> BaseMessage:
+        self.attempts += 1
+        with self.nodes.limiter.sync_slot():
+            if self.race is None:
+                return self.runnable.invoke(self.input, self.config)
+            return invoke_until_cancelled(self.runnable, self.input, self.config)
+
+    async def attempt_async(self) -> BaseMessage:
+        self.attempts += 1
+        async with self.nodes.limiter.async_slot():
+            return await self.runnable.ainvoke(self.input, self.config)
+
+    def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
+        emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
+             error=self.nodes.describe(error), **identity(self.slot))  # fmt: skip
+
+    def outcome(
+        self, *, message: BaseMessage | None = None, error: BaseException | None = None
+    ) -> dict[str, list[Proposal]]:
+        """The state update for this call: answered, failed or cancelled (no message, no error
+        or ``CallCancelled``)."""
+        slot, latency = self.slot, round(time.perf_counter() - self.started, 6)
+        base = {**identity(slot), "latency_s": latency}
+        if message is not None:
+            if self.race is not None:
+                self.race.answered()
+            emit(self.runtime, moa_event="proposal_finished", **base)
+            usage = getattr(message, "usage_metadata", None)
+            return {"proposals": [self._proposal("answered", message.text, None, usage, latency)]}
+        if error is None or isinstance(error, CallCancelled):
+            reason = error.reason if isinstance(error, CallCancelled) else self._race_reason()
+            status, text = "cancelled", f"cancelled: {reason}"
+            if self.race is not None:
+                self.race.cancelled()
+        else:
+            status, text = "failed", self.nodes.describe(error)
+            if self.race is not None:
+                self.race.failed()
+            logger.warning("proposer %s (%s) of layer %d failed: %s", slot.name,
+                           slot.model_name, slot.layer, text)  # fmt: skip
+        emit(self.runtime, moa_event="proposal_failed", error=text, **base)
+        return {"proposals": [self._proposal(status, "", text, None, latency)]}
+
+    def _race_reason(self) -> str:
+        return (self.race.reason if self.race is not None else None) or "not started"
+
+    def _proposal(
+        self, status: str, text: str, error: str | None, usage: Mapping[str, Any] | None,
+        latency: float,
+    ) -> Proposal:  # fmt: skip
+        slot = self.slot
+        return Proposal(
+            layer=slot.layer, index=slot.index, proposer=slot.name, model=slot.model_name,
+            status=status,  # type: ignore[typeddict-item]
+            text=text, error=error, usage=dict(usage) if usage else None, latency_s=latency,
+            attempts=self.attempts,
+        )  # fmt: skip
+
+
+class AggregatorCall:
+    """The final aggregator's call in one run (alone, when every proposer failed)."""
+
+    def __init__(
+        self, nodes: _MoANodes, state: MoAState, config: RunnableConfig, runtime: Runtime
+    ) -> None:
+        plan = nodes.plan
+        self.nodes, self.runtime = nodes, runtime
+        refs, self.cuts, self.fallback = nodes.final_references(state, runtime)
+        self.identity = {"layer": plan.layers, "proposer": plan.aggregator.name,
+                         "model": plan.aggregator.model_name}  # fmt: skip
+        emit(runtime, moa_event="aggregation_started", **self.identity)
+        context: MoAContext = runtime.context or {}
+        model = plan.aggregator.model
+        if context.get("aggregator_kwargs"):
+            model = model.bind(**context["aggregator_kwargs"])
+        name = f"aggregator: {plan.aggregator.name}"
+        self.runnable: Runnable[Any, BaseMessage]
+        if refs or self.fallback is None:
+            system_prompt = plan.aggregator.system_prompt
+            self.runnable = bind_aggregator(
+                model, prompt=plan.prompt, name=name, system_prompt=system_prompt
+            )
+            self.input: Any = {"messages": state["messages"], "references": refs}
+        else:
+            self.runnable = model.with_config(run_name=name)
+            self.input = with_system_prompt(state["messages"], plan.aggregator.system_prompt)
+        self.watcher = _TokenWatcher()
+        self.config = merge_configs(
+            config,
+            {
+                "callbacks": [self.watcher],
+                "tags": [AGGREGATOR_TAG, f"moa:layer:{plan.layers}"],
+                "metadata": {"moa_layer": plan.layers, "moa_proposer": plan.aggregator.name,
+                             "moa_model": plan.aggregator.model_name},
+            },
+        )  # fmt: skip
+
+    def attempt_sync(self) -> BaseMessage:
+        with self.nodes.limiter.sync_slot():
+            return self.runnable.invoke(self.input, self.config)
+
+    async def attempt_async(self) -> BaseMessage:
+        async with self.nodes.limiter.async_slot():
+            return await self.runnable.ainvoke(self.input, self.config)
+
+    def can_retry(self) -> bool:
+        """No retry once tokens were streamed: the caller would see them twice."""
+        return not self.watcher.streamed
+
+    def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
+        emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
+             error=self.nodes.describe(error), **self.identity)  # fmt: skip
+
+    def failure(self, error: BaseException) -> AggregatorError:
+        aggregator = self.nodes.plan.aggregator
+        return AggregatorError(aggregator.name, aggregator.model_name, self.nodes.describe(error))
+
+    def outcome(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:
+        emit(self.runtime, moa_event="aggregation_finished", **self.identity)
+        extra: dict[str, Any] = {}
+        if self.fallback:
+            extra["moa_fallback"] = self.fallback
+        if self.cuts:
+            extra["moa_truncations"] = [truncation_record(cut) for cut in self.cuts]
+        if extra:
+            metadata = {**message.response_metadata, **extra}
+            message = message.model_copy(update={"response_metadata": metadata})
+        return {"messages": [message]}
+
+
+class _TokenWatcher(BaseCallbackHandler):
+    """Notices whether a call already streamed tokens."""
+
+    run_inline = True
+
+    def __init__(self) -> None:
+        self.streamed = False
+
+    def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
+        if token:
+            self.streamed = True
+
+
+def invoke_until_cancelled(
+    runnable: Runnable[Any, BaseMessage], call_input: Any, config: RunnableConfig
+) -> BaseMessage:
+    """Stream the call and stop reading (closing the connection) once the caller gave up."""
+    merged: BaseMessageChunk | None = None
+    for chunk in runnable.stream(call_input, config):
+        if cancel_requested():
+            raise CallCancelled("the layer stopped waiting")
+        merged = chunk if merged is None else merged + chunk  # type: ignore[assignment]
+    if merged is None:
+        raise RuntimeError("the model streamed nothing")
+    return message_chunk_to_message(merged)
+
+
+def run_name(slot: ProposerSlot) -> str:
+    return f"proposer {slot.layer}.{slot.index + 1}: {slot.name}"
+
+
+def identity(slot: ProposerSlot) -> dict[str, Any]:
+    return {"layer": slot.layer, "index": slot.index, "proposer": slot.name,
+            "model": slot.model_name}  # fmt: skip
+
+
+def truncation_record(cut: Truncation) -> dict[str, int]:
+    return {"layer": cut.layer, "index": cut.index, "tokens": cut.tokens,
+            "kept_tokens": cut.kept_tokens}  # fmt: skip
+
+
+def emit(runtime: Runtime | None, **event: Any) -> None:
+    if runtime is not None:
+        runtime.stream_writer(ProgressEvent(**event))  # type: ignore[typeddict-item]
