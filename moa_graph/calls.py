@@ -107,7 +107,7 @@ def is_transient(error: BaseException) -> bool:
     if type(error).__name__ == "ContextOverflowError":
         return False
     status = status_code(error)
-    if status is not None:
+    if status is not None and status >= 400:  # a body that failed to parse may carry a 200
         return status in RETRYABLE_STATUS
     if isinstance(error, EmptyAnswerError | json.JSONDecodeError | ConnectionError):
         return True

@@ -258,8 +258,7 @@ class ChatMixtureOfAgents(BaseChatModel):
             metadata={},
             configurable={},
             run_name="mixture_of_agents",
-            recursion_limit=2 * self._plan.layers + 10,
-            max_concurrency=self._plan.max_width,
+            **self._plan.run_config(),
         )
 
     def _result(self, state: dict[str, Any]) -> ChatResult:

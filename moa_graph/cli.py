@@ -107,7 +107,7 @@ def run_once(
     """Run the mixture on a conversation, printing progress and the answer as they come."""
     stream: Iterator[tuple[str, Any]] = moa.graph.stream(  # type: ignore[assignment]
         {"messages": messages},
-        {"max_concurrency": moa.plan.max_width, "recursion_limit": 2 * moa.plan.layers + 10},
+        moa.plan.run_config(),
         stream_mode=["custom", "messages", "updates"],
     )
     return follow_run(stream, printer)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
+from langchain_core.runnables import RunnableConfig
 
 from moa_graph.calls import CallPolicy
 from moa_graph.models import (
@@ -81,6 +82,16 @@ class MixturePlan:
     @property
     def max_width(self) -> int:
         return max(len(layer) for layer in self.proposer_layers)
+
+    def run_config(self) -> RunnableConfig:
+        """Graph config that lets every proposer of the widest layer run at once.
+
+        LangGraph's synchronous runner uses a thread pool of ``max_concurrency`` workers (by
+        default ``cpu_count + 4``), one of which waits on the output stream while streaming.
+        """
+        return RunnableConfig(
+            max_concurrency=self.max_width + 2, recursion_limit=2 * self.layers + 10
+        )
 
 
 def build_plan(

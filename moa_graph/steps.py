@@ -220,10 +220,16 @@ def invoke_until_cancelled(
 ) -> BaseMessage:
     """Stream the call and stop reading (closing the connection) once the caller gave up."""
     merged: BaseMessageChunk | None = None
-    for chunk in runnable.stream(call_input, config):
-        if cancel_requested():
-            raise CallCancelled("the layer stopped waiting")
-        merged = chunk if merged is None else merged + chunk  # type: ignore[assignment]
+    chunks = runnable.stream(call_input, config)
+    try:
+        for chunk in chunks:
+            if cancel_requested():
+                raise CallCancelled("the layer stopped waiting")
+            merged = chunk if merged is None else merged + chunk  # type: ignore[assignment]
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # closes the HTTP response at once, not when the generator is collected
     if merged is None:
         raise RuntimeError("the model streamed nothing")
     return message_chunk_to_message(merged)

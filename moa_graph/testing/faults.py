@@ -63,6 +63,10 @@ class FaultSpec:
     chunks_before_cut: int = 2
     message: str | None = None
 
+    def __post_init__(self) -> None:
+        # Accept the wire name too: FaultSpec("cut_stream") == FaultSpec(Fault.CUT_STREAM).
+        object.__setattr__(self, "kind", Fault(self.kind))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form, as accepted by :func:`as_fault_spec`."""
         return {

@@ -417,7 +417,7 @@ class OpenAICompatibleServer(RequestLogQueries):
                 data += fmt.usage(usage)
             data += _wire.SSE_DONE
         else:
-            await _sleep_until(ex.start + total)
+            await _sleep_until(ex.start + total, ex.reader)
             if ex.reader.at_eof():
                 record.outcome = "client_disconnected"
                 return False
@@ -437,7 +437,7 @@ class OpenAICompatibleServer(RequestLogQueries):
             Bytes not yet written (to send with the stream's tail), or ``None``
             if the client has gone away.
         """
-        await _sleep_until(ex.start + latency.ttft)
+        await _sleep_until(ex.start + latency.ttft, ex.reader)
         if ex.reader.at_eof():
             ex.record.outcome = "client_disconnected"
             return None
@@ -450,7 +450,10 @@ class OpenAICompatibleServer(RequestLogQueries):
                 ex.writer.write(pending)
                 pending = b""
                 await ex.writer.drain()
-                await _sleep_until(ex.start + latency.ttft + i * latency.per_token)
+                await _sleep_until(ex.start + latency.ttft + i * latency.per_token, ex.reader)
+                if ex.reader.at_eof():
+                    ex.record.outcome = "client_disconnected"
+                    return None
             pending += fmt.content(piece)
         return pending
 
@@ -546,10 +549,16 @@ class _Exchange:
         return self.keep
 
 
-async def _sleep_until(deadline: float) -> None:
-    delay = deadline - asyncio.get_running_loop().time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+async def _sleep_until(deadline: float, reader: asyncio.StreamReader | None = None) -> None:
+    """Sleep until ``deadline`` (loop time), or until ``reader``'s client has gone away."""
+    loop = asyncio.get_running_loop()
+    while (delay := deadline - loop.time()) > 0:
+        if reader is not None and reader.at_eof():
+            return
+        await asyncio.sleep(delay if reader is None else min(delay, _EOF_POLL_S))
+
+
+_EOF_POLL_S = 0.05  # how often a scripted wait looks for a client that went away
 
 
 class _EofProtocol(asyncio.Protocol):

@@ -1,0 +1,92 @@
+"""An append-only JSONL cache of results, so an interrupted experiment resumes where it stopped.
+
+Each line is one record ``{"kind", "key", "value", "time"}``; ``key`` is a list of strings (for
+answers: the system's key and the item id). Records are flushed and fsync'ed one by one, so at
+most the line being written when the process died is lost; such a torn last line is skipped on
+load. A later record with the same key wins.
+
+Example:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "cache.jsonl")
+    >>> cache = ResultCache(path)
+    >>> cache.put("answer", ("sys#1", "gsm8k/0"), {"turns": ["18"]})
+    >>> ResultCache(path).get("answer", ("sys#1", "gsm8k/0"))
+    {'turns': ['18']}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class ResultCache:
+    """Records by ``(kind, key)`` in one append-only JSONL file (safe to share between threads).
+
+    Args:
+        path: the file, created (with its folder) on the first write; ``None`` keeps the
+            records in memory only.
+    """
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self.skipped_lines = 0
+        if self.path is not None and self.path.exists():
+            self._load(self.path)
+
+    def _load(self, path: Path) -> None:
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    key = (str(record["kind"]), tuple(str(part) for part in record["key"]))
+                except (ValueError, KeyError, TypeError):
+                    self.skipped_lines += 1  # a torn write from an interrupted run
+                    continue
+                self._records[key] = record["value"]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, kind_key: tuple[str, Sequence[str]]) -> bool:
+        kind, key = kind_key
+        return (kind, tuple(key)) in self._records
+
+    def get(self, kind: str, key: Sequence[str], default: Any = None) -> Any:
+        """The stored value, or ``default``."""
+        return self._records.get((kind, tuple(key)), default)
+
+    def put(self, kind: str, key: Sequence[str], value: Any) -> None:
+        """Store ``value`` and append it to the file at once (flushed to disk)."""
+        record = {"kind": kind, "key": list(key), "value": value, "time": time.time()}
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as file:
+                    if file.tell() and not _ends_with_newline(self.path):
+                        file.write("\n")  # never glue a record onto a torn line
+                    file.write(line + "\n")
+                    file.flush()
+                    os.fsync(file.fileno())
+            # what a later run would read back (tuples become lists, ...)
+            self._records[(kind, tuple(key))] = json.loads(line)["value"]
+
+    def items(self, kind: str) -> Iterator[tuple[tuple[str, ...], Any]]:
+        """Every ``(key, value)`` of one kind."""
+        for (record_kind, key), value in list(self._records.items()):
+            if record_kind == kind:
+                yield key, value
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"

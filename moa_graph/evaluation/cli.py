@@ -1,0 +1,169 @@
+"""``moa-graph eval``: run systems over a data set, score, judge, report and export.
+
+Example::
+
+    moa-graph eval --dataset gsm8k --limit 3 --out runs/smoke \\
+        --systems single:local:smollm2-135m moa:local-tiny --max-tokens 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from moa_graph.evaluation.cache import ResultCache
+from moa_graph.evaluation.costs import PriceTable
+from moa_graph.evaluation.datasets import load_dataset
+from moa_graph.evaluation.exporters import write_exports
+from moa_graph.evaluation.judge import Judge
+from moa_graph.evaluation.packages import DataPackageError
+from moa_graph.evaluation.report import (
+    MissingDependencyError,
+    markdown_report,
+    plot_quality_vs_cost,
+    summarize,
+    summary_json,
+    write_json,
+)
+from moa_graph.evaluation.runner import run_experiment
+from moa_graph.evaluation.systems import parse_system
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The ``eval`` arguments, added to ``parser`` (e.g. a subcommand's) or to a new parser."""
+    parser = parser or argparse.ArgumentParser(
+        prog="moa-graph eval", description="Evaluate MoA systems on a data set."
+    )
+    parser.add_argument("--dataset", required=True, help="gsm8k | arc | mtbench | jsonl:PATH")
+    parser.add_argument(
+        "--limit", type=int, help="evaluate N items drawn with --seed (default all)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default 0)")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        required=True,
+        metavar="SPEC",
+        help="single:MODEL | moa:PRESET|FILE.toml | self-moa:MODEL,n=6 | "
+        "best-of-n:MODEL,n=4[,ranker=MODEL]; each may add ,name=NAME",
+    )
+    parser.add_argument("--out", help="output folder (default: eval-runs/<dataset>)")
+    parser.add_argument("--judge", metavar="MODEL", help="judge model (data without gold answers)")
+    parser.add_argument(
+        "--reference", metavar="SYSTEM", help="system name to compare the others with (pairwise)"
+    )
+    parser.add_argument(
+        "--prices",
+        nargs="+",
+        default=[],
+        metavar="PRICE",
+        help="MODEL=IN,OUT ($ per million tokens) or a .json/.toml file of them",
+    )
+    parser.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    parser.add_argument("--max-tokens", type=int, help="answer length limit (default 512)")
+    parser.add_argument("--concurrency", type=int, default=1, help="(system, item) pairs at once")
+    parser.add_argument(
+        "--langsmith",
+        action="store_true",
+        help="also run langsmith.evaluate (uploads only when LANGSMITH_API_KEY is set)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main_eval(argv: Sequence[str] | None = None) -> int:
+    """Run ``moa-graph eval``; returns the exit code.
+
+    Arguments:
+        --dataset NAME: ``gsm8k`` (GSM8K test, 1319), ``arc`` (ARC-Challenge test, 1172),
+            ``mtbench`` (MT-Bench, 80 two-turn questions, needs ``--judge``) or ``jsonl:PATH``.
+        --limit N: evaluate N items drawn with ``--seed`` (kept in data set order; a smaller
+            limit's items are a subset of a larger one's, so raising it reuses the cache).
+        --seed S: seed of that draw (default 0).
+        --systems SPEC...: the systems: ``single:MODEL`` (or just ``MODEL``),
+            ``moa:PRESET`` / ``moa:FILE.toml`` (or just ``PRESET``), ``self-moa:MODEL,n=6``,
+            ``best-of-n:MODEL,n=4[,ranker=MODEL]``; any may end with ``,name=NAME``.
+        --out DIR: output folder (default ``eval-runs/<dataset>``): ``cache.jsonl`` (resume),
+            ``summary.md``, ``summary.json``, ``quality_vs_cost.png``,
+            ``alpaca_eval/<system>/model_outputs.json``, ``mt_bench/model_answer/<system>.jsonl``.
+        --judge MODEL: the LLM judge (MT-Bench single-answer grading; pairwise with
+            ``--reference``).
+        --reference SYSTEM: compare every other system with this one, position-swapped
+            (AlpacaEval-style win rate).
+        --prices PRICE...: ``MODEL=IN,OUT`` dollars per million tokens, or JSON/TOML files.
+        --temperature T, --max-tokens N: sampling of models built from strings (default 0.7,
+            512; a MoA recipe keeps its own unless given).
+        --concurrency N: (system, item) pairs worked on at once (default 1).
+        --langsmith: also run ``langsmith.evaluate`` per system (in memory without a key).
+        --no-plot: skip the PNG. --quiet: no progress bar.
+
+    Exit codes: 0 done, 1 failed, 2 usage error, 130 interrupted (the cache keeps progress).
+
+    Example:
+        >>> main_eval(["--dataset", "nope", "--systems", "local-tiny"])   # doctest: +SKIP
+        2
+    """
+    args = build_eval_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, DataPackageError) as exc:
+        print(f"moa-graph eval: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nmoa-graph eval: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset).subset(args.limit, args.seed)
+    systems = [
+        parse_system(spec, temperature=args.temperature, max_tokens=args.max_tokens)
+        for spec in args.systems
+    ]
+    prices = PriceTable.parse(args.prices)
+    if dataset.metric == "judge" and not args.judge:
+        raise ValueError(f"dataset {dataset.name} has no gold answers: give --judge MODEL")
+    judge = Judge(args.judge) if args.judge else None
+    out = Path(args.out or Path("eval-runs") / dataset.name)
+    cache = ResultCache(out / "cache.jsonl")
+    progress = None if args.quiet else sys.stderr
+    print(
+        f"eval: {dataset.name} ({len(dataset)} items), systems: "
+        + ", ".join(s.name for s in systems)
+        + f"; cache: {cache.path} ({len(cache)} records)",
+        file=sys.stderr,
+    )
+    experiment = run_experiment(
+        dataset,
+        systems,
+        cache=cache,
+        judge=judge,
+        reference=args.reference,
+        concurrency=args.concurrency,
+        progress=progress,
+    )
+    rows = summarize(experiment, prices or None)
+    report = markdown_report(experiment, prices or None)
+    (out / "summary.md").write_text(report, encoding="utf-8")
+    write_json(out / "summary.json", summary_json(rows))
+    write_exports(experiment, out)
+    if not args.no_plot:
+        try:
+            plot_quality_vs_cost(rows, out / "quality_vs_cost.png", title=dataset.name)
+        except (MissingDependencyError, ValueError) as exc:
+            print(f"eval: no plot: {exc}", file=sys.stderr)
+    if args.langsmith:
+        from moa_graph.evaluation.langsmith_eval import evaluate_system
+
+        with contextlib.redirect_stdout(sys.stderr):  # langsmith prints progress to stdout
+            for system in systems:
+                evaluate_system(system, dataset, cache=cache, judge=judge)
+    print(report)
+    print(f"eval: results in {out}", file=sys.stderr)
+    return EXIT_FAILED if all(r.error for r in experiment.results) else EXIT_OK

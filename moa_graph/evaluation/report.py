@@ -1,0 +1,303 @@
+"""Summaries of an experiment: a Markdown table, paired tests, JSON, and a quality-vs-cost PNG.
+
+Quality is accuracy (Wilson 95% interval) on data sets with gold answers, the mean MT-Bench
+judge rating (bootstrap 95% interval) without them, and the win rate against the reference
+system (ties count half, bootstrap interval) when a pairwise comparison was run. Cost columns
+are per answered item: tokens in and out, LLM calls, wall seconds, and dollars if prices are set.
+
+Example:
+    >>> from moa_graph.evaluation.datasets import Dataset, Item
+    >>> from moa_graph.evaluation.runner import ItemResult, Experiment
+    >>> from moa_graph.evaluation.scoring import Score
+    >>> from moa_graph.evaluation.systems import Answer, System
+    >>> from moa_graph.evaluation.costs import TokenUsage
+    >>> ds = Dataset("d", (Item(id="d/1", turns=("q",), gold="1"),), "numeric")
+    >>> answer = Answer(("1",), {"m": TokenUsage(10, 2)}, wall_s=0.5, calls=1)
+    >>> system = System("m", {"kind": "single"}, lambda messages: None)
+    >>> exp = Experiment(ds, (system,), (ItemResult("m", "d/1", answer, Score(True, "1")),))
+    >>> rows = summarize(exp)
+    >>> rows[0].metrics["accuracy"].value, rows[0].tokens_in
+    (1.0, 10.0)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from moa_graph.evaluation.costs import PriceTable, merge_usage
+from moa_graph.evaluation.runner import Experiment, ItemResult
+from moa_graph.evaluation.scoring import McNemar, bootstrap_interval, mcnemar, wilson_interval
+
+
+class MissingDependencyError(ImportError):
+    """An optional package is needed; the message names the pip command."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% interval, over ``n`` scored items."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def format(self, scale: float = 1.0, digits: int = 1) -> str:
+        """``"61.0 [52.3, 69.0]"`` (values multiplied by ``scale``)."""
+        v, lo, hi = (x * scale for x in (self.value, self.low, self.high))
+        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One system's line of the summary table (costs are means per answered item)."""
+
+    system: str
+    kind: str
+    items: int
+    answered: int
+    errors: int
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+    tokens_in: float | None = None
+    tokens_out: float | None = None
+    calls: float | None = None
+    wall_s: float | None = None
+    cost: float | None = None
+
+    @property
+    def quality(self) -> Estimate | None:
+        """The headline metric (the first one)."""
+        return next(iter(self.metrics.values()), None)
+
+
+METRIC_LABELS = {
+    "accuracy": ("accuracy % [95% CI]", 100.0),
+    "mt_bench": ("MT-Bench score [95% CI]", 1.0),
+    "win_rate": ("win rate % vs {reference} [95% CI]", 100.0),
+}
+
+
+def _metrics(experiment: Experiment, results: Sequence[ItemResult]) -> dict[str, Estimate]:
+    metrics: dict[str, Estimate] = {}
+    if experiment.dataset.metric != "judge":
+        correct = [r.score.correct for r in results if r.score.correct is not None]
+        if correct:
+            low, high = wilson_interval(sum(correct), len(correct))
+            metrics["accuracy"] = Estimate(sum(correct) / len(correct), low, high, len(correct))
+    ratings = [s for r in results if r.grading and (s := r.grading.score) is not None]
+    if ratings:
+        metrics["mt_bench"] = Estimate(fmean(ratings), *bootstrap_interval(ratings), len(ratings))
+    wins = [s for r in results if r.comparison and (s := r.comparison.score) is not None]
+    if wins:
+        metrics["win_rate"] = Estimate(fmean(wins), *bootstrap_interval(wins), len(wins))
+    return metrics
+
+
+def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[SummaryRow]:
+    """One row per system, in the order the systems were given."""
+    rows = []
+    for system in experiment.systems:
+        results = experiment.for_system(system.name)
+        answers = [r.answer for r in results if r.answer is not None]
+        costs = [prices.cost(a.usage) for a in answers] if prices else []
+        priced = [c for c in costs if c is not None]
+
+        def mean(values: Sequence[float]) -> float | None:
+            return fmean(values) if values else None
+
+        rows.append(
+            SummaryRow(
+                system=system.name,
+                kind=str(system.config.get("kind", "")),
+                items=len(results),
+                answered=len(answers),
+                errors=sum(1 for r in results if r.error),
+                metrics=_metrics(experiment, results),
+                tokens_in=mean([a.total_usage.input_tokens for a in answers]),
+                tokens_out=mean([a.total_usage.output_tokens for a in answers]),
+                calls=mean([a.calls for a in answers]),
+                wall_s=mean([a.wall_s for a in answers]),
+                cost=mean(priced) if priced and len(priced) == len(costs) else None,
+            )
+        )
+    return rows
+
+
+def paired_tests(experiment: Experiment, baseline: str | None = None) -> dict[str, McNemar]:
+    """Exact McNemar test of every system against ``baseline`` (default: the first system),
+    on the items both answered. Empty for data sets without gold answers.
+
+    Example:
+        >>> paired_tests(exp)   # doctest: +SKIP
+        {'moa': McNemar(only_a=12, only_b=4, p_value=0.077)}
+    """
+    if experiment.dataset.metric == "judge" or not experiment.systems:
+        return {}
+    baseline = baseline or experiment.systems[0].name
+    base = {r.item_id: r.score.correct for r in experiment.for_system(baseline)}
+    tests = {}
+    for system in experiment.systems:
+        if system.name == baseline:
+            continue
+        pairs = [
+            (bool(r.score.correct), bool(base[r.item_id]))
+            for r in experiment.for_system(system.name)
+            if r.score.correct is not None and base.get(r.item_id) is not None
+        ]
+        if pairs:
+            tests[system.name] = mcnemar([p[0] for p in pairs], [p[1] for p in pairs])
+    return tests
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown_table(
+    rows: Sequence[SummaryRow], *, reference: str | None = None, prices: bool = False
+) -> str:
+    """The summary as a Markdown table.
+
+    Example:
+        >>> row = SummaryRow("moa", "moa", 10, 10, 0, {"accuracy": Estimate(0.6, 0.31, 0.83, 10)})
+        >>> print(markdown_table([row]).splitlines()[2])
+        | moa | moa | 60.0 [31.0, 83.0] | 10 | 0 | n/a | n/a | n/a | n/a |
+    """
+    metric_names = list(dict.fromkeys(name for row in rows for name in row.metrics))
+    headers = ["system", "kind"]
+    for name in metric_names:
+        label = METRIC_LABELS[name][0].format(reference=reference or "reference")
+        headers.append(label)
+    headers += ["n", "errors", "tokens in", "tokens out", "calls", "wall s"]
+    if prices:
+        headers.append("$ / answer")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [row.system, row.kind]
+        for name in metric_names:
+            estimate = row.metrics.get(name)
+            scale = METRIC_LABELS[name][1]
+            cells.append(estimate.format(scale, 1 if scale > 1 else 2) if estimate else "n/a")
+        cells += [
+            str(row.answered),
+            str(row.errors),
+            _number(row.tokens_in, 0),
+            _number(row.tokens_out, 0),
+            _number(row.calls),
+            _number(row.wall_s, 2),
+        ]
+        if prices:
+            cells.append("n/a" if row.cost is None else f"{row.cost:.6f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(experiment: Experiment, prices: PriceTable | None = None) -> str:
+    """A full Markdown report: set-up, summary table, paired tests and missing prices."""
+    rows = summarize(experiment, prices)
+    dataset = experiment.dataset
+    lines = [
+        f"# {dataset.name}: {len(dataset)} items",
+        "",
+        f"Source: {dataset.source or 'n/a'}. Scoring: {dataset.metric}"
+        + (f"; judge: {experiment.judge}" if experiment.judge else "")
+        + (f"; reference system: {experiment.reference}" if experiment.reference else "")
+        + ".",
+        "",
+        markdown_table(rows, reference=experiment.reference, prices=bool(prices)),
+    ]
+    tests = paired_tests(experiment)
+    if tests:
+        baseline = experiment.systems[0].name
+        lines += ["", f"Paired exact McNemar tests against {baseline}:", ""]
+        for name, test in tests.items():
+            lines.append(
+                f"- {name}: right where {baseline} was wrong on {test.only_a} items, "
+                f"wrong where it was right on {test.only_b}; p = {test.p_value:.3g}"
+            )
+    if prices:
+        used = merge_usage(r.answer.usage for r in experiment.results if r.answer)
+        missing = prices.missing(used)
+        if missing:
+            lines += ["", f"No price for: {', '.join(missing)} (their systems show n/a)."]
+    errors = [r for r in experiment.results if r.error]
+    if errors:
+        lines += ["", f"{len(errors)} failed answer(s); first: {errors[0].system} "
+                  f"{errors[0].item_id}: {errors[0].error}"]  # fmt: skip
+    if experiment.judge_errors:
+        lines += ["", f"{len(experiment.judge_errors)} failed judge call(s); first: "
+                  f"{experiment.judge_errors[0]}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def summary_json(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:
+    """The rows as JSON-ready dictionaries."""
+    return [asdict(row) for row in rows]
+
+
+def plot_quality_vs_cost(rows: Sequence[SummaryRow], path: str | Path, *, title: str = "") -> Path:
+    """Save a PNG of each system's headline quality (with its 95% interval) against its cost.
+
+    The x axis is dollars per answer when every system has a cost, else tokens per answer.
+
+    Raises:
+        MissingDependencyError: matplotlib is not installed (``pip install matplotlib``).
+        ValueError: no system has a quality estimate.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the quality-vs-cost plot needs matplotlib: pip install matplotlib"
+        ) from exc
+    points = [row for row in rows if row.quality is not None]
+    if not points:
+        raise ValueError("plot: no system has a quality estimate")
+    use_cost = all(row.cost is not None for row in points)
+    xs = [
+        (row.cost if use_cost else (row.tokens_in or 0) + (row.tokens_out or 0)) or 0.0
+        for row in points
+    ]
+    metric = next(iter(points[0].metrics))
+    scale = METRIC_LABELS[metric][1]
+    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    try:
+        for x, row in zip(xs, points, strict=True):
+            q = row.quality
+            assert q is not None
+            axes.errorbar(
+                [x],
+                [q.value * scale],
+                yerr=[[(q.value - q.low) * scale], [(q.high - q.value) * scale]],
+                fmt="o",
+                capsize=4,
+            )
+            axes.annotate(row.system, (x, q.value * scale), textcoords="offset points",
+                          xytext=(6, 6), fontsize=8)  # fmt: skip
+        axes.set_xlabel("$ per answer" if use_cost else "tokens per answer (in + out)")
+        axes.set_ylabel(METRIC_LABELS[metric][0].format(reference="reference"))
+        axes.set_title(title or "quality vs cost")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", "utf-8")
+    return path

@@ -1,0 +1,425 @@
+"""Systems under test: one model alone, a MoA recipe, Self-MoA, and the best-of-n LLM ranker.
+
+A ``System`` is a name, a configuration (recorded with every result and trace) and a function
+that answers a conversation. ``System.answer(item)`` answers every turn of an item and returns
+an ``Answer`` with the texts, token usage by model, wall time and number of LLM calls.
+
+Example:
+    >>> from langchain_core.language_models import GenericFakeChatModel
+    >>> from langchain_core.messages import AIMessage
+    >>> from moa_graph.evaluation.datasets import Item
+    >>> fake = GenericFakeChatModel(messages=iter([AIMessage("4")]))
+    >>> system = single(fake, name="fake")
+    >>> answer = system.answer(Item(id="x/1", turns=("2 + 2?",)))
+    >>> answer.text, answer.calls
+    ('4', 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+
+from moa_graph.chat_model import ChatMixtureOfAgents
+from moa_graph.evaluation.costs import TokenUsage, UsageByModel, add_usage, merge_usage
+from moa_graph.evaluation.datasets import Item
+from moa_graph.evaluation.ranker import parse_ranker_choice, ranker_messages
+from moa_graph.models import ModelDefaults, ModelLike, resolve_model
+from moa_graph.presets import PRESETS, Recipe, get_preset
+from moa_graph.presets import self_moa as self_moa_recipe
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One turn's answer: the text, token usage by model, LLM calls made and extra details."""
+
+    text: str
+    usage: UsageByModel
+    calls: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Responder = Callable[[list[BaseMessage]], Reply]
+"""Answers one conversation (the last message is the user's turn)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A system's answer to every turn of an item, with its cost in tokens, time and calls.
+
+    Example:
+        >>> a = Answer(turns=("4",), usage={"m": TokenUsage(5, 1)}, wall_s=0.5, calls=1)
+        >>> Answer.from_dict(a.to_dict()) == a, a.total_usage
+        (True, TokenUsage(input_tokens=5, output_tokens=1))
+    """
+
+    turns: tuple[str, ...]
+    usage: UsageByModel
+    wall_s: float
+    calls: int
+    extra: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The answer to the last turn (the one gold answers refer to)."""
+        return self.turns[-1] if self.turns else ""
+
+    @property
+    def total_usage(self) -> TokenUsage:
+        """Tokens of every call, all models together."""
+        return sum(self.usage.values(), TokenUsage())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (see ``from_dict``)."""
+        return {
+            "turns": list(self.turns),
+            "usage": {m: [u.input_tokens, u.output_tokens] for m, u in self.usage.items()},
+            "wall_s": self.wall_s,
+            "calls": self.calls,
+            "extra": list(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Answer:
+        """Rebuild an answer written by ``to_dict``."""
+        return cls(
+            turns=tuple(data["turns"]),
+            usage={m: TokenUsage(int(u[0]), int(u[1])) for m, u in data["usage"].items()},
+            wall_s=float(data["wall_s"]),
+            calls=int(data["calls"]),
+            extra=tuple(data.get("extra", ())),
+        )
+
+
+@dataclass(frozen=True)
+class System:
+    """A named system: its configuration and the function answering one conversation.
+
+    ``key`` (name plus a hash of the configuration) identifies its results in the cache, so
+    changing a setting never reuses answers produced with the old one.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    respond: Responder = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        """``name#hash``: stable across runs for the same configuration."""
+        return f"{self.name}#{config_hash(self.config)}"
+
+    def answer(self, item: Item) -> Answer:
+        """Answer each turn of ``item`` in order (later turns see the earlier answers)."""
+        started = time.perf_counter()
+        replies: list[Reply] = []
+        for _ in item.turns:
+            replies.append(self.respond(item.messages([r.text for r in replies])))
+        return Answer(
+            turns=tuple(r.text for r in replies),
+            usage=merge_usage(r.usage for r in replies),
+            wall_s=time.perf_counter() - started,
+            calls=sum(r.calls for r in replies),
+            extra=tuple(r.extra for r in replies),
+        )
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short stable hash of a configuration (JSON with sorted keys).
+
+    Example:
+        >>> config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
+        True
+    """
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _message_text(message: BaseMessage) -> str:
+    return message.text if isinstance(message.text, str) else str(message.content)
+
+
+def _call(model: Any, label: str, messages: list[BaseMessage]) -> tuple[str, UsageByModel]:
+    message = model.invoke(messages)
+    usage = TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
+    return _message_text(message), {label: usage}
+
+
+def _model_settings(model: ModelLike, temperature: float | None, max_tokens: int | None) -> Any:
+    if isinstance(model, BaseChatModel):  # used as configured: record what it says
+        return {
+            "temperature": getattr(model, "temperature", None),
+            "max_tokens": getattr(model, "max_tokens", None),
+            "class": type(model).__name__,
+        }
+    return {"temperature": temperature, "max_tokens": max_tokens}
+
+
+def single(
+    model: ModelLike,
+    *,
+    name: str | None = None,
+    temperature: float | None = 0.7,
+    max_tokens: int | None = 512,
+) -> System:
+    """One model on its own (the per-model baseline).
+
+    Args:
+        model: a chat model instance, a ``"provider:model"`` string or a ``ProposerSpec``.
+        name: the system's name (default: the model's label).
+        temperature: sampling temperature for a model built from a string.
+        max_tokens: answer length limit for a model built from a string.
+
+    Example:
+        >>> single("local:smollm2-135m").name
+        'smollm2-135m'
+    """
+    resolved = resolve_model(
+        model, field="model", defaults=ModelDefaults(temperature=temperature, max_tokens=max_tokens)
+    )
+    label = resolved.model_name
+
+    def respond(messages: list[BaseMessage]) -> Reply:
+        text, usage = _call(resolved.model, label, messages)
+        return Reply(text, usage, calls=1)
+
+    config = {"kind": "single", "model": label, **_model_settings(model, temperature, max_tokens)}
+    return System(name or label, config, respond)
+
+
+def moa(
+    recipe: Recipe | ChatMixtureOfAgents | str,
+    *,
+    name: str | None = None,
+    kind: str = "moa",
+    **overrides: Any,
+) -> System:
+    """A Mixture-of-Agents: a ``Recipe``, a preset name, a TOML recipe file, or a built mixture.
+
+    ``overrides`` replace the recipe's settings (``temperature``, ``max_tokens``, ...). Every
+    proposal (model, status, text) is kept in ``Answer.extra``; token usage is split by model.
+
+    Example:
+        >>> system = moa("local-tiny")
+        >>> system.name, system.config["layers"], system.config["aggregator"]
+        ('local-tiny', 2, 'smollm2-135m')
+    """
+    if isinstance(recipe, ChatMixtureOfAgents):
+        if overrides:
+            raise ValueError("moa: overrides need a recipe, not a built ChatMixtureOfAgents")
+        mixture, recipe_name = recipe, "custom"
+    else:
+        if isinstance(recipe, str):
+            recipe = _recipe(recipe)
+        mixture, recipe_name = recipe.chat_model(**overrides), recipe.name
+
+    def respond(messages: list[BaseMessage]) -> Reply:
+        message = mixture.invoke(messages)
+        return _mixture_reply(message)
+
+    params = dict(mixture._identifying_params)
+    config = {"kind": kind, "recipe": recipe_name, **params}
+    return System(name or recipe_name, config, respond)
+
+
+def _recipe(spec: str) -> Recipe:
+    if spec in PRESETS:
+        return get_preset(spec)
+    if spec.endswith(".toml"):
+        from moa_graph.recipes_io import load_recipe
+
+        return load_recipe(spec)
+    raise ValueError(f"moa: {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .toml file")
+
+
+def _mixture_reply(message: BaseMessage) -> Reply:
+    metadata = message.response_metadata
+    proposals = list(metadata.get("proposals") or [])
+    usage: UsageByModel = {}
+    for proposal in proposals:
+        add_usage(usage, str(proposal["model"]), TokenUsage.from_metadata(proposal.get("usage")))
+    total = TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
+    spent = sum(usage.values(), TokenUsage())
+    aggregator = str(metadata.get("aggregator_model") or metadata.get("model_name") or "moa")
+    add_usage(
+        usage,
+        aggregator,
+        TokenUsage(
+            max(0, total.input_tokens - spent.input_tokens),
+            max(0, total.output_tokens - spent.output_tokens),
+        ),
+    )
+    calls = 1 + sum(int(p.get("attempts", 1)) for p in proposals)
+    kept = [
+        {key: p.get(key) for key in ("layer", "index", "model", "status", "text", "error")}
+        for p in proposals
+    ]
+    return Reply(_message_text(message), usage, calls, {"proposals": kept})
+
+
+def self_moa(
+    model: ModelLike,
+    n: int = 6,
+    *,
+    layers: int = 2,
+    name: str | None = None,
+    temperature: float | None = 0.7,
+    max_tokens: int | None = 512,
+) -> System:
+    """Self-MoA: one model sampled ``n`` times, its answers aggregated by the same model.
+
+    Example:
+        >>> system = self_moa("local:smollm2-135m", n=3)
+        >>> system.name, system.config["kind"]
+        ('self-moa-smollm2-135m-x3', 'self-moa')
+    """
+    recipe = self_moa_recipe(model, n, layers=layers)
+    label = resolve_model(model, field="model", defaults=ModelDefaults()).model_name
+    sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+    overrides = {key: value for key, value in sampling.items() if value is not None}
+    return moa(recipe, name=name or f"self-moa-{label}-x{n}", kind="self-moa", **overrides)
+
+
+def best_of_n_ranker(
+    model: ModelLike,
+    n: int = 4,
+    *,
+    ranker: ModelLike | None = None,
+    name: str | None = None,
+    temperature: float | None = 0.7,
+    max_tokens: int | None = 512,
+    ranker_max_tokens: int | None = 32,
+) -> System:
+    """Best-of-n with an LLM ranker (the MoA paper's baseline): sample ``model`` n times, let
+    ``ranker`` (default: the same model, greedy) pick one answer, and return it verbatim.
+
+    An unreadable ranker reply falls back to the first candidate; ``Answer.extra`` records the
+    candidates, the chosen index and whether the ranker's reply could be read.
+
+    Example:
+        >>> best_of_n_ranker("local:smollm2-135m", n=3).config["ranker"]
+        'smollm2-135m'
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: the number of candidates must be an integer >= 1 (got {n!r})")
+    sampler = resolve_model(
+        model, field="model", defaults=ModelDefaults(temperature=temperature, max_tokens=max_tokens)
+    )
+    judge = resolve_model(
+        model if ranker is None else ranker,
+        field="ranker",
+        defaults=ModelDefaults(temperature=0.0, max_tokens=ranker_max_tokens),
+    )
+
+    def respond(messages: list[BaseMessage]) -> Reply:
+        outputs = sampler.model.batch([messages] * n, config={"max_concurrency": n})
+        candidates = [_message_text(message) for message in outputs]
+        usage: UsageByModel = {}
+        for message in outputs:
+            used = TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
+            add_usage(usage, sampler.model_name, used)
+        verdict, ranker_usage = _call(
+            judge.model, judge.model_name, ranker_messages(instruction_text(messages), candidates)
+        )
+        usage = merge_usage([usage, ranker_usage])
+        parsed = parse_ranker_choice(verdict, n)
+        chosen = 0 if parsed is None else parsed
+        extra = {
+            "candidates": candidates,
+            "chosen": chosen,
+            "ranker_reply": verdict,
+            "ranker_parsed": parsed is not None,
+        }
+        return Reply(candidates[chosen], usage, n + 1, extra)
+
+    config = {
+        "kind": "best-of-n",
+        "model": sampler.model_name,
+        "n": n,
+        "ranker": judge.model_name,
+        "ranker_max_tokens": ranker_max_tokens,
+        **_model_settings(model, temperature, max_tokens),
+    }
+    return System(name or f"best-of-{n}-{sampler.model_name}", config, respond)
+
+
+def instruction_text(messages: Sequence[BaseMessage]) -> str:
+    """What a ranker or judge is shown as the instruction: the user turn, with earlier turns.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage, HumanMessage
+        >>> instruction_text([HumanMessage("Hi"), AIMessage("Hello"), HumanMessage("Bye?")])
+        'User: Hi\\n\\nAssistant: Hello\\n\\nUser: Bye?'
+    """
+    turns = [m for m in messages if m.type in ("human", "ai")]
+    if len(turns) == 1:
+        return _message_text(turns[0])
+    roles = {"human": "User", "ai": "Assistant"}
+    return "\n\n".join(f"{roles[m.type]}: {_message_text(m)}" for m in turns)
+
+
+SYSTEM_KINDS = ("single", "moa", "self-moa", "best-of-n")
+
+
+def parse_system(
+    spec: str, *, temperature: float | None = None, max_tokens: int | None = None
+) -> System:
+    """Build a system from a command-line spec ``KIND:VALUE[,key=value...]``.
+
+    - ``single:MODEL`` (or just ``MODEL``): one model, e.g. ``single:local:smollm2-135m``.
+    - ``moa:PRESET`` / ``moa:FILE.toml`` (or just ``PRESET``): a mixture recipe.
+    - ``self-moa:MODEL,n=6[,layers=2]``: Self-MoA.
+    - ``best-of-n:MODEL,n=4[,ranker=MODEL]``: the LLM-ranker baseline.
+
+    Every kind takes ``name=...``. ``temperature`` / ``max_tokens`` (default 0.7 and 512) apply
+    to models built from strings; a ``moa`` recipe keeps its own settings unless they are given.
+
+    Example:
+        >>> parse_system("best-of-n:local:smollm2-135m,n=3,name=bo3").name
+        'bo3'
+        >>> parse_system("local-tiny").config["kind"]
+        'moa'
+    """
+    head, _, rest = spec.partition(":")
+    if head in SYSTEM_KINDS and rest:
+        kind, body = head, rest
+    elif spec.split(",")[0] in PRESETS or spec.split(",")[0].endswith(".toml"):
+        kind, body = "moa", spec
+    else:
+        kind, body = "single", spec
+    value, *pairs = body.split(",")
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, setting = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"system {spec!r}: expected key=value after ',', got {pair!r}")
+        options[key.strip()] = setting.strip()
+    name = options.pop("name", None)
+    sampling: dict[str, Any] = {
+        "temperature": 0.7 if temperature is None else temperature,
+        "max_tokens": 512 if max_tokens is None else max_tokens,
+    }
+    if kind == "single":
+        system = single(value, name=name, **sampling)
+    elif kind == "moa":
+        given: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+        overrides = {key: setting for key, setting in given.items() if setting is not None}
+        system = moa(value, name=name or Path(value).stem, **overrides)
+    elif kind == "self-moa":
+        n, layers = int(options.pop("n", "6")), int(options.pop("layers", "2"))
+        system = self_moa(value, n, layers=layers, name=name, **sampling)
+    else:
+        n = int(options.pop("n", "4"))
+        system = best_of_n_ranker(
+            value, n, ranker=options.pop("ranker", None), name=name, **sampling
+        )
+    if options:
+        raise ValueError(f"system {spec!r}: unknown option(s) {', '.join(sorted(options))}")
+    return system

@@ -1,0 +1,178 @@
+"""``main_eval`` end to end against a loopback OpenAI-compatible server (real ChatOpenAI calls)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moa_graph.evaluation.cli import main_eval
+from moa_graph.testing import ModelScript, OpenAICompatibleServer
+
+ARITHMETIC = Path(__file__).parent / "data" / "eval_arithmetic.jsonl"
+
+
+def _last_user(request: dict[str, Any]) -> str:
+    return [m["content"] for m in request["messages"] if m["role"] == "user"][-1]
+
+
+def solve(request: dict[str, Any]) -> str:
+    """Adds correctly, except 3 + 3."""
+    a, b = map(int, re.findall(r"(\d+) \+ (\d+)", _last_user(request))[0])
+    return f"Adding gives {a + b if a != 3 else 7}.\nThe answer is {a + b if a != 3 else 7}"
+
+
+def judge(request: dict[str, Any]) -> str:
+    system = request["messages"][0]["content"]
+    if "[[A]]" in system:  # pairwise: prefer the sunny answer, wherever it is shown
+        text = _last_user(request)
+        return "[[A]]" if text.index("It is sunny") < text.index("Clouds.") else "[[B]]"
+    return "Rating: [[7]]"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAICompatibleServer]:
+    scripts = {
+        "solver": ModelScript(reply=solve),
+        "lazy": ModelScript(reply="I do not know."),
+        "ranker": ModelScript(reply="model_2"),
+        "sunny": ModelScript(reply="It is sunny and warm."),
+        "cloudy": ModelScript(reply="Clouds."),
+        "judge": ModelScript(reply=judge),
+    }
+    with OpenAICompatibleServer(scripts=scripts) as running:
+        monkeypatch.setenv("OPENAI_BASE_URL", running.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-placeholder")
+        monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+        for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGSMITH_TRACING"):
+            monkeypatch.delenv(name, raising=False)
+        yield running
+
+
+def test_eval_on_jsonl_writes_reports_exports_and_resumes(
+    server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--dataset", f"jsonl:{ARITHMETIC}",
+        "--systems", "single:openai:solver", "single:openai:lazy,name=lazy",
+        "best-of-n:openai:solver,n=2,ranker=openai:ranker",
+        "--out", str(tmp_path),
+        "--prices", "openai:solver=1,2", "lazy=0,0", "ranker=0.5,0.5",
+        "--no-plot",
+    ]  # fmt: skip
+    assert main_eval(argv) == 0
+    out, err = capsys.readouterr()
+    assert server.request_count("solver") == 4 + 4 * 2 and server.request_count("ranker") == 4
+    assert "| solver | single | 75.0 [" in out and "| lazy | single | 0.0 [" in out
+    assert "| $ / answer |" in out
+    assert "answers [" in err and "12/12" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["system"] for row in summary] == ["solver", "lazy", "best-of-2-solver"]
+    assert summary[0]["metrics"]["accuracy"]["value"] == 0.75
+    assert summary[0]["cost"] > 0 and summary[1]["cost"] == 0
+    assert (tmp_path / "summary.md").read_text() == out.rstrip("\n") + "\n"
+    outputs = json.loads((tmp_path / "alpaca_eval" / "solver" / "model_outputs.json").read_text())
+    assert len(outputs) == 4 and outputs[0]["generator"] == "solver"
+    assert (tmp_path / "mt_bench" / "model_answer" / "best-of-2-solver.jsonl").exists()
+
+    requests_before = server.request_count()
+    assert main_eval([*argv, "--limit", "2", "--quiet"]) == 0
+    assert server.request_count() == requests_before  # everything came from the cache
+    out, err = capsys.readouterr()
+    assert "(2 items)" in err and "answers [" not in err
+
+
+def test_eval_mtbench_with_judge_grades_and_compares(
+    server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--dataset", "mtbench", "--limit", "2",
+        "--systems", "single:openai:sunny", "single:openai:cloudy",
+        "--judge", "openai:judge", "--reference", "cloudy",
+        "--out", str(tmp_path), "--no-plot", "--quiet",
+    ]  # fmt: skip
+    assert main_eval(argv) == 0
+    out = capsys.readouterr().out
+    # grading: 2 systems x 2 items x 2 turns; pairwise: 1 system x 2 items x 2 turns x 2 orders
+    assert server.request_count("judge") == 8 + 8
+    assert "| sunny | single | 7.00 [7.00, 7.00] | 100.0 [100.0, 100.0] |" in out
+    assert "win rate % vs cloudy" in out
+    answers = (tmp_path / "mt_bench" / "model_answer" / "sunny.jsonl").read_text().splitlines()
+    assert {json.loads(line)["question_id"] for line in answers} <= set(range(81, 161))
+    assert all(len(json.loads(line)["choices"][0]["turns"]) == 2 for line in answers)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "nope", "--systems", "local-tiny"], "unknown 'nope'"),
+        (["--dataset", "mtbench", "--systems", "local-tiny"], "give --judge MODEL"),
+        (["--dataset", "gsm8k", "--systems", "single:local:smollm2-135m,x=1"], "unknown option"),
+        (["--dataset", "gsm8k", "--systems", "moa:absent-preset"], "neither a preset"),
+        (["--dataset", "gsm8k", "--systems", "local-tiny", "--prices", "m=1"], "prices"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main_eval([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moa-graph eval: error:") and message in err
+
+
+def test_missing_matplotlib_is_reported_not_fatal(
+    server: OpenAICompatibleServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    argv = ["--dataset", f"jsonl:{ARITHMETIC}", "--systems", "single:openai:solver"]
+    assert main_eval([*argv, "--limit", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "no plot: the quality-vs-cost plot needs matplotlib: pip install matplotlib" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "quality_vs_cost.png").exists()
+
+
+def test_interrupt_exits_130_and_keeps_the_cache(
+    server: OpenAICompatibleServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moa_graph.evaluation import systems
+
+    calls = {"n": 0}
+    real_answer = systems.System.answer
+
+    def answer_then_interrupt(self: systems.System, item: Any) -> systems.Answer:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_answer(self, item)
+
+    monkeypatch.setattr(systems.System, "answer", answer_then_interrupt)
+    argv = ["--dataset", f"jsonl:{ARITHMETIC}", "--systems", "single:openai:solver"]
+    assert main_eval([*argv, "--out", str(tmp_path), "--quiet"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(systems.System, "answer", real_answer)
+    assert main_eval([*argv, "--out", str(tmp_path), "--quiet"]) == 0
+    assert server.request_count("solver") == 4
+
+
+def test_langsmith_option_evaluates_offline_from_the_cache(
+    server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--dataset", f"jsonl:{ARITHMETIC}", "--systems", "single:openai:solver"]
+    assert main_eval([*argv, "--limit", "2", "--out", str(tmp_path), "--quiet", "--langsmith"]) == 0
+    out, err = capsys.readouterr()
+    assert server.request_count("solver") == 2  # langsmith.evaluate reused the cached answers
+    assert out.startswith("# eval_arithmetic: 2 items")  # langsmith's own prints go to stderr
+    assert "experiment" in err

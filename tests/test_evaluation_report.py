@@ -1,0 +1,193 @@
+"""Summary table, paired tests, prices, the PNG plot, and the AlpacaEval / MT-Bench exports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from moa_graph.evaluation.costs import Price, PriceTable, TokenUsage
+from moa_graph.evaluation.datasets import Dataset, Item
+from moa_graph.evaluation.exporters import (
+    alpaca_eval_outputs,
+    mtbench_answers,
+    safe_filename,
+    write_exports,
+)
+from moa_graph.evaluation.judge import Comparison, Grading
+from moa_graph.evaluation.report import (
+    MissingDependencyError,
+    markdown_report,
+    markdown_table,
+    paired_tests,
+    plot_quality_vs_cost,
+    summarize,
+    summary_json,
+)
+from moa_graph.evaluation.runner import Experiment, ItemResult
+from moa_graph.evaluation.scoring import Score
+from moa_graph.evaluation.systems import Answer, System
+
+NO_CALL = System("unused", {}, lambda messages: None)  # type: ignore[arg-type,return-value]
+
+
+def _system(name: str, kind: str) -> System:
+    return System(name, {"kind": kind}, NO_CALL.respond)
+
+
+def gold_experiment() -> Experiment:
+    """10 items: 'solo' right on 4 (single model), 'moa' right on 8 (two models)."""
+    items = tuple(Item(id=f"g/{i}", turns=(f"q{i}",), gold="1") for i in range(10))
+    results = []
+    for i, item in enumerate(items):
+        solo = Answer(("1",), {"small": TokenUsage(100, 20)}, wall_s=1.0, calls=1)
+        mix = Answer(
+            ("1",), {"small": TokenUsage(300, 60), "big": TokenUsage(200, 40)}, wall_s=3.0, calls=4
+        )
+        results.append(ItemResult("solo", item.id, solo, Score(i < 4, "1")))
+        results.append(ItemResult("moa", item.id, mix, Score(i < 8, "1")))
+    results.append(ItemResult("broken", "g/0", None, Score(None), error="RuntimeError: down"))
+    systems = (_system("solo", "single"), _system("moa", "moa"), _system("broken", "single"))
+    return Experiment(Dataset("g", items, "numeric", source="test"), systems, tuple(results))
+
+
+def test_summary_rows_accuracy_interval_and_costs_per_answer() -> None:
+    solo, mix, broken = summarize(gold_experiment())
+    assert (solo.system, solo.kind, solo.items, solo.answered, solo.errors) == (
+        "solo",
+        "single",
+        10,
+        10,
+        0,
+    )
+    accuracy = mix.metrics["accuracy"]
+    assert accuracy.value == 0.8 and accuracy.n == 10
+    assert (round(accuracy.low, 4), round(accuracy.high, 4)) == (0.4902, 0.9433)
+    assert (mix.tokens_in, mix.tokens_out, mix.calls, mix.wall_s) == (500, 100, 4, 3.0)
+    assert mix.cost is None  # no prices given
+    assert broken.errors == 1 and broken.answered == 0 and broken.quality is None
+
+
+def test_costs_with_prices_and_missing_prices() -> None:
+    prices = PriceTable({"together:small": Price(1.0, 2.0), "big": Price(10.0, 20.0)})
+    solo, mix, _ = summarize(gold_experiment(), prices)
+    assert solo.cost == pytest.approx((100 * 1 + 20 * 2) / 1e6)
+    assert mix.cost == pytest.approx((300 + 120 + 2000 + 800) / 1e6)
+    partial = PriceTable({"small": Price(1.0, 2.0)})
+    assert summarize(gold_experiment(), partial)[1].cost is None
+    report = markdown_report(gold_experiment(), partial)
+    assert "No price for: big" in report
+
+
+def test_price_specs_and_files(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps({"a": {"input": 1, "output": 2}, "b": [3, 4]}))
+    (tmp_path / "p.toml").write_text('"openai:c" = [5, 6]\n')
+    table = PriceTable.parse(
+        ["x:model-d=0.5,1.5", str(tmp_path / "p.json"), str(tmp_path / "p.toml")]
+    )
+    assert table.price("a") == Price(1, 2) and table.price("b") == Price(3, 4)
+    assert table.price("c") == Price(5, 6) and table.price("openai:c") == Price(5, 6)
+    assert table.price("model-d") == Price(0.5, 1.5) and table.price("nope") is None
+    assert table.cost({"a": TokenUsage(0, 0), "nope": TokenUsage(0, 0)}) == 0.0
+    for bad in ("m=1", "m=a,b", "m=-1,1", str(tmp_path / "absent.json")):
+        with pytest.raises(ValueError, match="prices"):
+            PriceTable.parse([bad])
+
+
+def test_paired_mcnemar_against_the_first_system() -> None:
+    tests = paired_tests(gold_experiment())
+    assert set(tests) == {"moa"}
+    assert (tests["moa"].only_a, tests["moa"].only_b) == (4, 0)
+    assert tests["moa"].p_value == pytest.approx(2 / 16)
+    assert paired_tests(gold_experiment(), baseline="moa")["solo"].only_b == 4
+
+
+def test_markdown_table_and_report() -> None:
+    experiment = gold_experiment()
+    prices = PriceTable({"small": Price(1.0, 2.0), "big": Price(10.0, 20.0)})
+    table = markdown_table(summarize(experiment, prices), prices=True)
+    header, rule, solo, mix, broken = table.splitlines()
+    assert header.startswith("| system | kind | accuracy % [95% CI] | n | errors | tokens in")
+    assert header.endswith("| $ / answer |") and rule.count("---") == 10
+    assert mix.startswith("| moa | moa | 80.0 [49.0, 94.3] | 10 | 0 | 500 | 100 | 4.0 | 3.00 |")
+    assert solo.endswith("| 0.000140 |")
+    assert "| broken | single | n/a | 0 | 1 |" in broken
+    report = markdown_report(experiment)
+    assert report.startswith("# g: 10 items")
+    assert "- moa: right where solo was wrong on 4 items, wrong where it was right on 0" in report
+    assert "1 failed answer(s); first: broken g/0: RuntimeError: down" in report
+    assert json.loads(json.dumps(summary_json(summarize(experiment))))[1]["metrics"]["accuracy"][
+        "value"
+    ] == pytest.approx(0.8)
+
+
+def judged_experiment() -> Experiment:
+    items = tuple(
+        Item(id=f"j/{i}", turns=("a", "b"), meta={"question_id": 81 + i}) for i in range(4)
+    )
+    results = []
+    for i, item in enumerate(items):
+        answer = Answer(("t1", "t2"), {"m": TokenUsage(10, 10)}, wall_s=1.0, calls=2)
+        grading = Grading((float(6 + i), None), ("", ""), TokenUsage())
+        comparison = Comparison((("A", "B" if i else "A"),), (("", ""),), TokenUsage())
+        results.append(ItemResult("moa", item.id, answer, Score(None), None, grading, comparison))
+        results.append(ItemResult("ref", item.id, answer, Score(None), None, grading, None))
+    systems = (_system("moa", "moa"), _system("ref", "single"))
+    return Experiment(Dataset("mt", items, "judge"), systems, tuple(results), "judge-m", "ref")
+
+
+def test_judge_metrics_mt_bench_score_and_win_rate() -> None:
+    moa_row, ref_row = summarize(judged_experiment())
+    assert moa_row.metrics["mt_bench"].value == pytest.approx(7.5)  # mean of 6, 7, 8, 9
+    assert moa_row.metrics["win_rate"].value == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    low, high = moa_row.metrics["win_rate"].low, moa_row.metrics["win_rate"].high
+    assert low <= 0.875 <= high
+    assert "win_rate" not in ref_row.metrics
+    table = markdown_table([moa_row, ref_row], reference="ref")
+    assert "| MT-Bench score [95% CI] | win rate % vs ref [95% CI] |" in table
+    assert "| ref | single | 7.50 [" in table and table.splitlines()[3].count("n/a") == 1
+    assert paired_tests(judged_experiment()) == {}
+
+
+def test_plot_needs_matplotlib_and_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingDependencyError, match="pip install matplotlib"):
+        plot_quality_vs_cost(summarize(gold_experiment()), tmp_path / "plot.png")
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = plot_quality_vs_cost(summarize(gold_experiment()), tmp_path / "out" / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no system"):
+        plot_quality_vs_cost(summarize(gold_experiment())[2:], tmp_path / "none.png")
+
+
+def test_exports_follow_alpaca_eval_and_mt_bench_formats(tmp_path: Path) -> None:
+    experiment = judged_experiment()
+    records = alpaca_eval_outputs(experiment, "moa")
+    assert records[0] == {"instruction": "a", "output": "t1", "generator": "moa", "dataset": "mt"}
+    answers = mtbench_answers(experiment, "moa")
+    assert [a["question_id"] for a in answers] == [81, 82, 83, 84]
+    first = answers[0]
+    assert set(first) == {"question_id", "answer_id", "model_id", "choices", "tstamp"}
+    assert first["choices"] == [{"index": 0, "turns": ["t1", "t2"]}] and first["model_id"] == "moa"
+    assert len({a["answer_id"] for a in answers}) == 4
+
+    written = write_exports(experiment, tmp_path)
+    assert tmp_path / "alpaca_eval" / "moa" / "model_outputs.json" in written
+    loaded = json.loads((tmp_path / "alpaca_eval" / "moa" / "model_outputs.json").read_text())
+    assert loaded == records
+    lines = (tmp_path / "mt_bench" / "model_answer" / "ref.jsonl").read_text().splitlines()
+    assert [json.loads(line)["question_id"] for line in lines] == [81, 82, 83, 84]
+
+
+def test_exports_skip_failed_items_and_use_item_ids_without_mt_bench_ids() -> None:
+    experiment = gold_experiment()
+    assert alpaca_eval_outputs(experiment, "broken") == []
+    assert mtbench_answers(experiment, "solo")[0]["question_id"] == "g/0"
+    assert safe_filename("best-of-4:Qwen/Qwen2.5") == "best-of-4_Qwen_Qwen2.5"

@@ -1,0 +1,186 @@
+"""Systems under test: single model, MoA, Self-MoA and the best-of-n LLM ranker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import BaseMessage
+
+from moa_graph import ChatMixtureOfAgents
+from moa_graph.evaluation.costs import TokenUsage
+from moa_graph.evaluation.datasets import Item
+from moa_graph.evaluation.ranker import parse_ranker_choice, ranker_messages
+from moa_graph.evaluation.systems import (
+    Answer,
+    best_of_n_ranker,
+    config_hash,
+    instruction_text,
+    moa,
+    parse_system,
+    self_moa,
+    single,
+)
+from tests.fakes import ScriptedChatModel
+
+TWO_TURNS = Item(id="x/1", turns=("What is 2 + 2?", "And times 3?"))
+
+
+def test_single_answers_every_turn_with_the_history() -> None:
+    model = ScriptedChatModel(reply=lambda m: "4" if len(m) == 1 else "12", model_name="m")
+    system = single(model, name="solo")
+    answer = system.answer(TWO_TURNS)
+    assert answer.turns == ("4", "12") and answer.text == "12"
+    assert answer.calls == 2
+    assert [(m.type, m.text) for m in model.calls[1]] == [
+        ("human", "What is 2 + 2?"),
+        ("ai", "4"),
+        ("human", "And times 3?"),
+    ]
+    # usage: words of the prompts and answers, by model label
+    assert answer.usage == {"m": TokenUsage(5 + 9, 2)}
+    assert answer.wall_s >= 0 and system.config["kind"] == "single"
+
+
+def test_answers_round_trip_and_system_keys_follow_the_configuration() -> None:
+    answer = Answer(("a", "b"), {"m": TokenUsage(1, 2)}, wall_s=1.5, calls=2, extra=({"k": 1},))
+    assert Answer.from_dict(answer.to_dict()) == answer
+    first = single("local:smollm2-135m", max_tokens=64)
+    assert first.key == single("local:smollm2-135m", max_tokens=64).key
+    assert first.key != single("local:smollm2-135m", max_tokens=128).key
+    assert first.key.startswith("smollm2-135m#")
+    assert config_hash({"a": [1, 2]}) != config_hash({"a": [2, 1]})
+
+
+def _mixture() -> tuple[ChatMixtureOfAgents, ScriptedChatModel]:
+    aggregator = ScriptedChatModel(reply="final", model_name="agg")
+    mixture = ChatMixtureOfAgents(
+        proposers=[
+            ScriptedChatModel(reply="one two", model_name="p1"),
+            ScriptedChatModel(reply="three", model_name="p2"),
+        ],
+        aggregator=aggregator,
+        layers=2,
+    )
+    return mixture, aggregator
+
+
+def test_moa_counts_calls_and_splits_usage_by_model() -> None:
+    mixture, aggregator = _mixture()
+    system = moa(mixture, name="mix")
+    answer = system.answer(Item(id="x/1", turns=("hello there",)))
+    assert answer.text == "final" and answer.calls == 3
+    assert answer.usage["p1"] == TokenUsage(2, 2) and answer.usage["p2"] == TokenUsage(2, 1)
+    assert answer.usage["agg"].output_tokens == 1
+    assert answer.usage["agg"].input_tokens == sum(len(m.text.split()) for m in aggregator.calls[0])
+    proposals = answer.extra[0]["proposals"]
+    assert [(p["model"], p["text"]) for p in proposals] == [("p1", "one two"), ("p2", "three")]
+    assert system.config["kind"] == "moa" and system.config["layers"] == 2
+
+
+def test_moa_from_presets_and_built_mixtures() -> None:
+    tiny = moa("local-tiny")
+    assert tiny.config["recipe"] == "local-tiny" and tiny.config["max_tokens"] == 96
+    assert moa("local-tiny", max_tokens=32).config["max_tokens"] == 32
+    with pytest.raises(ValueError, match="neither a preset"):
+        moa("no-such-preset")
+    mixture, _ = _mixture()
+    with pytest.raises(ValueError, match="overrides need a recipe"):
+        moa(mixture, temperature=0.1)
+
+
+def test_moa_from_a_toml_recipe(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        'layers = 2\naggregator = "local:smollm2-135m"\nproposers = ["local:smollm2-135m"]\n',
+        encoding="utf-8",
+    )
+    system = parse_system(f"moa:{path}")
+    assert system.name == "mine" and system.config["aggregator"] == "smollm2-135m"
+
+
+def test_self_moa_samples_one_model_n_times_then_aggregates() -> None:
+    model = ScriptedChatModel(reply="sample", model_name="solo")
+    system = self_moa(model, n=3, name="self")
+    answer = system.answer(Item(id="x/1", turns=("q",)))
+    assert len(model.calls) == 4 and answer.calls == 4  # 3 samples + the aggregation
+    assert system.config["kind"] == "self-moa"
+    assert len(system.config["proposers"][0]) == 3 and system.config["aggregator"] == "solo"
+    aggregation = model.calls[-1]
+    assert aggregation[0].type == "system" and aggregation[0].text.count("sample") == 3
+
+
+def test_best_of_n_returns_the_ranked_candidate_verbatim() -> None:
+    counter = iter(range(100))
+    sampler = ScriptedChatModel(reply=lambda m: f"candidate {next(counter)}", model_name="s")
+    ranker = ScriptedChatModel(reply="model_2", model_name="r")
+    system = best_of_n_ranker(sampler, 3, ranker=ranker, name="bo3")
+    answer = system.answer(Item(id="x/1", turns=("Pick one",)))
+    candidates = answer.extra[0]["candidates"]
+    assert sorted(candidates) == ["candidate 0", "candidate 1", "candidate 2"]
+    assert answer.text == candidates[1] and answer.extra[0]["chosen"] == 1
+    assert answer.extra[0]["ranker_parsed"] is True
+    assert answer.calls == 4 and len(sampler.calls) == 3 and len(ranker.calls) == 1
+    prompt = ranker.calls[0][-1].text
+    assert "Pick one" in prompt and all(c in prompt for c in candidates)
+    assert set(answer.usage) == {"s", "r"}
+    assert system.config["n"] == 3 and system.config["ranker"] == "r"
+
+
+def test_best_of_n_falls_back_to_the_first_candidate_on_an_unreadable_ranking() -> None:
+    sampler = ScriptedChatModel(reply="same", model_name="s")
+    system = best_of_n_ranker(sampler, 2, ranker=ScriptedChatModel(reply="I cannot decide"))
+    answer = system.answer(Item(id="x/1", turns=("q",)))
+    assert answer.extra[0]["chosen"] == 0 and answer.extra[0]["ranker_parsed"] is False
+    with pytest.raises(ValueError, match="n: the number"):
+        best_of_n_ranker(sampler, 0)
+
+
+def test_ranker_prompt_and_parsing() -> None:
+    messages = ranker_messages('Say "hi"', ["a\nb", "c"])
+    text = messages[-1].text
+    assert '"instruction": "Say \\"hi\\""' in text  # JSON-escaped
+    assert '"model_identifier": "model_2"' in text and "model_1, model_2" in text
+    assert parse_ranker_choice("model_2", 2) == 1
+    assert parse_ranker_choice("The best is Model 1.", 2) == 0
+    assert parse_ranker_choice("model_3", 2) is None and parse_ranker_choice("", 2) is None
+    with pytest.raises(ValueError):
+        ranker_messages("q", [])
+
+
+def test_instruction_text_shows_earlier_turns() -> None:
+    messages: list[BaseMessage] = TWO_TURNS.messages(["4"])
+    assert (
+        instruction_text(messages) == "User: What is 2 + 2?\n\nAssistant: 4\n\nUser: And times 3?"
+    )
+    assert instruction_text(TWO_TURNS.messages()) == "What is 2 + 2?"
+
+
+@pytest.mark.parametrize(
+    ("spec", "name", "kind"),
+    [
+        ("single:local:smollm2-135m", "smollm2-135m", "single"),
+        ("local:smollm2-135m", "smollm2-135m", "single"),
+        ("moa:local-tiny", "local-tiny", "moa"),
+        ("local-tiny,name=tiny", "tiny", "moa"),
+        ("self-moa:local:smollm2-135m,n=3", "self-moa-smollm2-135m-x3", "self-moa"),
+        ("best-of-n:local:smollm2-135m,n=2", "best-of-2-smollm2-135m", "best-of-n"),
+    ],
+)
+def test_parse_system_specs(spec: str, name: str, kind: str) -> None:
+    system = parse_system(spec)
+    assert (system.name, system.config["kind"]) == (name, kind)
+
+
+def test_parse_system_options_and_errors() -> None:
+    ranked = parse_system("best-of-n:local:smollm2-135m,n=3,ranker=local:qwen2.5-coder-0.5b")
+    assert ranked.config["n"] == 3 and ranked.config["ranker"] == "qwen2.5-coder-0.5b"
+    assert parse_system("local:smollm2-135m", max_tokens=64).config["max_tokens"] == 64
+    assert parse_system("moa:local-tiny").config["max_tokens"] == 96  # the recipe's own
+    assert parse_system("self-moa:local:smollm2-135m,n=2,layers=3").config["layers"] == 3
+    with pytest.raises(ValueError, match="unknown option"):
+        parse_system("single:local:smollm2-135m,bogus=1")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_system("single:local:smollm2-135m,oops")
+    with pytest.raises(ValueError, match="unknown provider"):
+        parse_system("nosuchprovider:model-x")
