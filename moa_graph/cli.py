@@ -7,6 +7,7 @@ Examples::
     moa-graph ask --proposer openai:gpt-4o-mini --proposer openai:gpt-4.1-mini \
         --aggregator openai:gpt-4o --layers 2 --json "..."
     moa-graph chat --preset local-tiny
+    moa-graph eval --dataset gsm8k --limit 50 --systems local:qwen2.5-coder-1.5b local
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.console import ProgressPrinter, RunOutcome, follow_run
+from moa_graph.evaluation.cli import build_eval_parser, main_eval
 from moa_graph.presets import PRESETS, Recipe, get_preset
 from moa_graph.recipes_io import load_recipe
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="a multi-turn conversation in the terminal")
     for command in (ask, chat):
         _add_mixture_options(command)
+    build_eval_parser(commands.add_parser("eval", help="evaluate systems on a data set"))
     return parser
 
 
@@ -159,7 +162,10 @@ def _announce(moa: ChatMixtureOfAgents) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moa-graph``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["eval"]:
+        return main_eval(arguments[1:])
+    args = build_parser().parse_args(arguments)
     command = {"ask": command_ask, "chat": command_chat}[args.command]
     try:
         return command(args)
