@@ -277,7 +277,7 @@ class _MoANodes:
         except GraphBubbleUp:
             raise
         except Exception as error:
-            raise call.failure(error) from error
+            raise call.failure(error) from None  # the raw cause may quote a key
         return call.outcome(message)
 
     async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
@@ -290,7 +290,7 @@ class _MoANodes:
         except GraphBubbleUp:
             raise
         except Exception as error:
-            raise call.failure(error) from error
+            raise call.failure(error) from None  # the raw cause may quote a key
         return call.outcome(message)
 
     # -- proposers ---------------------------------------------------------------------------

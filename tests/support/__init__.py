@@ -1,0 +1,1 @@
+"""Helper scripts for the tests (child processes)."""

@@ -1,0 +1,82 @@
+"""Child process of ``tests/test_durable.py``: start a mixture run on a SQLite-checkpointed thread.
+
+Usage: ``python durable_child.py '<settings json>'`` (see :class:`ChildSettings`). The run is
+meant to be killed mid-layer by the parent; should it end, its answer is printed as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from typing import Any, TypedDict
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Durability
+from pydantic import SecretStr
+
+from moa_graph import ProposerSpec, create_moa_graph
+
+QUESTION = "What are 3 fun things to do in SF?"
+
+
+class ChildSettings(TypedDict):
+    """What the child runs: the mixture, the server, the database and the thread."""
+
+    db: str
+    base_url: str
+    api_key: str
+    proposers: list[list[str]]
+    """Model names, one list per proposer layer."""
+    aggregator: str
+    thread: str
+    durability: Durability | None
+    """LangGraph's durability mode (``None``: its default)."""
+
+
+def build_graph(
+    settings: ChildSettings, saver: BaseCheckpointSaver[Any]
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The mixture the settings describe, compiled with ``saver`` (same in parent and child)."""
+
+    def spec(model: str) -> ProposerSpec:
+        return ProposerSpec(
+            model=f"openai:{model}",
+            base_url=settings["base_url"],
+            api_key=SecretStr(settings["api_key"]),
+        )
+
+    proposers = [[spec(model) for model in layer] for layer in settings["proposers"]]
+    graph = create_moa_graph(
+        proposers, aggregator=spec(settings["aggregator"]), timeout=60.0, max_retries=0
+    )
+    return graph.compile(checkpointer=saver)
+
+
+def thread_config(settings: ChildSettings) -> RunnableConfig:
+    """The run config naming the settings' thread."""
+    return {"configurable": {"thread_id": settings["thread"]}}
+
+
+def main(argv: list[str]) -> int:
+    """Run the mixture on a new thread; print the answer if the run is not killed first."""
+    settings: ChildSettings = json.loads(argv[0])
+    conn = sqlite3.connect(settings["db"], check_same_thread=False)
+    try:
+        graph = build_graph(settings, SqliteSaver(conn))
+        result = graph.invoke(
+            {"messages": [("user", QUESTION)]},
+            thread_config(settings),
+            durability=settings["durability"],
+        )
+    finally:
+        conn.close()
+    print(json.dumps({"answer": result["messages"][-1].text}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,367 @@
+"""Durable runs: a run interrupted mid-layer resumes on its thread and re-uses finished proposals.
+
+The server counts every call it receives, so each test proves that no finished proposer is
+called twice. A SQLite thread survives its process being killed (the run is started in a child
+process, killed with SIGKILL while one proposer hangs, and resumed here); an in-memory thread
+survives the run being cancelled mid-layer.
+
+LangGraph saves a task's writes (here: one proposer's proposal) as soon as the task finishes,
+in the background, under its default durability (``"async"``) as under ``"sync"``; ``"sync"``
+only also waits for each step's checkpoint. Under ``"exit"`` nothing is saved before the run
+ends, so a killed run leaves nothing to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.errors import EmptyInputError
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Durability
+from pydantic import SecretStr
+
+from moa_graph import ProposalsFailedError, ProposerSpec, create_moa_graph
+from moa_graph.testing import ModelScript, OpenAICompatibleServer, ServerProcess
+from moa_graph.testing.records import RequestLogQueries, RequestRecord
+from tests.support import durable_child
+from tests.support.durable_child import QUESTION, ChildSettings, build_graph, thread_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_SCRIPT = Path(durable_child.__file__)
+AGGREGATOR, FINAL, LATE = "agg", "The final answer.", "A late answer."
+WAIT_S = 20.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A mixture's proposers (model names per layer) and the one that hangs."""
+
+    proposers: list[list[str]]
+    hanging: str
+
+    @property
+    def hanging_layer(self) -> int:
+        return next(n for n, layer in enumerate(self.proposers, 1) if self.hanging in layer)
+
+    @property
+    def finished_in_hanging_layer(self) -> set[str]:
+        return set(self.proposers[self.hanging_layer - 1]) - {self.hanging}
+
+    @property
+    def models(self) -> list[str]:
+        return [model for layer in self.proposers for model in layer]
+
+
+LITE = Shape([["p1", "p2", "p3"]], hanging="p3")  # MoA-Lite: killed in its only proposer layer
+DEEP = Shape([["p1", "p2", "p3"], ["q1", "q2", "q3"]], hanging="q3")  # killed in layer 2
+
+
+def reply_of(model: str) -> str:
+    return f"Answer of {model}."
+
+
+def scripts_for(shape: Shape) -> dict[str, ModelScript]:
+    """Every proposer answers at once, except the hanging one; so does the aggregator."""
+    scripts = {model: ModelScript(reply=reply_of(model)) for model in shape.models}
+    scripts[shape.hanging] = ModelScript(reply=reply_of(shape.hanging), faults=["hang"])
+    scripts[AGGREGATOR] = ModelScript(reply=FINAL)
+    return scripts
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def hanging_call_in_flight(server: RequestLogQueries, shape: Shape) -> bool:
+    """Whether the server answered the hanging layer's other proposers and holds the hung call."""
+    records = server.requests()
+    answered = {r.model for r in records if r.outcome == "stop"}
+    hung = any(r.model == shape.hanging and r.outcome == "hang" for r in records)
+    return hung and shape.finished_in_hanging_layer <= answered
+
+
+def saved_proposals(saver: BaseCheckpointSaver[Any], config: RunnableConfig) -> list[str]:
+    """Proposers whose answers are saved as pending writes of the thread's latest checkpoint."""
+    saved = saver.get_tuple(config)
+    names: list[str] = []
+    for _task, channel, value in (saved.pending_writes or []) if saved else []:
+        if channel == "proposals" and isinstance(value, list):
+            names += [p["model"] for p in value if p["status"] == "answered"]
+    return sorted(names)
+
+
+def sqlite_saved_proposals(db: Path, config: RunnableConfig) -> list[str]:
+    conn = sqlite3.connect(db, check_same_thread=False)
+    try:
+        return saved_proposals(SqliteSaver(conn), config)
+    finally:
+        conn.close()
+
+
+def call_counts(records: list[RequestRecord]) -> dict[str, int]:
+    return dict(Counter(record.model for record in records))
+
+
+def expected_counts(shape: Shape) -> dict[str, int]:
+    """Every proposer once, the hanging one twice (hung, then resumed), the aggregator once."""
+    return {**dict.fromkeys(shape.models, 1), shape.hanging: 2, AGGREGATOR: 1}
+
+
+def check_resumed_run(
+    shape: Shape, result: dict[str, Any], before: list[RequestRecord], after: list[RequestRecord]
+) -> None:
+    """The resumed run called only the unfinished proposer and the aggregator, and answered."""
+    assert result["messages"][-1].text == FINAL
+    texts = {
+        p["model"]: p["text"] for p in result["proposals"] if p["layer"] == shape.hanging_layer
+    }
+    assert texts == {
+        **{m: reply_of(m) for m in shape.finished_in_hanging_layer},
+        shape.hanging: LATE,
+    }
+    assert all(p["status"] == "answered" for p in result["proposals"])
+    assert len(result["proposals"]) == len(shape.models)
+    resumed = after[len(before) :]
+    assert [r.model for r in resumed] == [shape.hanging, AGGREGATOR]
+    assert call_counts(after) == expected_counts(shape)
+    if shape.hanging_layer > 1:  # the resumed call still sees the earlier layer's answers
+        system = resumed[0].messages[0]["content"]
+        assert all(reply_of(m) in system for m in shape.proposers[shape.hanging_layer - 2])
+
+
+# -- a killed process, a SQLite thread ----------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A ``durable_child.py`` process and the file holding its output."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the child, which must still be running (stuck on the hung call)."""
+        assert self.process.poll() is None, f"the child ended early:\n{self.log.read_text()}"
+        self.process.send_signal(signal.SIGKILL)
+        assert self.process.wait(10) == -signal.SIGKILL
+
+
+StartChild = Callable[[ChildSettings], Child]
+
+
+@pytest.fixture
+def start_child(tmp_path: Path) -> Iterator[StartChild]:
+    """Start ``durable_child.py`` runs (output in ``tmp_path``); kill any left at the end."""
+    children: list[Child] = []
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+    def start(settings: ChildSettings) -> Child:
+        log = tmp_path / f"child-{len(children)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, str(CHILD_SCRIPT), json.dumps(settings)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+        children.append(Child(process, log))
+        return children[-1]
+
+    yield start
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(10)
+
+
+def settings_for(
+    shape: Shape, server: ServerProcess, db: Path, durability: Durability | None
+) -> ChildSettings:
+    return ChildSettings(
+        db=str(db),
+        base_url=server.base_url,
+        api_key="sk-test-placeholder",
+        proposers=shape.proposers,
+        aggregator=AGGREGATOR,
+        thread="t1",
+        durability=durability,
+    )
+
+
+def resume_from_sqlite(settings: ChildSettings, mode: str) -> dict[str, Any]:
+    """Resume the thread in this process: ``invoke(None)`` or ``ainvoke(None)``."""
+    config = thread_config(settings)
+    if mode == "invoke":
+        conn = sqlite3.connect(settings["db"], check_same_thread=False)
+        try:
+            return build_graph(settings, SqliteSaver(conn)).invoke(None, config)
+        finally:
+            conn.close()
+
+    async def resume() -> dict[str, Any]:
+        async with AsyncSqliteSaver.from_conn_string(settings["db"]) as saver:
+            return await build_graph(settings, saver).ainvoke(None, config)
+
+    return asyncio.run(resume())
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode"),
+    [(LITE, "ainvoke"), (DEEP, "invoke")],
+    ids=["moa-lite-killed-in-layer-1-ainvoke", "moa-killed-in-layer-2-invoke"],
+)
+def test_killed_run_resumes_without_calling_finished_proposers_again(
+    tmp_path: Path,
+    start_child: StartChild,
+    shape: Shape,
+    mode: str,
+) -> None:
+    """Under LangGraph's default durability (no ``durability="sync"`` needed)."""
+    db = tmp_path / "checkpoints.sqlite"
+    with ServerProcess(scripts_for(shape)) as server:
+        settings = settings_for(shape, server, db, durability=None)
+        child = start_child(settings)
+        wait_until(lambda: hanging_call_in_flight(server, shape), "the hung call")
+        # The server answering is not enough: the proposal is finished once the child saved it.
+        finished = sorted(shape.finished_in_hanging_layer)
+        wait_until(
+            lambda: sqlite_saved_proposals(db, thread_config(settings)) == finished,
+            f"{finished} saved in {db.name}",
+        )
+        child.kill()
+        before = server.requests()
+        assert call_counts(before) == dict.fromkeys(shape.models, 1)
+
+        server.set_scripts({shape.hanging: ModelScript(reply=LATE)})
+        result = resume_from_sqlite(settings, mode)
+        after = server.requests()
+    check_resumed_run(shape, result, before, after)
+    assert result["messages"][0].text == QUESTION
+
+
+def test_exit_durability_leaves_nothing_to_resume(tmp_path: Path, start_child: StartChild) -> None:
+    """Why the mode matters: under ``durability="exit"`` the killed run saved no proposal."""
+    db = tmp_path / "checkpoints.sqlite"
+    with ServerProcess(scripts_for(LITE)) as server:
+        settings = settings_for(LITE, server, db, "exit")
+        child = start_child(settings)
+        wait_until(lambda: hanging_call_in_flight(server, LITE), "the hung call")
+        time.sleep(0.5)  # time enough to save the finished proposals, were they saved at all
+        child.kill()
+        assert sqlite_saved_proposals(db, thread_config(settings)) == []
+        with pytest.raises(EmptyInputError):
+            resume_from_sqlite(settings, "invoke")
+
+
+# -- a cancelled run, an in-memory thread -------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAICompatibleServer]:
+    with OpenAICompatibleServer(scripts_for(DEEP)) as running:
+        yield running
+
+
+def in_memory_graph(
+    server: OpenAICompatibleServer, saver: InMemorySaver, **settings: Any
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The ``DEEP`` mixture against ``server``, on threads kept in ``saver``."""
+
+    def spec(model: str) -> ProposerSpec:
+        key = SecretStr("sk-test-placeholder")
+        return ProposerSpec(model=f"openai:{model}", base_url=server.base_url, api_key=key)
+
+    proposers = [[spec(m) for m in layer] for layer in DEEP.proposers]
+    graph = create_moa_graph(proposers, aggregator=spec(AGGREGATOR), max_retries=0, **settings)
+    return graph.compile(checkpointer=saver)
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_cancelled_run_resumes_without_calling_finished_proposers_again(
+    server: OpenAICompatibleServer, mode: str
+) -> None:
+    saver = InMemorySaver()
+    graph = in_memory_graph(server, saver, timeout=30.0)
+    config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+    finished = sorted(DEEP.finished_in_hanging_layer)
+
+    async def interrupt_then_maybe_resume() -> tuple[list[RequestRecord], dict[str, Any] | None]:
+        run = asyncio.ensure_future(graph.ainvoke({"messages": [("user", QUESTION)]}, config))
+        deadline = time.monotonic() + WAIT_S
+        while not (
+            hanging_call_in_flight(server, DEEP) and saved_proposals(saver, config) == finished
+        ):
+            assert time.monotonic() < deadline and not run.done(), "layer 2 never got stuck"
+            await asyncio.sleep(0.02)
+        run.cancel()  # the caller gives up mid-layer 2
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        before = server.requests()
+        server.set_script(DEEP.hanging, ModelScript(reply=LATE))
+        # One event loop for both runs: an OpenAI async client does not survive its loop.
+        resumed = await graph.ainvoke(None, config) if mode == "ainvoke" else None
+        return before, resumed
+
+    before, result = asyncio.run(interrupt_then_maybe_resume())
+    assert call_counts(before) == dict.fromkeys(DEEP.models, 1)
+    if result is None:
+        result = graph.invoke(None, config)
+    check_resumed_run(DEEP, result, before, server.requests())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ProposalsFailedError,
+    reason=(
+        "BUG moa_graph/graph.py:257 (_MoANodes.collect): a layer below min_proposals raises "
+        "ProposalsFailedError only after every `propose` task returned, so LangGraph saved the "
+        "failed proposal as a finished task; resuming the thread re-runs collect_layer alone, "
+        "which raises the same error: the failed proposer is never retried"
+    ),
+)
+def test_failed_layer_resumes_once_the_proposer_is_fixed(server: OpenAICompatibleServer) -> None:
+    """A non-retryable error in layer 2 fails the run; resumed, only that proposer is called."""
+    server.set_script(DEEP.hanging, ModelScript(reply=LATE, faults=["http_400"]))
+    saver = InMemorySaver()
+    graph = in_memory_graph(server, saver, min_proposals=3)
+    config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+    with pytest.raises(ProposalsFailedError, match="layer 2: 2 of 3 proposers answered"):
+        graph.invoke({"messages": [("user", QUESTION)]}, config)
+    before = server.requests()
+    assert call_counts(before) == dict.fromkeys(DEEP.models, 1)
+    assert server.requests_for(DEEP.hanging)[0].outcome == "http_400"
+
+    result = graph.invoke(None, config)  # the fault is spent: the proposer answers now
+    check_resumed_run(DEEP, result, before, server.requests())
