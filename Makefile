@@ -32,10 +32,14 @@ demo: $(VENV)/.models-local
 test: $(VENV)/.models-tiny
 	$(BIN)/python -m pytest -q
 
+## bench: the benchmarks reported in README.md
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.resilience --runs 100
+
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
-	$(BIN)/ruff check moa_graph tests
-	$(BIN)/ruff format --check moa_graph tests
+	$(BIN)/ruff check moa_graph tests benchmarks
+	$(BIN)/ruff format --check moa_graph tests benchmarks
 	$(BIN)/mypy
 
 clean:

@@ -30,13 +30,13 @@ FAULTS: list[Any] = [
 PROPOSERS = ["p1", "p2", "p3", "p4"]
 
 
-def build(server: ServerProcess, timeout: float) -> ChatMixtureOfAgents:
+def build(server: ServerProcess, timeout: float, layers: int = 3) -> ChatMixtureOfAgents:
     def spec(name: str) -> ProposerSpec:
         return ProposerSpec(model=f"openai:{name}", base_url=server.base_url,
                             api_key="sk-bench-placeholder")  # fmt: skip
 
     return ChatMixtureOfAgents(
-        proposers=[spec(name) for name in PROPOSERS], aggregator=spec("agg"), layers=3,
+        proposers=[spec(name) for name in PROPOSERS], aggregator=spec("agg"), layers=layers,
         timeout=timeout, max_retries=2,
     )  # fmt: skip
 
@@ -64,21 +64,23 @@ def fault_runs(runs: int, seed: int, fault_rate: float, timeout: float) -> dict[
             met_fault += planned > 0
             log = server.requests()
             injected += sum(r.outcome not in ("stop", "length", "pending") for r in log)
-            lost += sum(
-                1 for r in log
-                if r.model != "agg" and r.outcome == "stop" and r.response and r.response not in used
-            )  # fmt: skip
+            lost += sum(1 for r in log if _paid_but_unused(r, used))
             server.set_scripts({name: ModelScript(ttft=0.01) for name in PROPOSERS})
     return {"runs": runs, "runs_with_faults": met_fault, "survived": survived,
             "faults_injected": injected, "calls_lost": lost}  # fmt: skip
+
+
+def _paid_but_unused(record: Any, used: set[str]) -> bool:
+    """A proposer request that was answered (and so paid for) but whose text went unused."""
+    answered = record.outcome == "stop" and bool(record.response)
+    return record.model != "agg" and answered and record.response not in used
 
 
 def hanging_proposer(timeout: float) -> dict[str, float]:
     scripts = {name: ModelScript(ttft=0.05) for name in [*PROPOSERS, "agg"]}
     scripts["p4"] = ModelScript(faults=["hang"])
     with ServerProcess(scripts) as server:
-        moa = build(server, timeout).model_copy(update={"layers": 2})
-        moa = ChatMixtureOfAgents(**{**moa.__dict__, "layers": 2})
+        moa = build(server, timeout, layers=2)
         started = time.perf_counter()
         moa.invoke("question")
         wall = time.perf_counter() - started
