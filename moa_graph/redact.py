@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterable
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.tracers.base import BaseTracer
 
 MASK = "**********"
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
@@ -28,3 +33,48 @@ def redact(text: str, extra: Iterable[str] = ()) -> str:
     for secret in known_secrets(extra):
         text = text.replace(secret, MASK)
     return _KEY_LIKE.sub(MASK, text)
+
+
+class RedactedError(Exception):
+    """Stands in for a provider's exception in traces: its text with secrets masked."""
+
+
+def redacting_callbacks(callbacks: Any, extra: Iterable[str] = ()) -> Any:
+    """A copy of a callback manager whose tracers record model and chain errors redacted.
+
+    LangChain's tracers store a failing call's exception (and the provider's raw error body) in
+    the run they record. Each tracer is replaced by a shallow copy that shares its state (run
+    map, client), so nesting is unchanged, but whose ``on_llm_error`` and ``on_chain_error``
+    receive a ``RedactedError`` and no raw response. Other handlers are left as they are.
+    """
+    if not isinstance(callbacks, BaseCallbackManager):
+        return callbacks
+    manager = callbacks.copy()
+    secrets = tuple(extra)
+    cache: dict[int, BaseCallbackHandler] = {}
+
+    def swap(handler: BaseCallbackHandler) -> BaseCallbackHandler:
+        if not isinstance(handler, BaseTracer):
+            return handler
+        if id(handler) not in cache:
+            cache[id(handler)] = _redacting_copy(handler, secrets)
+        return cache[id(handler)]
+
+    manager.handlers = [swap(h) for h in manager.handlers]
+    manager.inheritable_handlers = [swap(h) for h in manager.inheritable_handlers]
+    return manager
+
+
+def _redacting_copy(tracer: BaseTracer, secrets: tuple[str, ...]) -> BaseTracer:
+    twin = copy.copy(tracer)
+    for event in ("on_llm_error", "on_chain_error"):
+        original = getattr(tracer, event)
+
+        def redacted(error: BaseException, *args: Any, _original: Any = original,
+                     **kwargs: Any) -> Any:  # fmt: skip
+            kwargs.pop("response", None)  # the provider's raw error body
+            masked = RedactedError(redact(f"{type(error).__name__}: {error}", secrets))
+            return _original(masked, *args, **kwargs)
+
+        object.__setattr__(twin, event, redacted)
+    return twin

@@ -22,6 +22,7 @@ from moa_graph.calls import CallCancelled, cancel_requested
 from moa_graph.errors import AggregatorError
 from moa_graph.plan import ProposerSlot
 from moa_graph.prompts import with_system_prompt
+from moa_graph.redact import redacting_callbacks
 from moa_graph.references import Truncation
 from moa_graph.state import ProgressEvent, Proposal, ProposerTask
 
@@ -67,6 +68,7 @@ class ProposerCall:
                 },
             },
         )
+        self.config["callbacks"] = redacting_callbacks(self.config.get("callbacks"), plan.secrets)
         self.attempts = 0
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
@@ -168,6 +170,7 @@ class AggregatorCall:
                              "moa_model": plan.aggregator.model_name},
             },
         )  # fmt: skip
+        self.config["callbacks"] = redacting_callbacks(self.config.get("callbacks"), plan.secrets)
 
     def attempt_sync(self) -> BaseMessage:
         with self.nodes.limiter.sync_slot():
