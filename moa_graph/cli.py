@@ -7,6 +7,7 @@ Examples::
     moa-graph ask --proposer openai:gpt-4o-mini --proposer openai:gpt-4.1-mini \
         --aggregator openai:gpt-4o --layers 2 --json "..."
     moa-graph chat --preset local-tiny
+    MOA_GRAPH_API_KEY=... moa-graph serve --preset local --port 8000    # OpenAI-compatible API
     moa-graph eval --dataset gsm8k --limit 50 --systems local:qwen2.5-coder-1.5b local
 """
 
@@ -54,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question to answer")
     ask.add_argument("--json", action="store_true", help="print a JSON result instead of text")
     chat = commands.add_parser("chat", help="a multi-turn conversation in the terminal")
-    for command in (ask, chat):
+    serve = commands.add_parser("serve", help="serve the mixture as an OpenAI-compatible API")
+    for command in (ask, chat, serve):
         _add_mixture_options(command)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-name", help="served model id (default: moa:<aggregator model>)")
     build_eval_parser(commands.add_parser("eval", help="evaluate systems on a data set"))
     return parser
 
@@ -151,6 +156,22 @@ def command_chat(args: argparse.Namespace) -> int:
         history.append(outcome.answer)
 
 
+def command_serve(args: argparse.Namespace) -> int:
+    """Serve ``/v1/chat/completions``; ``MOA_GRAPH_API_KEY`` (if set) is the required key."""
+    from moa_graph.serve import serve
+
+    moa = build_mixture(args)
+    _announce(moa)
+    serve(
+        moa,
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        api_key=os.environ.get("MOA_GRAPH_API_KEY") or None,
+    )
+    return 0
+
+
 def _announce(moa: ChatMixtureOfAgents) -> None:
     plan = moa.plan
     names = ", ".join(slot.name for slot in plan.proposer_layers[0])
@@ -166,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["eval"]:
         return main_eval(arguments[1:])
     args = build_parser().parse_args(arguments)
-    command = {"ask": command_ask, "chat": command_chat}[args.command]
+    command = {"ask": command_ask, "chat": command_chat, "serve": command_serve}[args.command]
     try:
         return command(args)
     except UsageError as exc:

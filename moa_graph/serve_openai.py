@@ -1,0 +1,310 @@
+"""OpenAI chat-completion requests to LangChain messages, for ``moa_graph.serve``.
+
+The policy is an allow-list, so a client can never redirect the mixture: only the conversation
+and ``stop`` reach the models (``stop`` goes to the final aggregator). Sampling hints
+(``temperature``, ``max_tokens``, ...) are accepted and ignored -- the mixture's configured
+settings apply -- and reported back in the ``X-MoA-Ignored-Params`` response header. Anything
+else (``tools``, ``n > 1``, ``base_url``, ``api_key``, unknown fields) is refused with 400, as
+OpenAI refuses unrecognised arguments.
+
+Example:
+    >>> request = parse_chat_request(
+    ...     b'{"model": "moa", "messages": [{"role": "user", "content": "Hi"}],'
+    ...     b' "temperature": 0.2, "stop": "END"}',
+    ...     served_name="moa",
+    ... )
+    >>> request.messages, request.stop, request.ignored
+    ([HumanMessage(content='Hi', additional_kwargs={}, response_metadata={})], ['END'], \
+('temperature',))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+
+from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
+
+HONOURED = frozenset({"model", "messages", "stream", "stream_options", "stop"})
+"""Request fields the server acts on."""
+
+IGNORED = frozenset({
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "presence_penalty",
+    "frequency_penalty", "seed", "user", "metadata", "store", "service_tier",
+    "parallel_tool_calls", "reasoning_effort", "prompt_cache_key", "safety_identifier",
+    "verbosity", "top_logprobs",
+})  # fmt: skip
+"""Sampling hints and bookkeeping fields accepted but not applied (the mixture's settings win)."""
+
+_NEUTRAL = {"n": 1, "logprobs": False, "modalities": ["text"]}
+"""Fields accepted only with their default value (anything else is a feature we lack)."""
+
+MAX_STOP_SEQUENCES = 4
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes an OpenAI-style error response.
+
+    Args:
+        status: HTTP status code.
+        message: Human-readable reason (never contains a secret).
+        type_: OpenAI error ``type``.
+        code: OpenAI error ``code``.
+        param: The request field at fault.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error JSON shape.
+
+    Example:
+        >>> error_body("nope", "invalid_request_error")["error"]["message"]
+        'nope'
+    """
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What the server takes from one ``POST /v1/chat/completions``.
+
+    Attributes:
+        messages: The conversation as LangChain messages (validated).
+        stream: Whether to answer with server-sent events.
+        include_usage: ``stream_options.include_usage``: end the stream with a usage chunk.
+        stop: Stop sequences for the final aggregator, or ``None``.
+        ignored: Request fields that were accepted but not applied, sorted.
+    """
+
+    messages: list[BaseMessage]
+    stream: bool = False
+    include_usage: bool = False
+    stop: list[str] | None = None
+    ignored: tuple[str, ...] = ()
+
+
+def parse_chat_request(
+    body: bytes, *, served_name: str, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+) -> ChatRequest:
+    """Parse and check a chat-completion request body.
+
+    Raises:
+        RequestError: 400 for invalid JSON, bad messages or refused fields; 404 when ``model``
+            names another model than ``served_name``.
+    """
+    try:
+        payload = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(
+            400, f"We could not parse the JSON body of your request: {exc}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "The request body must be a JSON object.")
+    fields = {key: value for key, value in payload.items() if value is not None}
+    _check_fields(fields)
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError(400, "You must provide a model parameter.", param="model")
+    if model != served_name:
+        raise RequestError(
+            404,
+            f"The model `{model}` does not exist; this server serves `{served_name}`.",
+            code="model_not_found",
+            param="model",
+        )
+    messages = to_messages(fields.get("messages"))
+    try:
+        validate_conversation(messages, max_input_chars=max_input_chars)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(400, str(exc), param="messages") from None
+    stream = _flag(fields, "stream")
+    options = fields.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError(400, "stream_options must be an object.", param="stream_options")
+    return ChatRequest(
+        messages=messages,
+        stream=stream,
+        include_usage=stream and bool(options.get("include_usage")),
+        stop=_stop(fields.get("stop")),
+        ignored=tuple(sorted(key for key in fields if key in IGNORED)),
+    )
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        if key in HONOURED or key in IGNORED:
+            continue
+        if key in _NEUTRAL:
+            if value != _NEUTRAL[key]:
+                raise RequestError(400, f"{key}={value!r} is not supported here.", param=key)
+        elif key in ("tools", "functions", "tool_choice", "function_call"):
+            if value and value != "none":
+                raise RequestError(400, f"{key}: a mixture of agents calls no tools.", param=key)
+        elif key == "response_format":
+            if not isinstance(value, dict) or value.get("type") != "text":
+                raise RequestError(400, "response_format: only text answers.", param=key)
+        else:
+            raise RequestError(400, f"Unrecognized request argument supplied: {key}", param=key)
+
+
+def _flag(fields: dict[str, Any], key: str) -> bool:
+    value = fields.get(key, False)
+    if not isinstance(value, bool):
+        raise RequestError(400, f"{key} must be a boolean.", param=key)
+    return value
+
+
+def _stop(value: Any) -> list[str] | None:
+    stops = [value] if isinstance(value, str) else value
+    if stops is None:
+        return None
+    if (
+        not isinstance(stops, list)
+        or not all(isinstance(s, str) and s for s in stops)
+        or len(stops) > MAX_STOP_SEQUENCES
+    ):
+        raise RequestError(
+            400,
+            f"stop must be a string or up to {MAX_STOP_SEQUENCES} non-empty strings.",
+            param="stop",
+        )
+    return list(stops) or None
+
+
+def to_messages(raw: Any) -> list[BaseMessage]:
+    """OpenAI chat messages (``system``/``developer``, ``user``, ``assistant``, ``tool``).
+
+    Content may be a string or a list of ``{"type": "text", "text": ...}`` parts (joined).
+
+    Raises:
+        RequestError: 400 naming the message at fault.
+
+    Example:
+        >>> [type(m).__name__ for m in to_messages([
+        ...     {"role": "system", "content": "Be brief."},
+        ...     {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ... ])]
+        ['SystemMessage', 'HumanMessage']
+    """
+    if not isinstance(raw, list) or not raw:
+        raise RequestError(400, "messages must be a non-empty array.", param="messages")
+    return [_message(item, i) for i, item in enumerate(raw)]
+
+
+def _message(item: Any, i: int) -> BaseMessage:
+    where = f"messages[{i}]"
+    if not isinstance(item, dict):
+        raise RequestError(400, f"{where} must be an object.", param=where)
+    role = item.get("role")
+    name = item.get("name") if isinstance(item.get("name"), str) else None
+    if role == "assistant":
+        tool_calls = _tool_calls(item.get("tool_calls"), where)
+        content = "" if item.get("content") is None and tool_calls else _text(item, where)
+        return AIMessage(content, name=name, tool_calls=tool_calls)
+    content = _text(item, where)
+    if role in ("system", "developer"):
+        return SystemMessage(content, name=name)
+    if role == "user":
+        return HumanMessage(content, name=name)
+    if role == "tool":
+        call_id = item.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise RequestError(400, f"{where}: a tool message needs tool_call_id.", param=where)
+        return ToolMessage(content, tool_call_id=call_id)
+    raise RequestError(
+        400,
+        f"{where}: role {role!r} is not supported; use system, developer, user, assistant or tool.",
+        param=where,
+    )
+
+
+def _text(item: dict[str, Any], where: str) -> str:
+    content = item.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise RequestError(
+                    400,
+                    f"{where}: content of type {kind!r} is not supported; the mixture passes "
+                    "text between models.",
+                    param=where,
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+    raise RequestError(400, f"{where}: content must be a string or text parts.", param=where)
+
+
+def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+    if not raw:
+        return []
+    calls = []
+    try:
+        for call in raw:
+            function = call["function"]
+            arguments = json.loads(function.get("arguments") or "{}")
+            calls.append({"name": function["name"], "args": arguments, "id": call.get("id")})
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise RequestError(400, f"{where}: malformed tool_calls.", param=where) from None
+    return calls
+
+
+def openai_usage(usage: UsageMetadata | None) -> dict[str, int]:
+    """LangChain usage to OpenAI's ``usage`` object (zeros when unknown).
+
+    Example:
+        >>> openai_usage({"input_tokens": 3, "output_tokens": 2, "total_tokens": 5})
+        {'prompt_tokens': 3, 'completion_tokens': 2, 'total_tokens': 5}
+    """
+    usage = usage or UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0)
+    return {
+        "prompt_tokens": usage.get("input_tokens", 0),
+        "completion_tokens": usage.get("output_tokens", 0),
+        "total_tokens": usage.get("total_tokens", 0),
+    }
+
+
+def finish_reason(metadata: dict[str, Any]) -> str:
+    """The aggregator's finish reason when OpenAI knows it, else ``"stop"``.
+
+    Example:
+        >>> finish_reason({"finish_reason": "length"}), finish_reason({})
+        ('length', 'stop')
+    """
+    reason = metadata.get("finish_reason")
+    return reason if reason in ("stop", "length", "content_filter") else "stop"
