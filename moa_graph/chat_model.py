@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Self
 
 from langchain_core.callbacks import (
@@ -13,11 +14,20 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableParallel,
+    RunnableSequence,
+    RunnableWithFallbacks,
+)
+from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.tools import BaseTool
 from langchain_core.tracers.base import BaseTracer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
@@ -154,6 +164,97 @@ class ChatMixtureOfAgents(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
+    # -- tools and structured output ----------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools to the aggregator, which alone decides the tool calls.
+
+        The tools are converted exactly as ``aggregator.bind_tools(tools, tool_choice=...,
+        **kwargs)`` converts them (OpenAI, Anthropic, ... formats) and sent with the final
+        aggregator call; the answer's ``tool_calls`` are the aggregator's. Proposers stay
+        tool-free advisors: they see tool calls and results of the conversation as text.
+
+        Raises:
+            NotImplementedError: the aggregator does not support tool calling.
+
+        Example:
+            >>> from langchain_core.language_models import GenericFakeChatModel
+            >>> def add(a: int, b: int) -> int:
+            ...     \"\"\"Add two numbers.\"\"\"
+            ...     return a + b
+            >>> class ToolFake(GenericFakeChatModel):
+            ...     def bind_tools(self, tools, *, tool_choice=None, **kwargs):
+            ...         return self.bind(tools=[t.__name__ for t in tools], tool_choice=tool_choice)
+            >>> fake = ToolFake(messages=iter([]))
+            >>> moa = ChatMixtureOfAgents(proposers=[fake], aggregator=fake, layers=2)
+            >>> moa.bind_tools([add], tool_choice="any").kwargs
+            {'tools': ['add'], 'tool_choice': 'any'}
+        """
+        model = _unwrap(self._plan.aggregator.model)
+        if not isinstance(model, BaseChatModel):
+            raise NotImplementedError(
+                f"aggregator: {type(model).__name__} is not a chat model with bind_tools"
+            )
+        try:
+            bound = model.bind_tools(tools, tool_choice=tool_choice, **kwargs)
+        except NotImplementedError:
+            raise NotImplementedError(
+                f"aggregator: {self._plan.aggregator.model_name} does not support tool calling"
+            ) from None
+        if not isinstance(bound, RunnableBinding):
+            raise NotImplementedError(
+                f"aggregator: {type(model).__name__}.bind_tools returned "
+                f"{type(bound).__name__}, not a binding of call arguments"
+            )
+        return self.bind(**bound.kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """An answer in ``schema`` (pydantic class, TypedDict or JSON schema), from the aggregator.
+
+        Built exactly as ``aggregator.with_structured_output(schema, method=..., ...)`` builds
+        it (``None`` takes the aggregator's default method; ``"function_calling"``,
+        ``"json_schema"`` and ``"json_mode"`` as the aggregator supports them), with the
+        aggregator's call replaced by the whole mixture's: proposers answer as usual and the
+        aggregator's structured answer is parsed (a pydantic ``schema`` gives a validated
+        instance). Aggregators without their own ``with_structured_output`` use tool calling.
+
+        Example:
+            >>> from pydantic import BaseModel
+            >>> class Answer(BaseModel):
+            ...     value: int
+            >>> # ChatMixtureOfAgents(...).with_structured_output(Answer).invoke("2 + 2?")
+            >>> # -> Answer(value=4)
+        """
+        model = _unwrap(self._plan.aggregator.model)
+        own = isinstance(model, BaseChatModel) and (
+            type(model).with_structured_output is not BaseChatModel.with_structured_output
+        )
+        if not own:
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method is not None:
+            kwargs["method"] = method
+        structured = model.with_structured_output(schema, include_raw=include_raw, **kwargs)
+        swapped, count = _swap_model(structured, model, self)
+        if not count:
+            raise NotImplementedError(
+                f"aggregator: {type(model).__name__}.with_structured_output built "
+                f"{type(structured).__name__}, in which its model call was not found"
+            )
+        return swapped
+
     # -- running -------------------------------------------------------------------------------
 
     def _generate(
@@ -164,9 +265,10 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         config = self._inner_config(run_manager, CallbackManager)
-        state = self._graph.invoke(
-            {"messages": messages}, config, context=self._context(stop, kwargs)
-        )
+        with _isolated():
+            state = self._graph.invoke(
+                {"messages": messages}, config, context=self._context(stop, kwargs)
+            )
         return self._result(state)
 
     async def _agenerate(
@@ -177,9 +279,10 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         config = self._inner_config(run_manager, AsyncCallbackManager)
-        state = await self._graph.ainvoke(
-            {"messages": messages}, config, context=self._context(stop, kwargs)
-        )
+        with _isolated():
+            state = await self._graph.ainvoke(
+                {"messages": messages}, config, context=self._context(stop, kwargs)
+            )
         return self._result(state)
 
     def _stream(
@@ -190,12 +293,18 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         collector = _StreamCollector(self)
-        for mode, payload in self._graph.stream(
+        stream = self._graph.stream(
             {"messages": messages},
             self._inner_config(run_manager, CallbackManager),
             context=self._context(stop, kwargs),
             stream_mode=["messages", "updates"],
-        ):
+        )
+        while True:
+            with _isolated():
+                item = next(stream, None)
+            if item is None:
+                break
+            mode, payload = item
             chunk = collector.accept(mode, payload)
             if chunk is not None:
                 yield chunk
@@ -209,12 +318,18 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         collector = _StreamCollector(self)
-        async for mode, payload in self._graph.astream(
+        stream = self._graph.astream(
             {"messages": messages},
             self._inner_config(run_manager, AsyncCallbackManager),
             context=self._context(stop, kwargs),
             stream_mode=["messages", "updates"],
-        ):
+        )
+        while True:
+            with _isolated():
+                item = await anext(stream, None)
+            if item is None:
+                break
+            mode, payload = item
             chunk = collector.accept(mode, payload)
             if chunk is not None:
                 yield chunk
@@ -309,7 +424,7 @@ class _StreamCollector:
         if metadata.get("langgraph_node") != AGGREGATE or not isinstance(message, AIMessage):
             return None
         chunk = _plain_chunk(message)
-        if not chunk.content and not chunk.tool_call_chunks:
+        if not chunk.content and not chunk.tool_call_chunks and not chunk.additional_kwargs:
             return None  # the aggregator's usage-only or end marker chunks: ours come last
         self.streamed = True
         return ChatGenerationChunk(message=chunk)
@@ -348,6 +463,60 @@ def _plain_chunk(message: BaseMessage) -> AIMessageChunk:
         additional_kwargs=message.additional_kwargs,
         tool_call_chunks=tool_call_chunks or [],
     )
+
+
+@contextmanager
+def _isolated() -> Iterator[None]:
+    """Hide a surrounding chain's config from the inner graph while it runs our code.
+
+    LangGraph merges the ambient ``var_child_runnable_config`` (a chain's callbacks, tags, a
+    parent graph's ``configurable``) into the config of a graph it starts; the inner graph gets
+    only ``_inner_config``, so the caller's handlers see one chat model call.
+    """
+    token = var_child_runnable_config.set(None)
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
+
+
+def _swap_model(runnable: Any, old: Any, new: BaseChatModel) -> tuple[Any, int]:
+    """``runnable`` with every call of ``old`` (bound or not) made a call of ``new``.
+
+    Walks sequences, maps and fallbacks, as the providers' ``with_structured_output`` build
+    them; returns the new runnable and how many calls were swapped.
+    """
+    if runnable is old:
+        return new, 1
+    if isinstance(runnable, RunnableBinding) and runnable.bound is old:
+        return new.bind(**runnable.kwargs).with_config(runnable.config), 1
+    if isinstance(runnable, RunnableSequence):
+        steps = [_swap_model(step, old, new) for step in runnable.steps]
+        sequence: Runnable[Any, Any] = RunnableSequence(
+            *[step for step, _ in steps], name=runnable.name
+        )
+        return sequence, sum(count for _, count in steps)
+    if isinstance(runnable, RunnableParallel):
+        swapped = {key: _swap_model(step, old, new) for key, step in runnable.steps__.items()}
+        parallel = RunnableParallel({key: step for key, (step, _) in swapped.items()})
+        return parallel, sum(count for _, count in swapped.values())
+    if isinstance(runnable, RunnableWithFallbacks):
+        first, count = _swap_model(runnable.runnable, old, new)
+        others = [_swap_model(step, old, new) for step in runnable.fallbacks]
+        fallbacks = first.with_fallbacks(
+            [step for step, _ in others],
+            exceptions_to_handle=runnable.exceptions_to_handle,
+            exception_key=runnable.exception_key,
+        )
+        return fallbacks, count + sum(n for _, n in others)
+    return runnable, 0
+
+
+def _unwrap(model: Any) -> Any:
+    """The chat model under any ``RunnableBinding`` (a proposer spec's bound settings)."""
+    while isinstance(model, RunnableBinding):
+        model = model.bound
+    return model
 
 
 def _json(value: Any) -> str:

@@ -25,6 +25,7 @@ from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.references import Truncation
 from moa_graph.state import ProgressEvent, Proposal, ProposerTask
+from moa_graph.tool_rendering import render_tool_turns
 
 if TYPE_CHECKING:
     from moa_graph.graph import MoAContext, _MoANodes
@@ -50,10 +51,11 @@ class ProposerCall:
             else None
         )
         self.runnable = nodes.runnables[(slot.layer, slot.index)]
+        conversation = render_tool_turns(task["messages"])  # proposers never see tool turns
         self.input: Any = (
-            with_system_prompt(task["messages"], slot.system_prompt)
+            with_system_prompt(conversation, slot.system_prompt)
             if slot.layer == 1
-            else {"messages": task["messages"], "references": task["references"]}
+            else {"messages": conversation, "references": task["references"]}
         )
         self.config = merge_configs(
             config,

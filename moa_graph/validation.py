@@ -57,12 +57,18 @@ def validate_conversation(
         raise ValueError(f"messages[{last_user}]: the user message is empty")
 
 
+TOOL_CALL_BLOCKS = frozenset({"tool_call", "tool_use", "function_call", "invalid_tool_call"})
+"""Content blocks of an AI turn's tool calls: sent to the aggregator, rendered as text for
+proposers (``moa_graph.tool_rendering``)."""
+
+
 def _check_text_only(message: BaseMessage, position: int) -> None:
     if isinstance(message.content, str):
         return
+    allowed = {"text", *TOOL_CALL_BLOCKS} if isinstance(message, AIMessage) else {"text"}
     for block in message.content:
         kind = block.get("type") if isinstance(block, dict) else "text"
-        if kind != "text":
+        if kind not in allowed:
             raise TypeError(
                 f"messages[{position}]: content of type {kind!r} is not supported; "
                 "the mixture passes text between models"

@@ -6,6 +6,8 @@ OpenAI-compatible server, so every request goes through the real client code.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +17,53 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from moa_graph import ChatMixtureOfAgents
-from moa_graph.testing import OpenAICompatibleServer
+from moa_graph.testing import (
+    ModelScript,
+    OpenAICompatibleServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
 
-SERVER = OpenAICompatibleServer()
+
+def aggregator_reply(request: dict[str, Any]) -> str | ScriptedReply:
+    """A scripted tool-using aggregator: calls a tool while the last turn is not a tool result.
+
+    The tool is the one ``tool_choice`` names, else the first; its arguments follow the tool's
+    JSON schema, filled from the last user message (its first number, its quoted text).
+    """
+    messages, tools = request["messages"], request.get("tools") or []
+    response_format = request.get("response_format") or {}
+    if response_format.get("type") == "json_schema":  # structured output, method="json_schema"
+        schema = response_format["json_schema"]["schema"]
+        user = next(str(m["content"]) for m in reversed(messages) if m["role"] == "user")
+        return json.dumps(_arguments({"parameters": schema}, user))
+    if not tools or messages[-1]["role"] == "tool":
+        results = [str(m.get("content")) for m in messages if m["role"] == "tool"]
+        return f"Done: {results[-1]}" if results else "No tool needed."
+    choice = request.get("tool_choice")
+    wanted = choice["function"]["name"] if isinstance(choice, dict) else None
+    tool = next((t for t in tools if t["function"]["name"] == wanted), tools[0])["function"]
+    user = next(str(m["content"]) for m in reversed(messages) if m["role"] == "user")
+    return ScriptedReply(tool_calls=[ScriptedToolCall(tool["name"], _arguments(tool, user))])
+
+
+def _arguments(tool: dict[str, Any], user: str) -> dict[str, Any]:
+    number = re.search(r"\d+", user)
+    quoted = re.search(r"'([^']+)'", user)
+    values = {
+        "integer": int(number.group()) if number else 3,
+        "number": float(number.group()) if number else 3.0,
+        "boolean": True,
+        "string": quoted.group(1) if quoted else user[:40],
+    }
+    properties = (tool.get("parameters") or {}).get("properties", {})
+    return {
+        name: values.get(spec.get("type", "string"), json.dumps(spec))
+        for name, spec in properties.items()
+    }
+
+
+SERVER = OpenAICompatibleServer({"aggregator": ModelScript(reply=aggregator_reply)})
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
     from moa_graph.testing.openai_server import OpenAICompatibleServer
     from moa_graph.testing.process import ServerProcess
     from moa_graph.testing.records import RequestRecord
-    from moa_graph.testing.scripts import ModelScript, ScriptedLatency, count_tokens, tokenize
+    from moa_graph.testing.scripts import (
+        ModelScript,
+        ScriptedLatency,
+        ScriptedReply,
+        ScriptedToolCall,
+        count_tokens,
+        tokenize,
+    )
 
 _EXPORTS = {
     "Fault": "faults",
@@ -25,6 +32,8 @@ _EXPORTS = {
     "OpenAICompatibleServer": "openai_server",
     "RequestRecord": "records",
     "ScriptedLatency": "scripts",
+    "ScriptedReply": "scripts",
+    "ScriptedToolCall": "scripts",
     "ServerProcess": "process",
     "count_tokens": "scripts",
     "tokenize": "scripts",
@@ -37,6 +46,8 @@ __all__ = [
     "OpenAICompatibleServer",
     "RequestRecord",
     "ScriptedLatency",
+    "ScriptedReply",
+    "ScriptedToolCall",
     "ServerProcess",
     "count_tokens",
     "tokenize",

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from moa_graph.testing import _http
-from moa_graph.testing.scripts import tokenize
+from moa_graph.testing.scripts import ScriptedToolCall, tokenize
 
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -37,6 +37,23 @@ def apply_limits(text: str, payload: dict[str, Any]) -> tuple[str, str]:
     return text, "stop"
 
 
+def tool_calls_json(cid: str, calls: list[ScriptedToolCall]) -> list[dict[str, Any]]:
+    """OpenAI ``tool_calls`` entries; calls without an id get ``call_<cid>_<i>``."""
+    return [
+        {
+            "id": call.id or f"call_{cid}_{i}",
+            "type": "function",
+            "function": {
+                "name": call.name,
+                "arguments": call.arguments
+                if isinstance(call.arguments, str)
+                else json.dumps(call.arguments),
+            },
+        }
+        for i, call in enumerate(calls)
+    ]
+
+
 def completion_body(
     cid: str,
     model: str,
@@ -45,9 +62,13 @@ def completion_body(
     finish: str,
     usage: dict[str, int],
     n_choices: int = 1,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A non-streaming ``chat.completion`` object."""
-    message = {"role": "assistant", "content": text, "refusal": None}
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = tool_calls
     return {
         "id": cid,
         "object": "chat.completion",
@@ -103,6 +124,17 @@ class ChunkFormatter:
     def content(self, piece: str) -> bytes:
         """A content chunk; same bytes as ``event({"content": piece})``, but faster."""
         return sse(dumps(piece).join(self._content_parts))
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
+        """Chunks streaming ``calls``: each call's head, then its arguments."""
+        data = b""
+        for i, call in enumerate(calls):
+            head = {"index": i, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+            data += self.event({"tool_calls": [head]})
+            args = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
+            data += self.event({"tool_calls": [args]})
+        return data
 
     def usage(self, usage: dict[str, int]) -> bytes:
         """The final usage-only chunk."""

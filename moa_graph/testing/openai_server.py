@@ -378,13 +378,17 @@ class OpenAICompatibleServer(RequestLogQueries):
         """Answer normally (after the scripted latency)."""
         record, payload = ex.record, ex.payload
         try:
-            text = script.answer(payload)
+            reply = script.respond(payload)
         except Exception as exc:
             message = f"reply callable failed: {type(exc).__name__}: {exc}"
             body = error_body(message, "server_error", None)
             response = _http.json_response(500, body, keep_alive=ex.keep)
             return ex.finish(response, 500, "reply_error")
-        text, finish = _wire.apply_limits(text, payload)
+        text, finish = _wire.apply_limits(reply.content, payload)
+        cid = self._completion_id(record)
+        calls = _wire.tool_calls_json(cid, reply.tool_calls)
+        if calls:
+            finish = "tool_calls"
         pieces = tokenize(text)
         latency = script.draw_latency()
         total = latency.total(len(pieces))
@@ -398,7 +402,6 @@ class OpenAICompatibleServer(RequestLogQueries):
         }
         n = payload.get("n")
         n_choices = n if isinstance(n, int) and n > 1 else 1
-        cid = self._completion_id(record)
         if record.stream:
             options = payload.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -412,7 +415,7 @@ class OpenAICompatibleServer(RequestLogQueries):
                 pending = b""
                 await ex.writer.drain()
                 await _sleep_until(ex.start + total)
-            data = pending + fmt.event({}, finish)
+            data = pending + fmt.tool_calls(calls) + fmt.event({}, finish)
             if include_usage:
                 data += fmt.usage(usage)
             data += _wire.SSE_DONE
@@ -422,7 +425,7 @@ class OpenAICompatibleServer(RequestLogQueries):
                 record.outcome = "client_disconnected"
                 return False
             body = _wire.completion_body(
-                cid, record.model, int(time.time()), text, finish, usage, n_choices
+                cid, record.model, int(time.time()), text, finish, usage, n_choices, calls
             )
             data = _http.json_response(200, body, keep_alive=ex.keep)
         return ex.finish(data, 200, outcome or finish, response=text)

@@ -11,8 +11,32 @@ from typing import Any
 
 from moa_graph.testing.faults import FaultLike, FaultSpec, as_fault_spec
 
-ReplyFn = Callable[[dict[str, Any]], str]
-"""A reply callable: receives the parsed request JSON, returns the answer text."""
+
+@dataclass(frozen=True)
+class ScriptedToolCall:
+    """A tool call the server answers with (``arguments`` are sent as a JSON string)."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """A full answer: text and tool calls (``finish_reason`` is ``"tool_calls"`` with calls).
+
+    Example:
+        >>> ScriptedReply(tool_calls=[ScriptedToolCall("add", {"a": 1})]).tool_calls[0].name
+        'add'
+    """
+
+    content: str = ""
+    tool_calls: list[ScriptedToolCall] = field(default_factory=list)
+
+
+ReplyFn = Callable[[dict[str, Any]], str | ScriptedReply]
+"""A reply callable: receives the parsed request JSON, returns the answer text (or a
+``ScriptedReply`` with tool calls)."""
 
 _TOKEN_RE = re.compile(r"\s*\S+")
 
@@ -139,11 +163,16 @@ class ModelScript:
 
     def answer(self, request: dict[str, Any]) -> str:
         """The full (untruncated) answer text for ``request``."""
+        return self.respond(request).content
+
+    def respond(self, request: dict[str, Any]) -> ScriptedReply:
+        """The full (untruncated) answer for ``request``: text and any tool calls."""
         if self.reply is None:
-            return default_reply(request)
+            return ScriptedReply(default_reply(request))
         if isinstance(self.reply, str):
-            return self.reply
-        return str(self.reply(request))
+            return ScriptedReply(self.reply)
+        reply = self.reply(request)
+        return reply if isinstance(reply, ScriptedReply) else ScriptedReply(str(reply))
 
     def draw_latency(self) -> ScriptedLatency:
         """Draw this request's latency (advances the seeded random stream)."""
