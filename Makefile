@@ -43,8 +43,8 @@ bench: $(VENV)/.installed
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
-	$(BIN)/ruff check moa_graph tests benchmarks
-	$(BIN)/ruff format --check moa_graph tests benchmarks
+	$(BIN)/ruff check moa_graph tests benchmarks examples
+	$(BIN)/ruff format --check moa_graph tests benchmarks examples
 	$(BIN)/mypy
 
 clean:
