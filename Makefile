@@ -40,6 +40,7 @@ test: $(VENV)/.models-tiny $(VENV)/.eval-data
 ## bench: the benchmarks reported in README.md
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.resilience --runs 100
+	$(BIN)/python -m benchmarks.perf
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed

@@ -23,14 +23,13 @@ import logging
 import secrets
 import signal
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.errors import MoAError
+from moa_graph.loop_server import LoopServer
 from moa_graph.redact import redact
 from moa_graph.serve_openai import (
     ChatRequest,
@@ -48,7 +47,7 @@ _DISCONNECT_POLL_S = 0.1
 """How often a running request looks for a client that went away (its run is then cancelled)."""
 
 
-class MoAServer:
+class MoAServer(LoopServer):
     """A ``ChatMixtureOfAgents`` behind OpenAI's chat-completions API.
 
     Use :meth:`start`/:meth:`stop` (or ``with``) to run it on a daemon thread, e.g. in tests,
@@ -77,6 +76,9 @@ class MoAServer:
         '2 + 2 = 4'
     """
 
+    thread_name = "moa-openai-server"
+    stop_timeout = 10.0
+
     def __init__(
         self,
         moa: ChatMixtureOfAgents,
@@ -89,88 +91,10 @@ class MoAServer:
         if api_key is not None and not api_key:
             raise ValueError("api_key: give a non-empty key, or None for no authentication")
         self.moa = moa
-        self.host = host
+        super().__init__(host, port)
         self.model_name = model_name or moa.model_name
         self._api_key = api_key
         self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- addresses -----------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The bound port (after starting)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``."""
-        return f"http://{self.host}:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT/v1``: the ``base_url`` of an OpenAI client."""
-        return self.url + "/v1"
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Serve on a daemon thread with its own event loop; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("server already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._open())
-            except BaseException as exc:
-                errors.append(exc)
-                loop.close()
-                return
-            finally:
-                ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._close())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="moa-openai-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if errors:
-            self._thread = None
-            raise errors[0]
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving: open connections are dropped and their mixture runs cancelled."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def serve_forever(self) -> None:
         """Serve on the current thread until SIGINT or SIGTERM."""
@@ -188,22 +112,6 @@ class MoAServer:
             await stop.wait()
         finally:
             await self._close()
-
-    async def _open(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle_connection, self.host, self._port, backlog=1024
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-
-    async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
     # -- HTTP ----------------------------------------------------------------------------------
 

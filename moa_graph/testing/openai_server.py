@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import secrets
@@ -30,9 +29,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from moa_graph.loop_server import LoopServer
 from moa_graph.testing import _http, _wire
 from moa_graph.testing.faults import HTTP_ERRORS, Fault, FaultLike, FaultSpec, error_body
 from moa_graph.testing.records import RequestLogQueries, RequestRecord
@@ -49,7 +48,7 @@ _SECRET_PARAMS = frozenset({"api_key", "apikey", "api-key", "authorization", "x-
 _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
 
 
-class OpenAICompatibleServer(RequestLogQueries):
+class OpenAICompatibleServer(LoopServer, RequestLogQueries):
     """Scripted OpenAI-compatible server on 127.0.0.1, run on its own loop thread.
 
     Args:
@@ -71,6 +70,9 @@ class OpenAICompatibleServer(RequestLogQueries):
         ...     assert [r.outcome for r in server.requests_for("m1")] == ["http_429", "stop"]
     """
 
+    thread_name = "openai-test-server"
+    backlog = 2048
+
     def __init__(
         self,
         scripts: dict[str, ModelScript] | None = None,
@@ -82,36 +84,16 @@ class OpenAICompatibleServer(RequestLogQueries):
     ) -> None:
         self.scripts: dict[str, ModelScript] = dict(scripts or {})
         self.default: ModelScript = default if default is not None else ModelScript()
-        self.host = host
+        super().__init__(host, port)
         self.record_messages = record_messages
-        self._port = port
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self.connections_accepted = 0
         """Total TCP connections accepted (shows keep-alive reuse)."""
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def port(self) -> int:
-        """The bound port (after :meth:`start`)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1`` -- pass as ``base_url`` to OpenAI clients."""
-        return self.url + "/v1"
 
     def script_for(self, model: str) -> ModelScript:
         """The script answering ``model``."""
@@ -139,60 +121,6 @@ class OpenAICompatibleServer(RequestLogQueries):
         for script in [*self.scripts.values(), self.default]:
             script.reseed()
 
-    def start(self) -> Self:
-        """Start listening on a daemon thread; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("server already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._open())
-            except BaseException as exc:
-                errors.append(exc)
-                loop.close()
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._close())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="openai-test-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if errors:
-            self._thread = None
-            raise errors[0]
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving: drops open connections (including hanging requests)."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def serve_forever(self, *, exit_on_stdin_eof: bool = False, announce: bool = True) -> None:
         """Serve on the current thread until SIGINT/SIGTERM (or stdin EOF).
 
@@ -203,22 +131,6 @@ class OpenAICompatibleServer(RequestLogQueries):
         asyncio.run(self._serve_forever(exit_on_stdin_eof, announce))
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def _open(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle_connection, self.host, self._port, backlog=2048
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-
-    async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
     async def _serve_forever(self, exit_on_stdin_eof: bool, announce: bool) -> None:
         await self._open()

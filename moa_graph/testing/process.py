@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from moa_graph.loop_server import HTTPAddress
 from moa_graph.testing.records import RequestLogQueries, RequestRecord
 from moa_graph.testing.scripts import ModelScript
 
@@ -27,7 +28,7 @@ main(sys.argv[1:])
 """
 
 
-class ServerProcess(RequestLogQueries):
+class ServerProcess(HTTPAddress, RequestLogQueries):
     """The server in a child process, so it does not share the caller's GIL.
 
     Args:
@@ -64,21 +65,6 @@ class ServerProcess(RequestLogQueries):
         self._proc: subprocess.Popen[bytes] | None = None
         self._port = port
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    @property
-    def port(self) -> int:
-        """The bound port (after :meth:`start`)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1``."""
-        return self.url + "/v1"
 
     @property
     def pid(self) -> int | None:
