@@ -19,11 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.baseline import AGGREGATOR, API_KEY, PROPOSERS
 from moa_graph import ChatMixtureOfAgents, ProposerSpec
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
 from moa_graph.testing import ModelScript, RequestRecord, ServerProcess
 
-from benchmarks.baseline import AGGREGATOR, API_KEY, PROPOSERS  # noqa: E402
 MARKER = AGGREGATE_AND_SYNTHESIZE_PROMPT.splitlines()[-1]  # "Responses from models:"
 
 
@@ -110,9 +110,7 @@ def critical_paths(
         aggs = [r for r in group if r.model == AGGREGATOR]
         proposals = [r for r in group if r.model != AGGREGATOR]
         width = len(PROPOSERS)
-        layer_groups: list[list[RequestRecord]] = [
-            [r for r in proposals if not _has_references(r)]
-        ]
+        layer_groups: list[list[RequestRecord]] = [[r for r in proposals if not _has_references(r)]]
         later = [r for r in proposals if _has_references(r)]
         for start in range(0, len(later), width):
             layer_groups.append(later[start : start + width])

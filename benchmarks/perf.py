@@ -113,7 +113,9 @@ def latency(runs: int) -> dict[str, Any]:
         out[name] = {
             "wall_ms_p50": round(median(list(by_q.values())) * 1000, 1),
             "ideal_ms_p50": round(median([paths[q].ideal for q in by_q]) * 1000, 1),
-            "overhead_ms_p50": round(median([w - paths[q].ideal for q, w in by_q.items()]) * 1000, 1),
+            "overhead_ms_p50": round(
+                median([w - paths[q].ideal for q, w in by_q.items()]) * 1000, 1
+            ),
             "wall_over_ideal_p50": round(median(ratios), 4),
             "wall_over_ideal_p90": round(percentile(ratios, 90), 4),
         }  # fmt: skip
@@ -170,7 +172,8 @@ def _worker(system: str, base_url: str, n: int, tag: str, profile: bool) -> dict
         out = {"wall_s": wall, "cpu_s": cpu, "failures": len(failures),
                "first_failure": failures[0] if failures else None,
                "rss_after_imports_mb": rss_imports / 1024, "rss_after_warmup_mb": rss_warm / 1024,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               }  # fmt: skip
         if profiler:
             out["profile"] = _profile_summary(profiler)
         return out
@@ -216,8 +219,9 @@ def concurrency(n: int, repeats: int, profile: bool) -> dict[str, Any]:
             "ideal_critical_path_s_p50": round(median([x["ideal_s_p50"] for x in runs]), 3),
             "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs), 1),
             "rss_after_warmup_mb": round(median([x["rss_after_warmup_mb"] for x in runs]), 1),
-            "rss_growth_mb": round(median([x["peak_rss_mb"] - x["rss_after_warmup_mb"]
-                                          for x in runs]), 1),  # fmt: skip
+            "rss_growth_mb": round(
+                median([x["peak_rss_mb"] - x["rss_after_warmup_mb"] for x in runs]), 1
+            ),
             "failures": sum(x["failures"] for x in runs),
             "first_failure": next((x["first_failure"] for x in runs if x["first_failure"]), None),
             "server_lag_p99_ms": max(x["server_lag"].get("p99_ms", 0) for x in runs),
@@ -250,8 +254,11 @@ def _profile_summary(profiler: cProfile.Profile, top: int = 25) -> dict[str, Any
     cumulative = sorted(rows, key=lambda r: r[1], reverse=True)[:top]
     return {
         "total_own_s": round(total, 3),
-        "own_by_package_pct": {k: round(100 * v / total, 1) for k, v in
-                               sorted(by_package.items(), key=lambda kv: -kv[1]) if v / total > 0.005},  # fmt: skip
+        "own_by_package_pct": {
+            k: round(100 * v / total, 1)
+            for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])
+            if v / total > 0.005
+        },
         "top_own": [f"{tt:.3f}s own {ct:.3f}s cum {n} calls {name}" for tt, ct, n, name in own],
         "top_cumulative": [f"{ct:.3f}s cum {n} calls {name}" for tt, ct, n, name in cumulative],
     }
@@ -316,8 +323,9 @@ def tail(runs: int, first_k: int, tail_probability: float, parallel: int) -> dic
                 **{f"p{q}_ms": round(percentile(values, q) * 1000, 1) for q in (50, 90, 99)},
                 **{f"ideal_p{q}_ms": round(percentile(ideal, q) * 1000, 1) for q in (50, 90, 99)},
                 "tail_calls": sum(r.tail for r in records),
-                "cancelled_calls": sum(r.outcome in ("client_disconnected", "cancelled")
-                                       for r in records),  # fmt: skip
+                "cancelled_calls": sum(
+                    r.outcome in ("client_disconnected", "cancelled") for r in records
+                ),
             }
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -411,7 +419,9 @@ def main() -> None:
     if "concurrency" in only:
         report["concurrency"] = concurrency(conc, repeats, args.profile)
     if "tail" in only:
-        report["tail"] = tail(tail_runs, args.first_k, args.tail_probability, parallel=args.tail_parallel)
+        report["tail"] = tail(
+            tail_runs, args.first_k, args.tail_probability, parallel=args.tail_parallel
+        )
     print(json.dumps(report, indent=2))
     print()
     print(markdown(report, report["command"].strip()))
