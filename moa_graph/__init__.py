@@ -13,6 +13,7 @@ from moa_graph.graph import MoAContext, create_moa_graph
 from moa_graph.models import ProposerSpec
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT, inject_references
 from moa_graph.state import MoAInput, MoAOutput, MoAState, Proposal
+from moa_graph.subgraph import as_node
 
 __all__ = [
     "AGGREGATE_AND_SYNTHESIZE_PROMPT",
@@ -26,6 +27,7 @@ __all__ = [
     "Proposal",
     "ProposalsFailedError",
     "ProposerSpec",
+    "as_node",
     "create_aggregator",
     "create_moa_graph",
     "inject_references",

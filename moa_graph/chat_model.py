@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -26,7 +26,8 @@ from langchain_core.runnables import (
     RunnableSequence,
     RunnableWithFallbacks,
 )
-from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langchain_core.tools import BaseTool
 from langchain_core.tracers.base import BaseTracer
 from langgraph.graph.state import CompiledStateGraph
@@ -36,6 +37,7 @@ from moa_graph.graph import AGGREGATE, build_graph
 from moa_graph.plan import FailMode, MixturePlan, plan_from_settings
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
 from moa_graph.references import approximate_tokens
+from moa_graph.runtime_config import RUN_KEYS, RunChoices, run_plan
 from moa_graph.state import Proposal, merge_proposals
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
 
@@ -45,6 +47,10 @@ _SETTINGS = (
     "token_counter", "max_concurrent_calls", "max_input_chars",
 )  # fmt: skip
 """Fields passed on to the plan (see ``create_moa_graph`` for what each does)."""
+CONFIG_KEY = "moa"
+"""``configurable`` key of per-call choices (``RunChoices``)."""
+CHOICES_KWARG = "moa_context"
+"""Call keyword that carries the per-call choices to ``_generate`` / ``_stream``."""
 
 
 class ChatMixtureOfAgents(BaseChatModel):
@@ -61,6 +67,11 @@ class ChatMixtureOfAgents(BaseChatModel):
     ``timeout`` and ``max_retries`` apply to those models too; ``stop`` and other call-time
     keyword arguments go to the final aggregator. Model instances are used as configured unless
     a ``ProposerSpec`` sets a value.
+
+    Per call, ``configurable={"moa": {...}}`` (``with_config``, a chain's or LangServe's config)
+    narrows the mixture with the keys of ``RunChoices``: ``layers``, ``proposers`` (names),
+    ``temperature``, ``aggregator`` (a configured model's name), ``aggregator_temperature``;
+    they are checked before any call, like the constructor's arguments.
 
     Example:
         >>> from langchain_core.language_models import GenericFakeChatModel
@@ -255,6 +266,79 @@ class ChatMixtureOfAgents(BaseChatModel):
             )
         return swapped
 
+    # -- per-call choices ----------------------------------------------------------------------
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        """Declares ``configurable["moa"]`` (so LangServe and ``config_schema`` accept it)."""
+        spec = ConfigurableFieldSpec(
+            id=CONFIG_KEY,
+            annotation=RunChoices | None,
+            name="Mixture-of-Agents run choices",
+            description="layers, proposers, temperature, aggregator, aggregator_temperature",
+        )
+        return [*super().config_specs, spec]
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """As ``BaseChatModel.invoke``, honouring ``configurable["moa"]`` (see the class).
+
+        Example:
+            >>> # moa.invoke("Hi", {"configurable": {"moa": {"layers": 2, "proposers": ["a"]}}})
+        """
+        return super().invoke(input, config, stop=stop, **self._choices(config, kwargs))
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        return await super().ainvoke(input, config, stop=stop, **self._choices(config, kwargs))
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        return super().stream(input, config, stop=stop, **self._choices(config, kwargs))
+
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        return super().astream(input, config, stop=stop, **self._choices(config, kwargs))
+
+    def _choices(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with the config's ``configurable["moa"]``, checked, as ``moa_context``."""
+        choices = ensure_config(config).get("configurable", {}).get(CONFIG_KEY)
+        if choices is None:
+            return kwargs
+        if not isinstance(choices, Mapping):
+            raise ValueError(f"configurable.{CONFIG_KEY}: expected a mapping, got {choices!r}")
+        unknown = sorted(set(choices) - set(RUN_KEYS))
+        if unknown:
+            raise ValueError(
+                f"configurable.{CONFIG_KEY}: unknown key(s) {unknown}; known: {list(RUN_KEYS)}"
+            )
+        run_plan(self._plan, choices)  # ValueError naming the key, before any call
+        return {**kwargs, CHOICES_KWARG: {**kwargs.get(CHOICES_KWARG, {}), **choices}}
+
     # -- running -------------------------------------------------------------------------------
 
     def _generate(
@@ -265,11 +349,10 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         config = self._inner_config(run_manager, CallbackManager)
+        context = self._context(stop, kwargs)
         with _isolated():
-            state = self._graph.invoke(
-                {"messages": messages}, config, context=self._context(stop, kwargs)
-            )
-        return self._result(state)
+            state = self._graph.invoke({"messages": messages}, config, context=context)
+        return self._result(state, context)
 
     async def _agenerate(
         self,
@@ -279,11 +362,10 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         config = self._inner_config(run_manager, AsyncCallbackManager)
+        context = self._context(stop, kwargs)
         with _isolated():
-            state = await self._graph.ainvoke(
-                {"messages": messages}, config, context=self._context(stop, kwargs)
-            )
-        return self._result(state)
+            state = await self._graph.ainvoke({"messages": messages}, config, context=context)
+        return self._result(state, context)
 
     def _stream(
         self,
@@ -292,11 +374,12 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        collector = _StreamCollector(self)
+        context = self._context(stop, kwargs)
+        collector = _StreamCollector(self, context)
         stream = self._graph.stream(
             {"messages": messages},
             self._inner_config(run_manager, CallbackManager),
-            context=self._context(stop, kwargs),
+            context=context,
             stream_mode=["messages", "updates"],
         )
         while True:
@@ -317,11 +400,12 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        collector = _StreamCollector(self)
+        context = self._context(stop, kwargs)
+        collector = _StreamCollector(self, context)
         stream = self._graph.astream(
             {"messages": messages},
             self._inner_config(run_manager, AsyncCallbackManager),
-            context=self._context(stop, kwargs),
+            context=context,
             stream_mode=["messages", "updates"],
         )
         while True:
@@ -337,10 +421,12 @@ class ChatMixtureOfAgents(BaseChatModel):
             yield chunk
 
     def _context(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The inner graph's context: the per-call choices, other keywords for the aggregator."""
         aggregator_kwargs = dict(kwargs)
+        choices = aggregator_kwargs.pop(CHOICES_KWARG, None) or {}
         if stop or self.stop:
             aggregator_kwargs["stop"] = stop or self.stop
-        return {"aggregator_kwargs": aggregator_kwargs}
+        return {**choices, "aggregator_kwargs": aggregator_kwargs}
 
     def _inner_config(
         self,
@@ -376,23 +462,23 @@ class ChatMixtureOfAgents(BaseChatModel):
             **self._plan.run_config(),
         )
 
-    def _result(self, state: dict[str, Any]) -> ChatResult:
-        final = state["messages"][-1]
+    def _result(self, state: dict[str, Any], context: Mapping[str, Any]) -> ChatResult:
+        final, proposals = state["messages"][-1], state["proposals"]
         message = final.model_copy(
             update={
-                "usage_metadata": total_usage(state["proposals"], final),
-                "response_metadata": self._response_metadata(final, state["proposals"]),
+                "usage_metadata": total_usage(proposals, final),
+                "response_metadata": self._response_metadata(final, proposals, context),
             }
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _response_metadata(
-        self, final: BaseMessage, proposals: Sequence[Proposal]
+        self, final: BaseMessage, proposals: Sequence[Proposal], context: Mapping[str, Any]
     ) -> dict[str, Any]:
         return {
             **final.response_metadata,
             "model_name": self.model_name,
-            "aggregator_model": self._plan.aggregator.model_name,
+            "aggregator_model": run_plan(self._plan, context).aggregator.model_name,
             "proposals": list(proposals),
         }
 
@@ -404,8 +490,8 @@ class _StreamCollector:
     chunk carries the run's total usage and the proposals.
     """
 
-    def __init__(self, model: ChatMixtureOfAgents) -> None:
-        self.model = model
+    def __init__(self, model: ChatMixtureOfAgents, context: Mapping[str, Any]) -> None:
+        self.model, self.context = model, context
         self.proposals: list[Proposal] = []
         self.final: BaseMessage | None = None
         self.streamed = False
@@ -437,7 +523,9 @@ class _StreamCollector:
         last = AIMessageChunk(
             content="",
             usage_metadata=total_usage(self.proposals, self.final),
-            response_metadata=self.model._response_metadata(self.final, self.proposals),
+            response_metadata=self.model._response_metadata(
+                self.final, self.proposals, self.context
+            ),
             chunk_position="last",
         )
         yield ChatGenerationChunk(message=last)

@@ -24,7 +24,6 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-from typing_extensions import TypedDict
 
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.calls import call_async, call_sync
@@ -42,6 +41,13 @@ from moa_graph.references import (
     approximate_tokens,
     fit_to_budget,
 )
+from moa_graph.runtime_config import (
+    RunChoices,
+    check_aggregator_kwargs,
+    context_values,
+    run_key,
+    run_plan,
+)
 from moa_graph.state import CLEAR_PROPOSALS, MoAInput, MoAOutput, MoAState, Proposal, ProposerTask
 from moa_graph.steps import (
     AGGREGATOR_TAG,
@@ -55,16 +61,26 @@ from moa_graph.steps import (
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
 
 PREPARE, PROPOSE, COLLECT, AGGREGATE = "prepare", "propose", "collect_layer", "aggregate"
+_MAX_VARIANTS = 64
+"""Per-run plans kept per graph (each distinct context choice builds one)."""
+_Runnables = dict[tuple[int, int], Runnable[Any, BaseMessage]]
 __all__ = ["AGGREGATOR_TAG", "PROPOSER_TAG", "MoAContext", "build_graph", "create_moa_graph"]
 
 
-class MoAContext(TypedDict, total=False):
-    """Run-time context (``graph.invoke(..., context={...})``).
+class MoAContext(RunChoices, total=False):
+    """Run-time context (``graph.invoke(..., context={...})``), every key optional.
 
-    ``aggregator_kwargs`` are passed to the final aggregator's model call (``stop``, bound tools).
+    ``layers``, ``proposers`` (names), ``temperature``, ``aggregator`` (a configured model's
+    name) and ``aggregator_temperature`` narrow the configured mixture for one run but never add
+    a model; they are checked before any call (``ValueError`` naming the key). Other keys are
+    ignored, so a parent graph's own context can be shared with the mixture.
+
+    Example:
+        >>> context: MoAContext = {"layers": 2, "proposers": ["qwen"], "temperature": 0.2}
     """
 
     aggregator_kwargs: dict[str, Any]
+    """Passed to the final aggregator's model call (``stop``, bound tools)."""
 
 
 def create_moa_graph(
@@ -189,13 +205,32 @@ class _MoANodes:
     def __init__(self, plan: MixturePlan) -> None:
         self.plan = plan
         self.options = plan.options
-        self.runnables = {
+        self.runnables = self._runnables(plan)
+        self._variants: dict[tuple[Any, ...], tuple[MixturePlan, _Runnables]] = {}
+        self.races = RaceRegistry(plan.options.race_rules)
+        self.limiter = CallLimiter(plan.options.max_concurrent_calls)
+
+    def run_plan(self, runtime: Runtime | None) -> tuple[MixturePlan, _Runnables]:
+        """The plan of this run (narrowed by its context) and its proposer runnables."""
+        context = runtime.context if runtime is not None else None
+        key = run_key(context)
+        if key is None:
+            return self.plan, self.runnables
+        variant = self._variants.get(key)
+        if variant is None:
+            plan = run_plan(self.plan, context)
+            variant = (plan, self._runnables(plan))
+            if len(self._variants) >= _MAX_VARIANTS:
+                self._variants.clear()
+            self._variants[key] = variant
+        return variant
+
+    def _runnables(self, plan: MixturePlan) -> _Runnables:
+        return {
             (slot.layer, slot.index): self._runnable_for(slot)
             for layer in plan.proposer_layers
             for slot in layer
         }
-        self.races = RaceRegistry(plan.options.race_rules)
-        self.limiter = CallLimiter(plan.options.max_concurrent_calls)
 
     def _runnable_for(self, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
         if slot.layer == 1:
@@ -209,14 +244,16 @@ class _MoANodes:
 
     # -- nodes ---------------------------------------------------------------------------------
 
-    def prepare(self, state: MoAState) -> dict[str, Any]:
+    def prepare(self, state: MoAState, runtime: Runtime) -> dict[str, Any]:
+        self.run_plan(runtime)  # a bad per-run choice fails here, before any call
+        check_aggregator_kwargs(context_values(runtime.context).get("aggregator_kwargs") or {})
         validate_conversation(
             state.get("messages", []), max_input_chars=self.options.max_input_chars
         )
         return {"proposals": CLEAR_PROPOSALS, "run_id": uuid.uuid4().hex}
 
-    def send_first_layer(self, state: MoAState) -> list[Send]:
-        return self._sends(1, state, [])
+    def send_first_layer(self, state: MoAState, runtime: Runtime) -> list[Send]:
+        return self._sends(1, state, [], self.run_plan(runtime)[0])
 
     def propose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
         call = ProposerCall(self, task, config, runtime)
@@ -255,24 +292,27 @@ class _MoANodes:
         below_quorum = counts["answered"] < self.options.min_proposals
         if (fail_fast or below_quorum) and not self.options.fallback_to_aggregator:
             raise ProposalsFailedError(layer, proposals, self.options.min_proposals)
-        if layer < len(self.plan.proposer_layers) and not (fail_fast or below_quorum):
+        if layer < len(self.run_plan(runtime)[0].proposer_layers) and not (
+            fail_fast or below_quorum
+        ):
             self._references(state, layer, runtime)  # reports any truncation once
 
-    def route_after_layer(self, state: MoAState) -> list[Send] | str:
+    def route_after_layer(self, state: MoAState, runtime: Runtime) -> list[Send] | str:
         layer = _current_layer(state["proposals"])
         proposals = [p for p in state["proposals"] if p["layer"] == layer]
         done = sum(p["status"] == "answered" for p in proposals)
         failed = any(p["status"] == "failed" for p in proposals)
         stop = done < self.options.min_proposals or (self.options.fail_mode == "fail_fast"
                                                      and failed)  # fmt: skip
-        if layer >= len(self.plan.proposer_layers) or stop:
+        plan = self.run_plan(runtime)[0]
+        if layer >= len(plan.proposer_layers) or stop:
             return AGGREGATE
-        return self._sends(layer + 1, state, self._references(state, layer, None))
+        return self._sends(layer + 1, state, self._references(state, layer, None), plan)
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         call = AggregatorCall(self, state, config, runtime)
         try:
-            message = call_sync(call.attempt_sync, self.plan.aggregator.policy,
+            message = call_sync(call.attempt_sync, call.plan.aggregator.policy,
                                 on_retry=call.on_retry, can_retry=call.can_retry)  # fmt: skip
         except GraphBubbleUp:
             raise
@@ -284,7 +324,7 @@ class _MoANodes:
         call = AggregatorCall(self, state, config, runtime)
         try:
             message = await call_async(
-                call.attempt_async, self.plan.aggregator.policy, on_retry=call.on_retry,
+                call.attempt_async, call.plan.aggregator.policy, on_retry=call.on_retry,
                 can_retry=call.can_retry,
             )  # fmt: skip
         except GraphBubbleUp:
@@ -295,11 +335,11 @@ class _MoANodes:
 
     # -- proposers ---------------------------------------------------------------------------
 
-    def _sends(self, layer: int, state: MoAState, refs: list[str]) -> list[Send]:
+    def _sends(self, layer: int, state: MoAState, refs: list[str], plan: MixturePlan) -> list[Send]:
         return [
             Send(PROPOSE, ProposerTask(run_id=state["run_id"], layer=layer, index=slot.index,
                                        messages=state["messages"], references=refs))
-            for slot in self.plan.proposer_layers[layer - 1]
+            for slot in plan.proposer_layers[layer - 1]
         ]  # fmt: skip
 
     def describe(self, error: BaseException) -> str:
@@ -326,14 +366,14 @@ class _MoANodes:
         self, state: MoAState, runtime: Runtime
     ) -> tuple[list[str], list[Truncation], str | None]:
         """References for the aggregator, and why it is a fallback (``None`` when it is not)."""
-        proposals = state["proposals"]
+        proposals, plan = state["proposals"], self.run_plan(runtime)[0]
         reached = _current_layer(proposals)
         for layer in range(reached, 0, -1):
             chosen = answered(proposals, layer)
             if not chosen:
                 continue
             texts, cuts = self._fit(chosen, layer, runtime)
-            complete = layer == len(self.plan.proposer_layers) and len(chosen) >= (
+            complete = layer == len(plan.proposer_layers) and len(chosen) >= (
                 self.options.min_proposals
             )
             reason = None if complete else (

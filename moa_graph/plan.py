@@ -32,6 +32,9 @@ class ProposerSlot:
     layer: int
     index: int
     name: str
+    """Display name; a sampled model's slots are ``"<spec name> #<n>"``."""
+    spec_name: str
+    """Name of the configured model this slot samples (``name`` without ``" #<n>"``)."""
     model_name: str
     model: ChatRunnable
     system_prompt: str | None
@@ -74,6 +77,8 @@ class MixturePlan:
     options: RunOptions
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """API keys given in specs, masked wherever an error message is recorded."""
+    models: tuple[ResolvedModel, ...] = field(default=(), repr=False)
+    """Every configured model (proposers and aggregator), each once, in configured order."""
 
     @property
     def layers(self) -> int:
@@ -137,6 +142,7 @@ def build_plan(
         prompt=prompt,
         options=options,
         secrets=tuple(sorted({m.secret for m in resolved_models.values() if m.secret})),
+        models=tuple(resolved_models.values()),
     )
     check_options(plan.options, smallest_layer=min(len(layer) for layer in proposer_layers))
     return plan
@@ -264,6 +270,7 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             layer=layer,
             index=first_index + sample,
             name=resolved.name if resolved.samples == 1 else f"{resolved.name} #{sample + 1}",
+            spec_name=resolved.name,
             model_name=resolved.model_name,
             model=resolved.model,
             system_prompt=resolved.system_prompt,

@@ -24,11 +24,12 @@ from moa_graph.plan import ProposerSlot
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.references import Truncation
+from moa_graph.runtime_config import check_aggregator_kwargs, context_values
 from moa_graph.state import ProgressEvent, Proposal, ProposerTask
 from moa_graph.tool_rendering import render_tool_turns
 
 if TYPE_CHECKING:
-    from moa_graph.graph import MoAContext, _MoANodes
+    from moa_graph.graph import _MoANodes
     from moa_graph.state import MoAState
 
 logger = logging.getLogger("moa_graph")
@@ -41,16 +42,16 @@ class ProposerCall:
     def __init__(
         self, nodes: _MoANodes, task: ProposerTask, config: RunnableConfig, runtime: Runtime
     ) -> None:
-        plan = nodes.plan
+        plan, runnables = nodes.run_plan(runtime)
         layer = plan.proposer_layers[task["layer"] - 1]
-        self.slot = slot = layer[task["index"]]
+        self.slot = slot = next(s for s in layer if s.index == task["index"])
         self.nodes, self.runtime = nodes, runtime
         self.race = (
             nodes.races.race(task["run_id"], slot.layer, len(layer))
             if nodes.races.rules.can_stop_early
             else None
         )
-        self.runnable = nodes.runnables[(slot.layer, slot.index)]
+        self.runnable = runnables[(slot.layer, slot.index)]
         conversation = render_tool_turns(task["messages"])  # proposers never see tool turns
         self.input: Any = (
             with_system_prompt(conversation, slot.system_prompt)
@@ -141,16 +142,17 @@ class AggregatorCall:
     def __init__(
         self, nodes: _MoANodes, state: MoAState, config: RunnableConfig, runtime: Runtime
     ) -> None:
-        plan = nodes.plan
+        self.plan = plan = nodes.run_plan(runtime)[0]
         self.nodes, self.runtime = nodes, runtime
         refs, self.cuts, self.fallback = nodes.final_references(state, runtime)
         self.identity = {"layer": plan.layers, "proposer": plan.aggregator.name,
                          "model": plan.aggregator.model_name}  # fmt: skip
         emit(runtime, moa_event="aggregation_started", **self.identity)
-        context: MoAContext = runtime.context or {}
         model = plan.aggregator.model
-        if context.get("aggregator_kwargs"):
-            model = model.bind(**context["aggregator_kwargs"])
+        aggregator_kwargs = context_values(runtime.context).get("aggregator_kwargs")
+        if aggregator_kwargs:
+            check_aggregator_kwargs(aggregator_kwargs)
+            model = model.bind(**aggregator_kwargs)
         name = f"aggregator: {plan.aggregator.name}"
         self.runnable: Runnable[Any, BaseMessage]
         if refs or self.fallback is None:
@@ -191,7 +193,7 @@ class AggregatorCall:
              error=self.nodes.describe(error), **self.identity)  # fmt: skip
 
     def failure(self, error: BaseException) -> AggregatorError:
-        aggregator = self.nodes.plan.aggregator
+        aggregator = self.plan.aggregator
         return AggregatorError(aggregator.name, aggregator.model_name, self.nodes.describe(error))
 
     def outcome(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:

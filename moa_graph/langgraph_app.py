@@ -1,0 +1,72 @@
+"""The MoA graph for LangGraph Server (``langgraph dev``, ``langgraph up``, LangGraph Platform).
+
+``langgraph.json`` at the repository root points at :data:`graph`, which is built when the
+server imports this module. Which mixture it serves comes from environment variables, so one
+image or deployment serves any recipe without code changes:
+
+* ``MOA_GRAPH_CONFIG``: path of a TOML recipe (the command line's ``--config`` format);
+* ``MOA_GRAPH_PRESET``: a preset name (``moa``, ``moa-lite``, ``moa-gpt4o``, ``together``,
+  ``local``, ``local-tiny``), used when no config is given;
+* neither: ``together`` when ``TOGETHER_API_KEY`` is set, else ``local`` (as the command line).
+
+Provider keys and endpoints come from the providers' own variables (``TOGETHER_API_KEY``,
+``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` for an OpenAI-compatible server, ...), set in the
+deployment's environment, never in the recipe or the request.
+
+The graph takes ``{"messages": [...]}`` and returns the conversation with the aggregator's
+answer and every proposal; ``context`` (``MoAContext``) is passed with each run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+
+from moa_graph.cli import default_preset_name
+from moa_graph.presets import Recipe, get_preset
+from moa_graph.recipes_io import load_recipe
+
+__all__ = ["GRAPH_NAME", "build_served_graph", "graph", "served_recipe"]
+
+GRAPH_NAME = "mixture_of_agents"
+"""The compiled graph's name (its runs and traces are called so)."""
+
+
+def served_recipe(environ: Mapping[str, str] | None = None) -> Recipe:
+    """The recipe the environment selects (see the module docstring).
+
+    Raises:
+        ValueError: both ``MOA_GRAPH_CONFIG`` and ``MOA_GRAPH_PRESET`` are set, the config
+            cannot be read, or the preset is unknown.
+
+    Example:
+        >>> served_recipe({"MOA_GRAPH_PRESET": "moa-lite"}).name
+        'moa-lite'
+        >>> served_recipe({}).name
+        'local'
+    """
+    env = dict(os.environ if environ is None else environ)
+    config, preset = env.get("MOA_GRAPH_CONFIG"), env.get("MOA_GRAPH_PRESET")
+    if config and preset:
+        raise ValueError("set either MOA_GRAPH_CONFIG or MOA_GRAPH_PRESET, not both")
+    if config:
+        return load_recipe(config)
+    return get_preset(preset or default_preset_name(env))
+
+
+def build_served_graph(
+    environ: Mapping[str, str] | None = None,
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Compile the MoA graph of the environment's recipe (without a checkpointer).
+
+    LangGraph Server adds its own checkpointer and store, so threads keep their state (the
+    conversation and the last run's proposals) between runs.
+    """
+    return served_recipe(environ).graph().compile(name=GRAPH_NAME)
+
+
+graph = build_served_graph()
+"""The served graph, built at import from the environment."""

@@ -1,0 +1,213 @@
+"""Per-run choices: fewer layers, a subset of the proposers, temperatures, another aggregator.
+
+A run's context (``graph.invoke(..., context={...})``, or ``configurable={"moa": {...}}`` for
+``ChatMixtureOfAgents``) may narrow the configured mixture; it can never add a model. Every
+choice is checked before any model is called, and a bad one raises ``ValueError`` naming its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
+
+from typing_extensions import TypedDict
+
+from moa_graph.models import ResolvedModel
+from moa_graph.plan import MixturePlan, ProposerSlot, check_options
+
+_Bindable = TypeVar("_Bindable", ProposerSlot, ResolvedModel)
+
+
+class RunChoices(TypedDict, total=False):
+    """Per-run choices of a mixture, all optional; they narrow it but never add a model."""
+
+    layers: int
+    """2 up to the configured layers (the first proposer layers are kept)."""
+    proposers: list[str]
+    """Names of configured proposers to ask (references keep the configured order)."""
+    temperature: float
+    """Temperature of every proposer call."""
+    aggregator: str
+    """Name of a configured proposer or of the aggregator, to write the final answer."""
+    aggregator_temperature: float
+    """Temperature of the final aggregator call."""
+
+
+RUN_KEYS: Final = tuple(RunChoices.__annotations__)
+"""Context keys that change the run's plan (``aggregator_kwargs`` only reaches the call)."""
+
+
+AGGREGATOR_KWARGS: Final = frozenset(
+    {
+        "stop", "tools", "tool_choice", "parallel_tool_calls", "strict", "response_format",
+        "ls_structured_output_format", "tool_config", "functions", "function_call",
+    }
+)  # fmt: skip
+"""Call arguments the final aggregator accepts from a run: stop words, tools and output formats.
+
+Anything else (``model``, ``base_url``, ``api_key``, headers, ...) is refused, so a client of a
+served graph cannot redirect the aggregator's call.
+"""
+
+
+def check_aggregator_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse aggregator call arguments outside ``AGGREGATOR_KWARGS`` (``ValueError``).
+
+    Example:
+        >>> check_aggregator_kwargs({"model": "gpt-5"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: aggregator_kwargs: 'model' is not allowed; allowed: function_call, ...
+    """
+    for key in kwargs:
+        if key not in AGGREGATOR_KWARGS:
+            raise ValueError(
+                f"aggregator_kwargs: {key!r} is not allowed; allowed: "
+                + ", ".join(sorted(AGGREGATOR_KWARGS))
+            )
+
+
+def context_values(context: Any) -> dict[str, Any]:
+    """The MoA keys of a run's context: a mapping, or an object with those attributes.
+
+    Other keys are ignored, so a parent graph may share its own context with the mixture.
+
+    Example:
+        >>> context_values({"layers": 2, "user_id": "u1"})
+        {'layers': 2}
+    """
+    keys = (*RUN_KEYS, "aggregator_kwargs")
+    if context is None:
+        return {}
+    if isinstance(context, Mapping):
+        return {key: context[key] for key in keys if context.get(key) is not None}
+    return {key: value for key in keys if (value := getattr(context, key, None)) is not None}
+
+
+def run_key(context: Any) -> tuple[Any, ...] | None:
+    """A hashable key of the plan-changing choices; ``None`` when there are none."""
+    values = context_values(context)
+    if not any(key in values for key in RUN_KEYS):
+        return None
+    proposers = values.get("proposers")
+    if isinstance(proposers, list | tuple):
+        proposers = tuple(proposers)
+    key = tuple((name, proposers if name == "proposers" else values.get(name)) for name in RUN_KEYS)
+    try:
+        hash(key)
+    except TypeError:  # an invalid value: ``run_plan`` will say which
+        return (repr(key),)
+    return key
+
+
+def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
+    """``plan`` narrowed by a run's context; the plan itself when the context chooses nothing.
+
+    Keys: ``layers`` (2 up to the configured layers; the first proposer layers are kept),
+    ``proposers`` (names of configured proposers, in any order; references keep the configured
+    order; a model sampled n times is chosen by its name, one sample by ``"name #k"``),
+    ``temperature`` (every proposer call), ``aggregator_temperature`` and ``aggregator`` (the
+    name of a configured proposer or of the aggregator).
+
+    Raises:
+        ValueError: naming the key, for an unknown name, an empty subset, a subset too small for
+            ``min_proposals`` / ``first_k``, or a value out of range.
+
+    Example:
+        >>> from langchain_core.language_models import GenericFakeChatModel
+        >>> from moa_graph.models import ProposerSpec
+        >>> def spec(name):
+        ...     return ProposerSpec(model=GenericFakeChatModel(messages=iter([])), name=name)
+        >>> from moa_graph.plan import build_plan
+        >>> plan = build_plan([spec("a"), spec("b"), spec("c")], aggregator=spec("d"), layers=3)
+        >>> narrowed = run_plan(plan, {"layers": 2, "proposers": ["c", "a"], "aggregator": "b"})
+        >>> [[s.name for s in layer] for layer in narrowed.proposer_layers]
+        [['a', 'c']]
+        >>> narrowed.aggregator.name
+        'b'
+    """
+    values = context_values(context)
+    if not any(key in values for key in RUN_KEYS):
+        return plan
+    layers = _layers(values.get("layers", plan.layers), plan.layers)
+    chosen = values.get("proposers")
+    proposer_layers = plan.proposer_layers[: layers - 1]
+    if chosen is not None:
+        proposer_layers = _subset(proposer_layers, _names(chosen, plan))
+        try:
+            check_options(plan.options, smallest_layer=min(len(x) for x in proposer_layers))
+        except ValueError as error:
+            raise ValueError(f"proposers: too few chosen for this mixture; {error}") from None
+    temperature = _temperature(values, "temperature")
+    if temperature is not None:
+        proposer_layers = tuple(
+            tuple(_bound(slot, temperature) for slot in layer) for layer in proposer_layers
+        )
+    aggregator = plan.aggregator
+    if "aggregator" in values:
+        aggregator = _model_named(values["aggregator"], plan)
+    aggregator_temperature = _temperature(values, "aggregator_temperature")
+    if aggregator_temperature is not None:
+        aggregator = _bound(aggregator, aggregator_temperature)
+    return dataclasses.replace(plan, proposer_layers=proposer_layers, aggregator=aggregator)
+
+
+def _layers(value: Any, configured: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= configured:
+        raise ValueError(
+            f"layers: must be an integer from 2 to the configured {configured} (got {value!r})"
+        )
+    return value
+
+
+def _names(value: Any, plan: MixturePlan) -> set[str]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"proposers: give a non-empty list of proposer names (got {value!r})")
+    slots = [slot for layer in plan.proposer_layers for slot in layer]
+    known = {slot.name for slot in slots} | {slot.spec_name for slot in slots}
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        raise ValueError(
+            f"proposers: unknown proposer(s) {unknown!r}; configured: {sorted(known)!r}"
+        )
+    return set(value)
+
+
+def _subset(
+    layers: tuple[tuple[ProposerSlot, ...], ...], names: set[str]
+) -> tuple[tuple[ProposerSlot, ...], ...]:
+    chosen = tuple(
+        tuple(slot for slot in layer if slot.name in names or slot.spec_name in names)
+        for layer in layers
+    )
+    for number, layer in enumerate(chosen, start=1):
+        if not layer:
+            raise ValueError(f"proposers: none of {sorted(names)!r} is in layer {number}")
+    return chosen
+
+
+def _temperature(values: Mapping[str, Any], key: str) -> float | None:
+    value = values.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+        raise ValueError(f"{key}: must be a number from 0 to 2 (got {value!r})")
+    return float(value)
+
+
+def _model_named(name: Any, plan: MixturePlan) -> ResolvedModel:
+    matches = [model for model in plan.models if model.name == name]
+    if not matches:
+        known = sorted({model.name for model in plan.models})
+        raise ValueError(f"aggregator: {name!r} is not a configured model; choose one of {known!r}")
+    if len(matches) > 1:
+        raise ValueError(
+            f"aggregator: {name!r} names {len(matches)} configured models; give them distinct "
+            "names with ProposerSpec(name=...)"
+        )
+    return matches[0]
+
+
+def _bound(item: _Bindable, temperature: float) -> _Bindable:
+    return dataclasses.replace(item, model=item.model.bind(temperature=temperature))

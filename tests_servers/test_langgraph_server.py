@@ -1,0 +1,195 @@
+"""LangGraph Server: ``langgraph dev`` serves ``langgraph.json``; ``langgraph_sdk`` drives it.
+
+langgraph_sdk -> ``langgraph dev`` (child process, 127.0.0.1) -> the MoA graph built at import
+by ``moa_graph.langgraph_app`` from a TOML recipe -> ChatOpenAI clients -> the scripted
+OpenAI-compatible server in this process (127.0.0.1). Runs only in the LangGraph Server
+environment (``make test-lgserver``): ``langgraph-cli[inmem]`` pins sse-starlette 3.x, which
+LangServe cannot use.
+"""
+
+from __future__ import annotations
+
+import doctest
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from moa_graph.testing import ModelScript, OpenAICompatibleServer
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSWER = "Paris is the capital of France, said the mixture."
+QUESTION = "What is the capital of France?"
+STARTUP_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OpenAICompatibleServer]:
+    scripts = {
+        "p1": ModelScript(reply="Paris."),
+        "p2": ModelScript(reply="It is Paris."),
+        "agg": ModelScript(reply=ANSWER, per_token=0.005),
+    }
+    with OpenAICompatibleServer(scripts) as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(upstream: OpenAICompatibleServer, recipe: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LANGSMITH_", "LANGCHAIN_", "MOA_GRAPH_", "OPENAI_", "TOGETHER_"))
+    }
+    env.update(
+        LANGGRAPH_NO_VERSION_CHECK="true",
+        LANGSMITH_TRACING="false",
+        MOA_GRAPH_CONFIG=str(recipe),
+        OPENAI_API_KEY="sk-upstream-abcdefghijklmnopqrstuv",
+        OPENAI_BASE_URL=upstream.base_url,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def server_url(
+    upstream: OpenAICompatibleServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``langgraph dev`` on a free loopback port, run in a scratch folder (its state)."""
+    work = tmp_path_factory.mktemp("lgserver")
+    recipe = work / "recipe.toml"
+    recipe.write_text(
+        'proposers = ["openai:p1", "openai:p2"]\naggregator = "openai:agg"\n'
+        "layers = 2\nmax_retries = 0\ntimeout = 30\n",
+        encoding="utf-8",
+    )
+    port = free_port()
+    log = (work / "server.log").open("wb")
+    cli = Path(sys.executable).with_name("langgraph")
+    command = [str(cli), "dev", "--config", str(ROOT / "langgraph.json"), "--host", "127.0.0.1",
+               "--port", str(port), "--no-browser", "--no-reload"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=work, env=server_env(upstream, recipe), stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"langgraph dev exited: {_tail(work / 'server.log')}")
+            try:
+                if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"langgraph dev did not start: {_tail(work / 'server.log')}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
+    client = get_client(url=server_url)
+    yield client
+    await client.http.client.aclose()
+
+
+async def test_the_moa_graph_is_served(client: LangGraphClient) -> None:
+    assistants = await client.assistants.search(graph_id="moa")
+    assert [a["graph_id"] for a in assistants] == ["moa"]
+    schemas = await client.assistants.get_schemas(assistants[0]["assistant_id"])
+    assert "messages" in schemas["input_schema"]["properties"]
+    assert "proposals" in schemas["output_schema"]["properties"]
+    assert "aggregator_kwargs" in str(schemas.get("context_schema"))
+
+
+async def test_streamed_run_on_a_thread_with_context(
+    client: LangGraphClient, upstream: OpenAICompatibleServer
+) -> None:
+    thread = await client.threads.create()
+    parts: list[Any] = []
+    async for part in client.runs.stream(
+        thread["thread_id"],
+        "moa",
+        input={"messages": [{"role": "user", "content": QUESTION}]},
+        stream_mode=["updates", "custom", "messages-tuple"],
+        context={"aggregator_kwargs": {"stop": ["###"]}},
+    ):
+        parts.append(part)
+    errors = [p.data for p in parts if p.event == "error"]
+    assert not errors, errors
+
+    updates = [p.data for p in parts if p.event == "updates"]
+    assert any("aggregate" in update for update in updates)
+    progress = [p.data["moa_event"] for p in parts if p.event == "custom"]
+    assert "layer_done" in progress and "aggregation_finished" in progress
+
+    tokens = [
+        message["content"]
+        for p in parts
+        if p.event == "messages"
+        for message, metadata in [p.data]
+        if "moa:aggregator" in metadata.get("tags", [])
+    ]
+    assert len(tokens) > 2 and "".join(tokens) == ANSWER
+
+    # context reached the aggregator's model call, and only the aggregator's.
+    assert upstream.requests_for("agg")[-1].params.get("stop") == ["###"]
+    assert "stop" not in upstream.requests_for("p1")[-1].params
+
+    state = await client.threads.get_state(thread["thread_id"])
+    values: Any = state["values"]
+    assert [m["type"] for m in values["messages"]] == ["human", "ai"]
+    assert values["messages"][-1]["content"] == ANSWER
+    assert [(p["proposer"], p["status"], p["text"]) for p in values["proposals"]] == [
+        ("p1", "answered", "Paris."),
+        ("p2", "answered", "It is Paris."),
+    ]
+
+
+async def test_threads_keep_the_conversation(client: LangGraphClient) -> None:
+    thread = await client.threads.create()
+    for question in (QUESTION, "And of Italy?"):
+        result: Any = await client.runs.wait(
+            thread["thread_id"], "moa", input={"messages": [{"role": "user", "content": question}]}
+        )
+        assert result["messages"][-1]["content"] == ANSWER
+    state = await client.threads.get_state(thread["thread_id"])
+    values: Any = state["values"]
+    assert [m["type"] for m in values["messages"]] == ["human", "ai", "human", "ai"]
+    assert len(values["proposals"]) == 2  # the last run's proposals only
+
+
+def test_served_recipe_docstring_examples() -> None:
+    import moa_graph.langgraph_app as app
+
+    result = doctest.testmod(app, verbose=False)
+    assert result.failed == 0 and result.attempted > 0
