@@ -8,6 +8,8 @@ import threading
 from types import TracebackType
 from typing import Any, Self
 
+from moa_graph import http_messages
+
 
 class HTTPAddress:
     """``port``, ``url`` and ``base_url`` of a server listening on ``host``."""
@@ -50,11 +52,50 @@ class LoopServer(HTTPAddress):
         self._connections: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.connections_accepted = 0
+        """Total TCP connections accepted (shows keep-alive reuse)."""
+
+    async def _dispatch(
+        self,
+        request: http_messages.Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Answer one request; return whether the connection may be reused."""
+        raise NotImplementedError
+
+    def _reject(self, writer: asyncio.StreamWriter, message: str) -> None:
+        """Answer a request that could not be parsed (the connection is closed after it)."""
+        raise NotImplementedError
 
     async def _handle_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        raise NotImplementedError
+        """Serve one connection: its requests one after another while it is kept alive."""
+        self.connections_accepted += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            keep_alive = True
+            while keep_alive:
+                try:
+                    request = await http_messages.read_request(reader, writer)
+                except http_messages.BadRequest as exc:
+                    self._reject(writer, str(exc))
+                    break
+                if request is None:
+                    break
+                keep_alive = await self._dispatch(request, reader, writer) and request.keep_alive
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            # The client went away, or the server is shutting down: finishing normally keeps
+            # asyncio from logging the cancellation as an unhandled error (3.11 streams).
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
 
     async def _open(self) -> None:
         self._server = await asyncio.start_server(

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from moa_graph import http_messages, openai_wire
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.errors import MoAError
 from moa_graph.loop_server import LoopServer
@@ -39,7 +40,6 @@ from moa_graph.serve_openai import (
     openai_usage,
     parse_chat_request,
 )
-from moa_graph.testing import _http, _wire
 
 logger = logging.getLogger(__name__)
 
@@ -115,33 +115,14 @@ class MoAServer(LoopServer):
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    async def _handle_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        try:
-            keep_alive = True
-            while keep_alive:
-                try:
-                    request = await _http.read_request(reader, writer)
-                except _http.BadRequest as exc:
-                    _send(writer, RequestError(400, str(exc)), keep=False)
-                    break
-                if request is None:
-                    break
-                keep_alive = await self._dispatch(request, reader, writer) and request.keep_alive
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
-            pass  # client gone, or server shutting down
-        finally:
-            if task is not None:
-                self._connections.discard(task)
-            writer.close()
+    def _reject(self, writer: asyncio.StreamWriter, message: str) -> None:
+        _send(writer, RequestError(400, message), keep=False)
 
     async def _dispatch(
-        self, request: _http.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        request: http_messages.Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         """Answer one request; return whether the connection may be reused."""
         keep = request.keep_alive
@@ -160,7 +141,7 @@ class MoAServer(LoopServer):
             return _send(writer, _UNAUTHORIZED, keep, headers=[("WWW-Authenticate", "Bearer")])
         return await handler()
 
-    def _authorized(self, request: _http.Request) -> bool:
+    def _authorized(self, request: http_messages.Request) -> bool:
         if self._api_key is None:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -169,13 +150,18 @@ class MoAServer(LoopServer):
 
     async def _models(self, writer: asyncio.StreamWriter, keep: bool) -> bool:
         model = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "moa-graph"}
-        writer.write(_http.json_response(200, {"object": "list", "data": [model]}, keep_alive=keep))
+        writer.write(
+            http_messages.json_response(200, {"object": "list", "data": [model]}, keep_alive=keep)
+        )
         return keep
 
     # -- chat completions ----------------------------------------------------------------------
 
     async def _chat(
-        self, request: _http.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        request: http_messages.Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         keep = request.keep_alive
         try:
@@ -229,7 +215,7 @@ class _Exchange:
             answer = await moa.ainvoke(self.chat.messages, stop=self.chat.stop)
         except Exception as exc:
             return _send(self.writer, self.server.run_error(exc), self.keep, headers=self.headers)
-        body = _wire.completion_body(
+        body = openai_wire.completion_body(
             self.cid,
             self.server.model_name,
             self.created,
@@ -238,7 +224,7 @@ class _Exchange:
             openai_usage(getattr(answer, "usage_metadata", None)),
         )
         self.writer.write(
-            _http.json_response(200, body, keep_alive=self.keep, headers=self.headers)
+            http_messages.json_response(200, body, keep_alive=self.keep, headers=self.headers)
         )
         return self.keep
 
@@ -249,7 +235,7 @@ class _Exchange:
         (e.g. every proposer failed) is a plain HTTP error; a failure after it is an SSE
         ``{"error": ...}`` event, which OpenAI clients raise as ``APIError``.
         """
-        fmt = _wire.ChunkFormatter(
+        fmt = openai_wire.ChunkFormatter(
             self.cid, self.server.model_name, self.created, 1, self.chat.include_usage
         )
         started = False
@@ -274,7 +260,9 @@ class _Exchange:
             error = self.server.run_error(exc)
             if not started:
                 return _send(self.writer, error, self.keep, headers=self.headers)
-            self.writer.write(_wire.sse(_wire.dumps(error.body())) + _wire.SSE_DONE)
+            self.writer.write(
+                openai_wire.sse(openai_wire.dumps(error.body())) + openai_wire.SSE_DONE
+            )
             return False
         finally:
             await _aclose(chunks)
@@ -282,12 +270,14 @@ class _Exchange:
         tail += fmt.event({}, finish)
         if self.chat.include_usage:
             tail += fmt.usage(openai_usage(usage))
-        self.writer.write(tail + _wire.SSE_DONE)
+        self.writer.write(tail + openai_wire.SSE_DONE)
         return self.keep
 
-    def _head(self, fmt: _wire.ChunkFormatter) -> bytes:
-        head = _http.head_bytes(200, [*_wire.SSE_HEADERS, *self.headers], keep_alive=self.keep)
-        return head + fmt.event(_wire.ROLE_DELTA)
+    def _head(self, fmt: openai_wire.ChunkFormatter) -> bytes:
+        head = http_messages.head_bytes(
+            200, [*openai_wire.SSE_HEADERS, *self.headers], keep_alive=self.keep
+        )
+        return head + fmt.event(openai_wire.ROLE_DELTA)
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -321,7 +311,9 @@ def _send(
     headers: list[tuple[str, str]] | None = None,
 ) -> bool:
     body = error_body(error.message, error.type, error.code, error.param)
-    writer.write(_http.json_response(error.status, body, keep_alive=keep, headers=headers or ()))
+    writer.write(
+        http_messages.json_response(error.status, body, keep_alive=keep, headers=headers or ())
+    )
     return keep
 
 

@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from moa_graph import http_messages, openai_wire
 from moa_graph.loop_server import LoopServer
-from moa_graph.testing import _http, _wire
+from moa_graph.testing import _wire
 from moa_graph.testing.faults import HTTP_ERRORS, Fault, FaultLike, FaultSpec, error_body
 from moa_graph.testing.records import RequestLogQueries, RequestRecord
 from moa_graph.testing.scripts import (
@@ -90,8 +91,6 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
         self._log_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
-        self.connections_accepted = 0
-        """Total TCP connections accepted (shows keep-alive reuse)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -147,40 +146,13 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _handle_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.connections_accepted += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        try:
-            keep_alive = True
-            while keep_alive:
-                try:
-                    request = await _http.read_request(reader, writer)
-                except _http.BadRequest as exc:
-                    body = error_body(str(exc), "invalid_request_error", None)
-                    writer.write(_http.json_response(400, body, keep_alive=False))
-                    break
-                if request is None:
-                    break
-                keep_alive = await self._dispatch(request, reader, writer) and request.keep_alive
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
-            pass
-        except asyncio.CancelledError:
-            # Server shutdown; finishing normally keeps asyncio from logging
-            # the cancellation as an unhandled error (Python 3.11 streams).
-            pass
-        finally:
-            if task is not None:
-                self._connections.discard(task)
-            writer.close()
+    def _reject(self, writer: asyncio.StreamWriter, message: str) -> None:
+        body = error_body(message, "invalid_request_error", None)
+        writer.write(http_messages.json_response(400, body, keep_alive=False))
 
     async def _dispatch(
         self,
-        request: _http.Request,
+        request: http_messages.Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
@@ -192,15 +164,15 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
                 return self._send_error(writer, 405, "Use POST.", keep)
             return await self._chat(request, reader, writer)
         if request.method == "GET" and path in ("/v1/models", "/models"):
-            writer.write(_http.json_response(200, self._models(), keep_alive=keep))
+            writer.write(http_messages.json_response(200, self._models(), keep_alive=keep))
             return True
         if request.method == "GET" and path == "/_log":
             log = {"requests": [r.to_dict() for r in self.requests()]}
-            writer.write(_http.json_response(200, log, keep_alive=keep))
+            writer.write(http_messages.json_response(200, log, keep_alive=keep))
             return True
         if request.method == "POST" and path == "/_reset":
             self.reset()
-            writer.write(_http.json_response(200, {"ok": True}, keep_alive=keep))
+            writer.write(http_messages.json_response(200, {"ok": True}, keep_alive=keep))
             return True
         if request.method == "POST" and path == "/_scripts":
             try:
@@ -208,14 +180,14 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             except (ValueError, TypeError, KeyError) as exc:
                 return self._send_error(writer, 400, f"bad scripts: {exc}", keep)
             models = sorted(self.scripts)
-            writer.write(_http.json_response(200, {"models": models}, keep_alive=keep))
+            writer.write(http_messages.json_response(200, {"models": models}, keep_alive=keep))
             return True
         return self._send_error(writer, 404, f"No route for {request.method} {path}.", keep)
 
     @staticmethod
     def _send_error(writer: asyncio.StreamWriter, status: int, message: str, keep: bool) -> bool:
         body = error_body(message, "invalid_request_error", None)
-        writer.write(_http.json_response(status, body, keep_alive=keep))
+        writer.write(http_messages.json_response(status, body, keep_alive=keep))
         return keep
 
     def _models(self) -> dict[str, Any]:
@@ -238,7 +210,7 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
 
     async def _chat(
         self,
-        request: _http.Request,
+        request: http_messages.Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
@@ -294,7 +266,7 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
         except Exception as exc:
             message = f"reply callable failed: {type(exc).__name__}: {exc}"
             body = error_body(message, "server_error", None)
-            response = _http.json_response(500, body, keep_alive=ex.keep)
+            response = http_messages.json_response(500, body, keep_alive=ex.keep)
             return ex.finish(response, 500, "reply_error")
         text, finish = _wire.apply_limits(reply.content, payload)
         cid = self._completion_id(record)
@@ -318,7 +290,7 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             options = payload.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             created = int(time.time())
-            fmt = _wire.ChunkFormatter(cid, record.model, created, n_choices, include_usage)
+            fmt = openai_wire.ChunkFormatter(cid, record.model, created, n_choices, include_usage)
             pending = await self._stream(ex, fmt, pieces, latency)
             if pending is None:
                 return False
@@ -330,21 +302,21 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             data = pending + fmt.tool_calls(calls) + fmt.event({}, finish)
             if include_usage:
                 data += fmt.usage(usage)
-            data += _wire.SSE_DONE
+            data += openai_wire.SSE_DONE
         else:
             await _sleep_until(ex.start + total, ex.reader)
             if ex.reader.at_eof():
                 record.outcome = "client_disconnected"
                 return False
-            body = _wire.completion_body(
+            body = openai_wire.completion_body(
                 cid, record.model, int(time.time()), text, finish, usage, n_choices, calls
             )
-            data = _http.json_response(200, body, keep_alive=ex.keep)
+            data = http_messages.json_response(200, body, keep_alive=ex.keep)
         return ex.finish(data, 200, outcome or finish, response=text)
 
     @staticmethod
     async def _stream(
-        ex: _Exchange, fmt: _wire.ChunkFormatter, pieces: list[str], latency: ScriptedLatency
+        ex: _Exchange, fmt: openai_wire.ChunkFormatter, pieces: list[str], latency: ScriptedLatency
     ) -> bytes | None:
         """Send the stream head and content chunks paced by ``latency``.
 
@@ -358,8 +330,8 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             return None
         ex.record.status = 200
         ex.record.first_token_at = time.time()
-        pending = _http.head_bytes(200, _wire.SSE_HEADERS, keep_alive=ex.keep)
-        pending += fmt.event(_wire.ROLE_DELTA)
+        pending = http_messages.head_bytes(200, openai_wire.SSE_HEADERS, keep_alive=ex.keep)
+        pending += fmt.event(openai_wire.ROLE_DELTA)
         for i, piece in enumerate(pieces):
             if i and latency.per_token > 0:
                 ex.writer.write(pending)
@@ -392,19 +364,21 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             if kind is Fault.HTTP_429:
                 headers.append(("Retry-After", f"{fault.retry_after:g}"))
             body = error_body(message, type_, code, param)
-            response = _http.json_response(status, body, keep_alive=ex.keep, headers=headers)
+            response = http_messages.json_response(
+                status, body, keep_alive=ex.keep, headers=headers
+            )
             return ex.finish(response, status, kind.value)
         if kind is Fault.RESET:
             record.answered_at = time.time()
-            _http.abort_with_reset(ex.writer)
+            http_messages.abort_with_reset(ex.writer)
             return False
         if kind is Fault.MALFORMED_JSON:
             broken = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{'
             if record.stream:
-                head = _http.head_bytes(200, _wire.SSE_HEADERS, keep_alive=ex.keep)
-                data = head + _wire.sse(broken) + _wire.SSE_DONE
+                head = http_messages.head_bytes(200, openai_wire.SSE_HEADERS, keep_alive=ex.keep)
+                data = head + openai_wire.sse(broken) + openai_wire.SSE_DONE
             else:
-                data = _http.response_bytes(200, broken, keep_alive=ex.keep)
+                data = http_messages.response_bytes(200, broken, keep_alive=ex.keep)
             return ex.finish(data, 200, kind.value)
         # CUT_STREAM: a stream drops after a few chunks, a plain body half way.
         cid = self._completion_id(record)
@@ -414,14 +388,14 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             except Exception:
                 text = default_reply(ex.payload)
             pieces = tokenize(text)[: fault.chunks_before_cut]
-            fmt = _wire.ChunkFormatter(cid, record.model, int(time.time()), 1, False)
+            fmt = openai_wire.ChunkFormatter(cid, record.model, int(time.time()), 1, False)
             pending = await self._stream(ex, fmt, pieces, ScriptedLatency(0.0, 0.0))
             if pending is None:
                 return False
             return ex.finish(pending, 200, kind.value, close=True)
-        full = _wire.dumps({"id": cid, "object": "chat.completion", "choices": []})
+        full = openai_wire.dumps({"id": cid, "object": "chat.completion", "choices": []})
         half = full[: len(full) // 2]
-        data = _http.response_bytes(200, half, keep_alive=ex.keep, content_length=len(full))
+        data = http_messages.response_bytes(200, half, keep_alive=ex.keep, content_length=len(full))
         return ex.finish(data, 200, kind.value, close=True)
 
     def _completion_id(self, record: RequestRecord) -> str:

@@ -1,4 +1,4 @@
-"""Minimal HTTP/1.1 plumbing on asyncio streams for the test server.
+"""Minimal HTTP/1.1 plumbing on asyncio streams (``moa-graph serve`` and the test server).
 
 Supports what ``httpx`` sends and expects: keep-alive, ``Content-Length`` and
 chunked request bodies, ``Expect: 100-continue``, fixed-length and chunked
