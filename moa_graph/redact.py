@@ -47,8 +47,10 @@ def redacting_callbacks(callbacks: Any, extra: Iterable[str] = ()) -> Any:
     map, client), so nesting is unchanged, but whose ``on_llm_error`` and ``on_chain_error``
     receive a ``RedactedError`` and no raw response. Other handlers are left as they are.
     """
-    if not isinstance(callbacks, BaseCallbackManager):
-        return callbacks
+    if not isinstance(callbacks, BaseCallbackManager) or not any(
+        isinstance(h, BaseTracer) for h in callbacks.handlers + callbacks.inheritable_handlers
+    ):
+        return callbacks  # nothing records errors: no copy on the hot path
     manager = callbacks.copy()
     secrets = tuple(extra)
     cache: dict[int, BaseCallbackHandler] = {}

@@ -38,22 +38,17 @@ class Truncation:
 
 
 def answered(proposals: Sequence[Proposal], layer: int) -> list[Proposal]:
-    """The proposals of ``layer`` that answered, in configured order."""
-    chosen = [p for p in proposals if p["layer"] == layer and p["error"] is None]
-    return sorted(chosen, key=lambda p: p["index"])
-
-
-def references(proposals: Sequence[Proposal], layer: int) -> list[str]:
-    """The answered texts of ``layer``, in configured order (failures left out).
+    """The proposals of ``layer`` that answered, in configured order (failures left out).
 
     Example:
         >>> ps = [{"layer": 1, "index": 1, "text": "b", "error": None},
         ...       {"layer": 1, "index": 0, "text": "a", "error": None},
         ...       {"layer": 1, "index": 2, "text": "", "error": "boom"}]
-        >>> references(ps, 1)
+        >>> [p["text"] for p in answered(ps, 1)]
         ['a', 'b']
     """
-    return [p["text"] for p in answered(proposals, layer)]
+    chosen = [p for p in proposals if p["layer"] == layer and p["error"] is None]
+    return sorted(chosen, key=lambda p: p["index"])
 
 
 def fit_to_budget(
