@@ -64,9 +64,10 @@ test-lgserver: $(LG_VENV)/.installed
 	$(LG_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_servers/test_langgraph_server.py
 
 ## bench: the benchmarks reported in README.md
-bench: $(VENV)/.installed
+bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.resilience --runs 100
 	$(BIN)/python -m benchmarks.perf
+	$(BIN)/python -m benchmarks.local_models
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
