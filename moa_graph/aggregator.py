@@ -13,7 +13,8 @@ from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT, inject_references
 
 
 class InjectReferences(Runnable[Mapping[str, Any], list[BaseMessage]]):
-    """Turn ``{"messages": [...], "references": [...]}`` into the aggregator's messages."""
+    """Turn ``{"messages": [...], "references": [...]}`` into the aggregator's messages
+    (an optional ``"note"`` follows the references)."""
 
     def __init__(self, prompt: str, system_prompt: str | None = None) -> None:
         self.prompt = prompt
@@ -40,7 +41,10 @@ class InjectReferences(Runnable[Mapping[str, Any], list[BaseMessage]]):
         if isinstance(references, str) or not all(isinstance(r, str) for r in references):
             raise TypeError("aggregator input 'references' must be a list of strings")
         messages = with_system_prompt(convert_to_messages(inputs["messages"]), self.system_prompt)
-        return inject_references(messages, references, self.prompt)
+        note = inputs.get("note")
+        if note is not None and not isinstance(note, str):
+            raise TypeError("aggregator input 'note' must be a string")
+        return inject_references(messages, references, self.prompt, note)
 
 
 def create_aggregator(

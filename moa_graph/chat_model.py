@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -33,6 +34,8 @@ from langchain_core.tracers.base import BaseTracer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from moa_graph.aggregation import Aggregation
+from moa_graph.answers import extractor_name
 from moa_graph.graph import AGGREGATE, build_graph
 from moa_graph.plan import FailMode, MixturePlan, plan_from_settings
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
@@ -44,7 +47,8 @@ from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
 _SETTINGS = (
     "temperature", "max_tokens", "timeout", "max_retries", "rate_limits", "min_proposals",
     "fail_mode", "first_k", "layer_timeout", "fallback_to_aggregator", "max_reference_tokens",
-    "token_counter", "max_concurrent_calls", "max_input_chars",
+    "token_counter", "max_concurrent_calls", "max_input_chars", "aggregation",
+    "answer_extractor", "shuffle_references", "seed", "aggregation_window", "early_exit",
 )  # fmt: skip
 """Fields passed on to the plan (see ``create_moa_graph`` for what each does)."""
 CONFIG_KEY = "moa"
@@ -113,6 +117,18 @@ class ChatMixtureOfAgents(BaseChatModel):
     rate_limits: dict[str, float] | None = None
     max_concurrent_calls: int | None = None
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    cache: BaseCache | bool | None = False
+    """The mixture's own answer is not cached by default (its inner model calls follow
+    LangChain's cache settings as usual); ``True`` or a cache caches whole answers too."""
+    aggregation: Aggregation = "synthesize"
+    """``synthesize`` | ``vote`` | ``rank`` | ``synthesize_with_votes`` (see
+    ``create_moa_graph``)."""
+    answer_extractor: Any = None
+    """``"number"``, ``"choice"`` or a function ``str -> str | None`` (voting, early exit)."""
+    shuffle_references: bool = False
+    seed: int | None = None
+    aggregation_window: int | None = None
+    early_exit: bool = False
 
     _plan: MixturePlan = PrivateAttr()
     _graph: CompiledStateGraph[Any, Any, Any, Any] = PrivateAttr()
@@ -159,6 +175,12 @@ class ChatMixtureOfAgents(BaseChatModel):
             "max_tokens": self.max_tokens,
             "min_proposals": self.min_proposals,
             "first_k": self.first_k,
+            "aggregation": self.aggregation,
+            "answer_extractor": extractor_name(self.answer_extractor),
+            "shuffle_references": self.shuffle_references,
+            "seed": self.seed,
+            "aggregation_window": self.aggregation_window,
+            "early_exit": self.early_exit,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -509,6 +531,8 @@ class _StreamCollector:
         message, metadata = payload
         if metadata.get("langgraph_node") != AGGREGATE or not isinstance(message, AIMessage):
             return None
+        if metadata.get("moa_step") is not None:
+            return None  # a window's synthesis or the ranker's reply: not the answer
         chunk = _plain_chunk(message)
         if not chunk.content and not chunk.tool_call_chunks and not chunk.additional_kwargs:
             return None  # the aggregator's usage-only or end marker chunks: ours come last

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -25,7 +26,9 @@ from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from moa_graph.aggregation import Aggregation, VoteCount, count_votes
 from moa_graph.aggregator import bind_aggregator
+from moa_graph.answers import Extractor
 from moa_graph.calls import call_async, call_sync
 from moa_graph.errors import ProposalsFailedError
 from moa_graph.limits import CallLimiter
@@ -103,6 +106,12 @@ def create_moa_graph(
     rate_limits: Mapping[str, float] | None = None,
     max_concurrent_calls: int | None = None,
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
+    aggregation: Aggregation = "synthesize",
+    answer_extractor: str | Extractor | None = None,
+    shuffle_references: bool = False,
+    seed: int | None = None,
+    aggregation_window: int | None = None,
+    early_exit: bool = False,
 ) -> StateGraph[MoAState, MoAContext, MoAInput, MoAOutput]:
     """Create the Mixture-of-Agents graph (uncompiled, like ``create_supervisor``).
 
@@ -139,6 +148,24 @@ def create_moa_graph(
             from strings.
         max_concurrent_calls: cap on this mixture's calls in flight at once.
         max_input_chars: longest conversation accepted, in characters.
+        aggregation: how the final answer is made (see ``moa_graph.aggregation``):
+            ``"synthesize"`` (the paper's), ``"vote"`` (the most common final answer, its first
+            reference verbatim; ties go to the aggregator), ``"rank"`` (the aggregator picks a
+            reference, returned verbatim) or ``"synthesize_with_votes"`` (the aggregator is
+            told how the final answers split).
+        answer_extractor: reads a reply's final answer for voting and early exit:
+            ``"number"`` (the default when one is needed), ``"choice"`` (A-E) or a function
+            ``str -> str | None``.
+        shuffle_references: show each aggregating call the references in an order drawn
+            per call (against position bias); the order and seed are recorded.
+        seed: makes runs reproducible: the shuffles derive from it, and sample k of a model is
+            called with ``seed=seed + k`` (the aggregator with ``seed``), for providers that
+            accept a seed (OpenAI-compatible servers, local models).
+        aggregation_window: Self-MoA-Seq: synthesize at most this many references per call,
+            sliding over the rest with the previous synthesis as the first reference.
+        early_exit: when every proposer of a layer states the same final answer, skip the
+            remaining layers and the aggregator (``response_metadata["moa_early_exit"]`` records
+            the layer and the calls saved).
 
     Returns:
         A ``StateGraph`` with input ``{"messages": [...]}`` and output ``{"messages": [...,
@@ -174,6 +201,12 @@ def create_moa_graph(
         token_counter=token_counter,
         max_concurrent_calls=max_concurrent_calls,
         max_input_chars=max_input_chars,
+        aggregation=aggregation,
+        answer_extractor=answer_extractor,
+        shuffle_references=shuffle_references,
+        seed=seed,
+        aggregation_window=aggregation_window,
+        early_exit=early_exit,
     )
     return build_graph(plan)
 
@@ -233,10 +266,13 @@ class _MoANodes:
         }
 
     def _runnable_for(self, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
+        model = slot.model
+        if self.options.seed is not None:  # sample k of a model draws with seed + k
+            model = model.bind(seed=self.options.seed + slot.sample)
         if slot.layer == 1:
-            return slot.model
+            return model
         return bind_aggregator(
-            slot.model,
+            model,
             prompt=self.plan.prompt,
             system_prompt=slot.system_prompt,
             name=run_name(slot),
@@ -305,33 +341,61 @@ class _MoANodes:
         stop = done < self.options.min_proposals or (self.options.fail_mode == "fail_fast"
                                                      and failed)  # fmt: skip
         plan = self.run_plan(runtime)[0]
-        if layer >= len(plan.proposer_layers) or stop:
+        if layer >= len(plan.proposer_layers) or stop or self.consensus(state, runtime):
             return AGGREGATE
         return self._sends(layer + 1, state, self._references(state, layer, None), plan)
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         call = AggregatorCall(self, state, config, runtime)
+        flow = call.flow()
         try:
-            message = call_sync(call.attempt_sync, call.plan.aggregator.policy,
-                                on_retry=call.on_retry, can_retry=call.can_retry)  # fmt: skip
-        except GraphBubbleUp:
-            raise
-        except Exception as error:
-            raise call.failure(error) from None  # the raw cause may quote a key
-        return call.outcome(message)
+            request = next(flow)
+            while True:
+                try:
+                    message = call_sync(partial(call.attempt_sync, request),
+                                        call.plan.aggregator.policy, on_retry=call.on_retry,
+                                        can_retry=call.can_retry)  # fmt: skip
+                except GraphBubbleUp:
+                    raise
+                except Exception as error:
+                    raise call.failure(error) from None  # the raw cause may quote a key
+                call.answered(message)
+                request = flow.send(message)
+        except StopIteration as finished:
+            return call.outcome(finished.value)
 
     async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         call = AggregatorCall(self, state, config, runtime)
+        flow = call.flow()
         try:
-            message = await call_async(
-                call.attempt_async, call.plan.aggregator.policy, on_retry=call.on_retry,
-                can_retry=call.can_retry,
-            )  # fmt: skip
-        except GraphBubbleUp:
-            raise
-        except Exception as error:
-            raise call.failure(error) from None  # the raw cause may quote a key
-        return call.outcome(message)
+            request = next(flow)
+            while True:
+                try:
+                    message = await call_async(partial(call.attempt_async, request),
+                                               call.plan.aggregator.policy,
+                                               on_retry=call.on_retry,
+                                               can_retry=call.can_retry)  # fmt: skip
+                except GraphBubbleUp:
+                    raise
+                except Exception as error:
+                    raise call.failure(error) from None  # the raw cause may quote a key
+                call.answered(message)
+                request = flow.send(message)
+        except StopIteration as finished:
+            return call.outcome(finished.value)
+
+    def consensus(self, state: MoAState, runtime: Runtime) -> tuple[int, VoteCount] | None:
+        """With ``early_exit``: the latest layer and its vote when every proposer of it answered
+        and all state the same final answer (``None`` otherwise)."""
+        extractor = self.options.extractor
+        if not self.options.early_exit or extractor is None:
+            return None
+        layer = _current_layer(state["proposals"])
+        proposals = [p for p in state["proposals"] if p["layer"] == layer]
+        if any(p["status"] != "answered" for p in proposals):
+            return None
+        count = count_votes([p["text"] for p in proposals], extractor)
+        return (layer, count) if count.unanimous else None
 
     # -- proposers ---------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
 
+from moa_graph.aggregation import AGGREGATIONS, Aggregation
+from moa_graph.answers import Extractor, get_extractor
 from moa_graph.calls import CallPolicy
 from moa_graph.models import (
     ChatRunnable,
@@ -39,6 +41,8 @@ class ProposerSlot:
     model: ChatRunnable
     system_prompt: str | None
     policy: CallPolicy
+    sample: int = 0
+    """Which sample of its configured model this slot is (0 for a model sampled once)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,21 @@ class RunOptions:
     token_counter: TokenCounter = approximate_tokens
     max_concurrent_calls: int | None = None
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    aggregation: Aggregation = "synthesize"
+    answer_extractor: str | Extractor | None = None
+    shuffle_references: bool = False
+    seed: int | None = None
+    aggregation_window: int | None = None
+    early_exit: bool = False
+
+    @property
+    def extractor(self) -> Extractor | None:
+        """The answer extractor to use: the configured one, or ``number`` when a strategy
+        needs one and none was given."""
+        if self.answer_extractor is None:
+            needs_one = self.early_exit or self.aggregation in ("vote", "synthesize_with_votes")
+            return get_extractor("number") if needs_one else None
+        return get_extractor(self.answer_extractor)
 
     @property
     def race_rules(self) -> RaceRules:
@@ -227,6 +246,29 @@ def check_options(options: RunOptions, *, smallest_layer: int) -> None:
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"{name}: must be a positive integer (got {value!r})")
+    check_aggregation(options)
+
+
+def check_aggregation(options: RunOptions) -> None:
+    """Raise ``ValueError`` naming the first invalid aggregation option."""
+    if options.aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"aggregation: must be one of {', '.join(AGGREGATIONS)} (got {options.aggregation!r})"
+        )
+    if options.answer_extractor is not None:
+        get_extractor(options.answer_extractor)
+    window = options.aggregation_window
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 2):  # fmt: skip
+        raise ValueError(f"aggregation_window: must be an integer >= 2 (got {window!r})")
+    if window is not None and options.aggregation in ("vote", "rank"):
+        raise ValueError(
+            f"aggregation_window: slides over syntheses; aggregation={options.aggregation!r} "
+            "picks one reference instead"
+        )
+    seed = options.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed: must be an integer (got {seed!r})")
 
 
 def _layer_specs(
@@ -275,6 +317,7 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             model=resolved.model,
             system_prompt=resolved.system_prompt,
             policy=resolved.policy,
+            sample=sample,
         )
         for sample in range(resolved.samples)
     ]

@@ -42,6 +42,7 @@ def inject_references(
     messages: Sequence[BaseMessage],
     references: Sequence[str],
     prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT,
+    note: str | None = None,
 ) -> list[BaseMessage]:
     """Apply the paper's Aggregate-and-Synthesize operator to a conversation.
 
@@ -49,6 +50,7 @@ def inject_references(
     when it starts with one (never a second system message), or as a new first system message.
     Every other turn passes through unchanged, and the input list is not modified. References
     are plain text inside that one system message, so a reference cannot add turns or roles.
+    A ``note`` (such as how the references' final answers split) follows the references.
 
     Example:
         >>> from langchain_core.messages import HumanMessage
@@ -57,6 +59,8 @@ def inject_references(
         'Refs:\\n1. 4\\n2. four'
     """
     system_text = format_references(references, prompt)
+    if note:
+        system_text = f"{system_text}\n\n{note}"
     if messages and isinstance(messages[0], SystemMessage):
         first = messages[0]
         merged = first.model_copy(update={"content": _join_content(first.content, system_text)})

@@ -21,6 +21,8 @@ class Proposal(TypedDict):
     ``status`` is ``"answered"``, ``"failed"`` or ``"cancelled"`` (cut off by ``first_k``, the
     layer deadline or ``fail_mode="fail_fast"``); a proposal that did not answer has
     ``text == ""`` and says why in ``error``. ``attempts`` counts calls made (retries included).
+    With ``shuffle_references``, a proposer of layer 2 or later records the order it was shown
+    the references in (``reference_order``: positions in configured order) and the seed drawn.
     """
 
     layer: int
@@ -33,6 +35,8 @@ class Proposal(TypedDict):
     usage: dict[str, Any] | None
     latency_s: float
     attempts: int
+    reference_order: NotRequired[list[int]]
+    shuffle_seed: NotRequired[int]
 
 
 def merge_proposals(
@@ -99,6 +103,7 @@ class ProgressEvent(TypedDict):
         "aggregation_finished",
         "proposal_retrying",
         "references_truncated",
+        "early_exit",
     ]
     layer: int
     index: NotRequired[int]
@@ -112,3 +117,4 @@ class ProgressEvent(TypedDict):
     failed: NotRequired[int]
     cancelled: NotRequired[int]
     truncations: NotRequired[list[dict[str, int]]]
+    calls_saved: NotRequired[int]

@@ -20,7 +20,6 @@ MODULES = [
     "langsmith_eval",
     "packages",
     "progress",
-    "ranker",
     "report",
     "runner",
     "scoring",

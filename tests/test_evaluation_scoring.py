@@ -7,15 +7,17 @@ import random
 
 import pytest
 
-from moa_graph.evaluation.datasets import Item, load_gsm8k
-from moa_graph.evaluation.scoring import (
-    bootstrap_interval,
+from moa_graph.answers import (
     exact_match,
     extract_choice,
     extract_number,
     final_answer_text,
-    mcnemar,
     numbers_match,
+)
+from moa_graph.evaluation.datasets import Item, load_gsm8k
+from moa_graph.evaluation.scoring import (
+    bootstrap_interval,
+    mcnemar,
     score_answer,
     wilson_interval,
 )

@@ -40,7 +40,8 @@ def test_all_is_exactly_the_public_api() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["prompts", "state", "models", "plan", "aggregator", "graph", "chat_model", "presets"],
+    ["prompts", "state", "models", "plan", "aggregator", "graph", "chat_model", "presets",
+     "answers", "aggregation", "ranking"],  # fmt: skip
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"moa_graph.{module}"), verbose=False)

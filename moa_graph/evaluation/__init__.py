@@ -12,6 +12,7 @@ Example:
     >>> print(markdown_table(summarize(experiment)))                 # doctest: +SKIP
 """
 
+from moa_graph.answers import extract_choice, extract_number
 from moa_graph.evaluation.cache import ResultCache
 from moa_graph.evaluation.cli import main_eval
 from moa_graph.evaluation.costs import Price, PriceTable, TokenUsage
@@ -39,8 +40,6 @@ from moa_graph.evaluation.report import (
 from moa_graph.evaluation.runner import Experiment, ItemResult, run_experiment
 from moa_graph.evaluation.scoring import (
     bootstrap_interval,
-    extract_choice,
-    extract_number,
     mcnemar,
     score_answer,
     wilson_interval,

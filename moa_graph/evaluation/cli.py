@@ -14,7 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from langchain_core.globals import set_llm_cache
+
 from moa_graph.evaluation.cache import ResultCache
+from moa_graph.evaluation.call_cache import CallCache
 from moa_graph.evaluation.costs import PriceTable
 from moa_graph.evaluation.datasets import load_dataset
 from moa_graph.evaluation.exporters import write_exports
@@ -43,7 +46,12 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
     parser.add_argument(
         "--limit", type=int, help="evaluate N items drawn with --seed (default all)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the --limit draw, of every model call and of reference shuffles (default 0)",
+    )
     parser.add_argument(
         "--systems",
         nargs="+",
@@ -72,6 +80,11 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
         action="store_true",
         help="also run langsmith.evaluate (uploads only when LANGSMITH_API_KEY is set)",
     )
+    parser.add_argument(
+        "--no-call-cache",
+        action="store_true",
+        help="do not share identical model calls between systems (OUT/calls.sqlite)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -85,7 +98,8 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
             ``mtbench`` (MT-Bench, 80 two-turn questions, needs ``--judge``) or ``jsonl:PATH``.
         --limit N: evaluate N items drawn with ``--seed`` (kept in data set order; a smaller
             limit's items are a subset of a larger one's, so raising it reuses the cache).
-        --seed S: seed of that draw (default 0).
+        --seed S: seed of that draw, passed with every model call (a mixture's sample k gets
+            S + k) and deriving reference shuffles (default 0).
         --systems SPEC...: the systems: ``single:MODEL`` (or just ``MODEL``),
             ``moa:PRESET`` / ``moa:FILE.toml`` (or just ``PRESET``), ``self-moa:MODEL,n=6``,
             ``best-of-n:MODEL,n=4[,ranker=MODEL]``; any may end with ``,name=NAME``.
@@ -100,6 +114,10 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         --temperature T, --max-tokens N: sampling of models built from strings (default 0.7,
             512; a MoA recipe keeps its own unless given).
         --concurrency N: (system, item) pairs worked on at once (default 1).
+        --no-call-cache: by default identical model calls (same model, settings, seed and
+            messages) are made once and shared through ``OUT/calls.sqlite``: a model alone and
+            the same model in a mixture's first layer pay once, and the wall time of the system
+            coming second excludes them (tokens and calls still count them).
         --langsmith: also run ``langsmith.evaluate`` per system (in memory without a key).
         --no-plot: skip the PNG. --quiet: no progress bar.
 
@@ -120,18 +138,26 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+_EXTRACTORS = {"numeric": "number", "choice": "choice"}
+"""The mixtures' default answer extractor for a data set's kind of gold answer."""
+
+
 def _run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset).subset(args.limit, args.seed)
     systems = [
-        parse_system(spec, temperature=args.temperature, max_tokens=args.max_tokens)
+        parse_system(spec, temperature=args.temperature, max_tokens=args.max_tokens,
+                     seed=args.seed, answer_extractor=_EXTRACTORS.get(dataset.metric))
         for spec in args.systems
-    ]
+    ]  # fmt: skip
     prices = PriceTable.parse(args.prices)
     if dataset.metric == "judge" and not args.judge:
         raise ValueError(f"dataset {dataset.name} has no gold answers: give --judge MODEL")
     judge = Judge(args.judge) if args.judge else None
     out = Path(args.out or Path("eval-runs") / dataset.name)
     cache = ResultCache(out / "cache.jsonl")
+    calls = None if args.no_call_cache else CallCache(out / "calls.sqlite")
+    if calls is not None:
+        set_llm_cache(calls)
     progress = None if args.quiet else sys.stderr
     print(
         f"eval: {dataset.name} ({len(dataset)} items), systems: "
@@ -148,6 +174,9 @@ def _run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         progress=progress,
     )
+    if calls is not None:
+        print(f"eval: shared model calls: {calls.hits} reused, {calls.misses} made "
+              f"({calls.path})", file=sys.stderr)  # fmt: skip
     rows = summarize(experiment, prices or None)
     report = markdown_report(experiment, prices or None)
     (out / "summary.md").write_text(report, encoding="utf-8")

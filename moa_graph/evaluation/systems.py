@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,10 @@ from langchain_core.messages import BaseMessage
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.evaluation.costs import TokenUsage, UsageByModel, add_usage, merge_usage
 from moa_graph.evaluation.datasets import Item
-from moa_graph.evaluation.ranker import parse_ranker_choice, ranker_messages
 from moa_graph.models import ModelDefaults, ModelLike, resolve_model
 from moa_graph.presets import PRESETS, Recipe, get_preset
 from moa_graph.presets import self_moa as self_moa_recipe
+from moa_graph.ranking import instruction_text, parse_ranker_choice, ranker_messages
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,7 @@ def single(
     name: str | None = None,
     temperature: float | None = 0.7,
     max_tokens: int | None = 512,
+    seed: int | None = None,
 ) -> System:
     """One model on its own (the per-model baseline).
 
@@ -176,6 +177,8 @@ def single(
         name: the system's name (default: the model's label).
         temperature: sampling temperature for a model built from a string.
         max_tokens: answer length limit for a model built from a string.
+        seed: sampling seed passed with every call (a mixture given the same ``seed`` calls
+            the first sample of this model with it, so the two share the call).
 
     Example:
         >>> single("local:smollm2-135m").name
@@ -185,12 +188,15 @@ def single(
         model, field="model", defaults=ModelDefaults(temperature=temperature, max_tokens=max_tokens)
     )
     label = resolved.model_name
+    chat = resolved.model if seed is None else resolved.model.bind(seed=seed)
 
     def respond(messages: list[BaseMessage]) -> Reply:
-        text, usage = _call(resolved.model, label, messages)
+        text, usage = _call(chat, label, messages)
         return Reply(text, usage, calls=1)
 
     config = {"kind": "single", "model": label, **_model_settings(model, temperature, max_tokens)}
+    if seed is not None:
+        config["seed"] = seed
     return System(name or label, config, respond)
 
 
@@ -256,7 +262,8 @@ def _mixture_reply(message: BaseMessage) -> Reply:
             max(0, total.output_tokens - spent.output_tokens),
         ),
     )
-    calls = 1 + sum(int(p.get("attempts", 1)) for p in proposals)
+    aggregator_calls = int(metadata.get("moa_aggregator_calls", 1))
+    calls = aggregator_calls + sum(int(p.get("attempts", 1)) for p in proposals)
     kept = [
         {key: p.get(key) for key in ("layer", "index", "model", "status", "text", "error")}
         for p in proposals
@@ -272,8 +279,12 @@ def self_moa(
     name: str | None = None,
     temperature: float | None = 0.7,
     max_tokens: int | None = 512,
+    **options: Any,
 ) -> System:
     """Self-MoA: one model sampled ``n`` times, its answers aggregated by the same model.
+
+    ``options`` are mixture settings (``aggregation="vote"``, ``seed``, ...; see
+    ``create_moa_graph``).
 
     Example:
         >>> system = self_moa("local:smollm2-135m", n=3)
@@ -284,7 +295,8 @@ def self_moa(
     label = resolve_model(model, field="model", defaults=ModelDefaults()).model_name
     sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
     overrides = {key: value for key, value in sampling.items() if value is not None}
-    return moa(recipe, name=name or f"self-moa-{label}-x{n}", kind="self-moa", **overrides)
+    return moa(recipe, name=name or f"self-moa-{label}-x{n}", kind="self-moa", **overrides,
+               **options)  # fmt: skip
 
 
 def best_of_n_ranker(
@@ -350,26 +362,45 @@ def best_of_n_ranker(
     return System(name or f"best-of-{n}-{sampler.model_name}", config, respond)
 
 
-def instruction_text(messages: Sequence[BaseMessage]) -> str:
-    """What a ranker or judge is shown as the instruction: the user turn, with earlier turns.
-
-    Example:
-        >>> from langchain_core.messages import AIMessage, HumanMessage
-        >>> instruction_text([HumanMessage("Hi"), AIMessage("Hello"), HumanMessage("Bye?")])
-        'User: Hi\\n\\nAssistant: Hello\\n\\nUser: Bye?'
-    """
-    turns = [m for m in messages if m.type in ("human", "ai")]
-    if len(turns) == 1:
-        return _message_text(turns[0])
-    roles = {"human": "User", "ai": "Assistant"}
-    return "\n\n".join(f"{roles[m.type]}: {_message_text(m)}" for m in turns)
-
-
 SYSTEM_KINDS = ("single", "moa", "self-moa", "best-of-n")
 
 
+MIXTURE_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "aggregation": str,
+    "extractor": str,
+    "shuffle": lambda value: _flag("shuffle", value),
+    "window": int,
+    "early_exit": lambda value: _flag("early_exit", value),
+}
+"""Mixture settings a ``moa`` / ``self-moa`` spec may give, and how each is read."""
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key}: expected true or false, got {value!r}")
+
+
+def _mixture_options(options: dict[str, str], extractor: str | None) -> dict[str, Any]:
+    """Take the mixture settings out of ``options`` as ``create_moa_graph`` keywords."""
+    names = {"extractor": "answer_extractor", "shuffle": "shuffle_references",
+             "window": "aggregation_window"}  # fmt: skip
+    chosen = {names.get(key, key): MIXTURE_OPTIONS[key](options.pop(key))
+              for key in list(options) if key in MIXTURE_OPTIONS}  # fmt: skip
+    if extractor is not None:
+        chosen.setdefault("answer_extractor", extractor)
+    return chosen
+
+
 def parse_system(
-    spec: str, *, temperature: float | None = None, max_tokens: int | None = None
+    spec: str,
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    answer_extractor: str | None = None,
 ) -> System:
     """Build a system from a command-line spec ``KIND:VALUE[,key=value...]``.
 
@@ -378,14 +409,21 @@ def parse_system(
     - ``self-moa:MODEL,n=6[,layers=2]``: Self-MoA.
     - ``best-of-n:MODEL,n=4[,ranker=MODEL]``: the LLM-ranker baseline.
 
-    Every kind takes ``name=...``. ``temperature`` / ``max_tokens`` (default 0.7 and 512) apply
-    to models built from strings; a ``moa`` recipe keeps its own settings unless they are given.
+    Every kind takes ``name=...``; ``moa`` and ``self-moa`` also take the mixture settings
+    ``aggregation=synthesize|vote|rank|synthesize_with_votes``, ``extractor=number|choice``,
+    ``shuffle=true``, ``window=N`` (Self-MoA-Seq) and ``early_exit=true``. ``temperature`` /
+    ``max_tokens`` (default 0.7 and 512) apply to models built from strings; a ``moa`` recipe
+    keeps its own settings unless they are given. ``seed`` goes to every system (a model's
+    calls, a mixture's samples and shuffles); ``answer_extractor`` is the mixtures' default
+    extractor (the data set's kind of answer).
 
     Example:
         >>> parse_system("best-of-n:local:smollm2-135m,n=3,name=bo3").name
         'bo3'
         >>> parse_system("local-tiny").config["kind"]
         'moa'
+        >>> parse_system("self-moa:local:smollm2-135m,n=3,aggregation=vote").config["aggregation"]
+        'vote'
     """
     head, _, rest = spec.partition(":")
     if head in SYSTEM_KINDS and rest:
@@ -406,15 +444,18 @@ def parse_system(
         "temperature": 0.7 if temperature is None else temperature,
         "max_tokens": 512 if max_tokens is None else max_tokens,
     }
+    mixture: dict[str, Any] = {"seed": seed} if seed is not None else {}
+    if kind in ("moa", "self-moa"):
+        mixture.update(_mixture_options(options, answer_extractor))
     if kind == "single":
-        system = single(value, name=name, **sampling)
+        system = single(value, name=name, seed=seed, **sampling)
     elif kind == "moa":
         given: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         overrides = {key: setting for key, setting in given.items() if setting is not None}
-        system = moa(value, name=name or Path(value).stem, **overrides)
+        system = moa(value, name=name or Path(value).stem, **overrides, **mixture)
     elif kind == "self-moa":
         n, layers = int(options.pop("n", "6")), int(options.pop("layers", "2"))
-        system = self_moa(value, n, layers=layers, name=name, **sampling)
+        system = self_moa(value, n, layers=layers, name=name, **sampling, **mixture)
     else:
         n = int(options.pop("n", "4"))
         system = best_of_n_ranker(

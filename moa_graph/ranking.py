@@ -96,3 +96,22 @@ def parse_ranker_choice(reply: str, n: int) -> int | None:
     if bare and 1 <= int(bare.group(1)) <= n:
         return int(bare.group(1)) - 1
     return None
+
+
+def instruction_text(messages: Sequence[BaseMessage]) -> str:
+    """What a ranker or judge is shown as the instruction: the user turn, with earlier turns.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage, HumanMessage
+        >>> instruction_text([HumanMessage("Hi"), AIMessage("Hello"), HumanMessage("Bye?")])
+        'User: Hi\\n\\nAssistant: Hello\\n\\nUser: Bye?'
+    """
+    turns = [m for m in messages if m.type in ("human", "ai")]
+    if len(turns) == 1:
+        return _text(turns[0])
+    roles = {"human": "User", "ai": "Assistant"}
+    return "\n\n".join(f"{roles[m.type]}: {_text(m)}" for m in turns)
+
+
+def _text(message: BaseMessage) -> str:
+    return message.text
