@@ -36,7 +36,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from moa_graph.aggregation import Aggregation
 from moa_graph.answers import extractor_name
-from moa_graph.graph import AGGREGATE, build_graph
+from moa_graph.graph import AGGREGATE, build_graph, is_answer_token
 from moa_graph.plan import FailMode, MixturePlan, plan_from_settings
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
 from moa_graph.references import approximate_tokens
@@ -529,10 +529,8 @@ class _StreamCollector:
                     self.final = update["messages"][-1]
             return None
         message, metadata = payload
-        if metadata.get("langgraph_node") != AGGREGATE or not isinstance(message, AIMessage):
+        if not is_answer_token(metadata) or not isinstance(message, AIMessage):
             return None
-        if metadata.get("moa_step") is not None:
-            return None  # a window's synthesis or the ranker's reply: not the answer
         chunk = _plain_chunk(message)
         if not chunk.content and not chunk.tool_call_chunks and not chunk.additional_kwargs:
             return None  # the aggregator's usage-only or end marker chunks: ours come last

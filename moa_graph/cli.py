@@ -22,6 +22,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import ValidationError
 
+from moa_graph.aggregation import AGGREGATIONS
+from moa_graph.answers import EXTRACTORS
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.console import ProgressPrinter, RunOutcome, follow_run
 from moa_graph.evaluation.cli import build_eval_parser, main_eval
@@ -80,6 +82,29 @@ def _add_mixture_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="seconds per remote call")
     parser.add_argument("--min-proposals", type=int)
     parser.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        help="how the final answer is made (default: the recipe's, else synthesize)",
+    )
+    parser.add_argument(
+        "--answer-extractor",
+        choices=sorted(EXTRACTORS),
+        help="reads final answers for vote, synthesize_with_votes and --early-exit",
+    )
+    parser.add_argument(
+        "--shuffle-references", action="store_true", default=None,
+        help="show references in a per-call random order (recorded)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help="seed of samples and shuffles")
+    parser.add_argument(
+        "--aggregation-window", type=int, metavar="N",
+        help="Self-MoA-Seq: synthesize at most N references per call",
+    )  # fmt: skip
+    parser.add_argument(
+        "--early-exit", action="store_true", default=None,
+        help="stop when every proposer of a layer gives the same final answer",
+    )  # fmt: skip
+    parser.add_argument(
         "--show-proposals", action="store_true", help="print every proposal before the answer"
     )
 
@@ -92,7 +117,8 @@ def build_mixture(args: argparse.Namespace) -> ChatMixtureOfAgents:
         if args.proposer:
             overrides["proposers"] = list(args.proposer)
         for option in ("aggregator", "layers", "temperature", "max_tokens", "timeout",
-                       "min_proposals"):  # fmt: skip
+                       "min_proposals", "aggregation", "answer_extractor", "shuffle_references",
+                       "seed", "aggregation_window", "early_exit"):  # fmt: skip
             value = getattr(args, option)
             if value is not None:
                 overrides[option] = value

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from langchain_core.messages import AIMessage, BaseMessage
 
 from moa_graph.chat_model import total_usage
-from moa_graph.graph import AGGREGATE
+from moa_graph.graph import AGGREGATE, is_answer_token
 from moa_graph.state import Proposal, merge_proposals
 
 
@@ -75,6 +75,11 @@ class ProgressPrinter:
             line = f"layer {layer} done: {event['succeeded']} answered, {event['failed']} failed"
         elif kind == "aggregation_started":
             line = f"layer {layer} | aggregating with {who} ..."
+        elif kind == "early_exit":
+            line = (
+                f"layer {layer}: every proposer gave the same answer; "
+                f"{event['calls_saved']} calls skipped"
+            )
         else:
             return
         print(line, file=self.err, flush=True)
@@ -96,9 +101,11 @@ class ProgressPrinter:
             self.out.write("\n")
             self.out.flush()
         usage = total_usage(outcome.proposals, outcome.answer)
+        calls = sum(p["attempts"] for p in outcome.proposals) + int(
+            outcome.answer.response_metadata.get("moa_aggregator_calls", 1)
+        )
         print(
-            f"({len(outcome.proposals) + 1} calls, {usage['total_tokens']} tokens, "
-            f"{outcome.wall_s:.1f}s)",
+            f"({calls} calls, {usage['total_tokens']} tokens, {outcome.wall_s:.1f}s)",
             file=self.err,
             flush=True,
         )
@@ -115,8 +122,7 @@ def follow_run(stream: Iterable[tuple[str, Any]], printer: ProgressPrinter) -> R
             printer.event(payload)
         elif mode == "messages":
             chunk, metadata = payload
-            is_answer = metadata.get("langgraph_node") == AGGREGATE
-            if is_answer and isinstance(chunk, AIMessage) and chunk.text:
+            if is_answer_token(metadata) and isinstance(chunk, AIMessage) and chunk.text:
                 streamed = True
                 printer.token(chunk.text)
         elif mode == "updates":

@@ -67,7 +67,14 @@ PREPARE, PROPOSE, COLLECT, AGGREGATE = "prepare", "propose", "collect_layer", "a
 _MAX_VARIANTS = 64
 """Per-run plans kept per graph (each distinct context choice builds one)."""
 _Runnables = dict[tuple[int, int], Runnable[Any, BaseMessage]]
-__all__ = ["AGGREGATOR_TAG", "PROPOSER_TAG", "MoAContext", "build_graph", "create_moa_graph"]
+__all__ = [
+    "AGGREGATOR_TAG",
+    "PROPOSER_TAG",
+    "MoAContext",
+    "build_graph",
+    "create_moa_graph",
+    "is_answer_token",
+]
 
 
 class MoAContext(RunChoices, total=False):
@@ -446,6 +453,12 @@ class _MoANodes:
             )  # fmt: skip
             return texts, cuts, reason
         return [], [], "every proposer failed: the aggregator answered alone"
+
+
+def is_answer_token(metadata: Mapping[str, Any]) -> bool:
+    """Whether a ``stream_mode="messages"`` chunk is part of the final answer: streamed by the
+    aggregate node and not by one of its intermediate steps (a window's synthesis, a ranking)."""
+    return metadata.get("langgraph_node") == AGGREGATE and metadata.get("moa_step") is None
 
 
 def _current_layer(proposals: Sequence[Proposal]) -> int:

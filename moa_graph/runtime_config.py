@@ -14,7 +14,7 @@ from typing import Any, Final, TypeVar
 from typing_extensions import TypedDict
 
 from moa_graph.models import ResolvedModel
-from moa_graph.plan import MixturePlan, ProposerSlot, check_options
+from moa_graph.plan import MixturePlan, ProposerSlot, check_aggregation, check_options
 
 _Bindable = TypeVar("_Bindable", ProposerSlot, ResolvedModel)
 
@@ -32,6 +32,9 @@ class RunChoices(TypedDict, total=False):
     """Name of a configured proposer or of the aggregator, to write the final answer."""
     aggregator_temperature: float
     """Temperature of the final aggregator call."""
+    aggregation: str
+    """How the final answer is made: ``synthesize``, ``vote``, ``rank`` or
+    ``synthesize_with_votes`` (see ``moa_graph.aggregation``)."""
 
 
 RUN_KEYS: Final = tuple(RunChoices.__annotations__)
@@ -105,6 +108,7 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     """``plan`` narrowed by a run's context; the plan itself when the context chooses nothing.
 
     Keys: ``layers`` (2 up to the configured layers; the first proposer layers are kept),
+    ``aggregation`` (a strategy name),
     ``proposers`` (names of configured proposers, in any order; references keep the configured
     order; a model sampled n times is chosen by its name, one sample by ``"name #k"``),
     ``temperature`` (every proposer call), ``aggregator_temperature`` and ``aggregator`` (the
@@ -150,7 +154,13 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     aggregator_temperature = _temperature(values, "aggregator_temperature")
     if aggregator_temperature is not None:
         aggregator = _bound(aggregator, aggregator_temperature)
-    return dataclasses.replace(plan, proposer_layers=proposer_layers, aggregator=aggregator)
+    options = plan.options
+    if "aggregation" in values:
+        options = dataclasses.replace(options, aggregation=values["aggregation"])
+        check_aggregation(options)
+    return dataclasses.replace(
+        plan, proposer_layers=proposer_layers, aggregator=aggregator, options=options
+    )
 
 
 def _layers(value: Any, configured: int) -> int:

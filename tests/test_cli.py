@@ -132,3 +132,19 @@ def test_a_failing_run_is_one_line_with_exit_code_1(
     last = err.strip().splitlines()[-1]
     assert last.startswith("moa-graph: error: AggregatorError: aggregator agg (agg) failed")
     assert "Traceback" not in err
+
+
+def test_ask_with_a_strategy_and_a_seed(
+    server: OpenAICompatibleServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the ranker's reply names no candidate, so the first reference is the answer, verbatim
+    assert main(["ask", *MIXTURE, "--aggregation", "rank", "--seed", "3", "Fun in SF?"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "Golden Gate Park\n"
+    assert "(3 calls" in err
+    seeds = {r.model: r.params.get("seed") for r in server.requests()}
+    assert seeds == {"p1": 3, "p2": 3, "agg": 3}
+    with pytest.raises(SystemExit) as refused:
+        main(["ask", *MIXTURE, "--aggregation", "mean", "Hi"])
+    assert refused.value.code == 2
+    assert "invalid choice: 'mean'" in capsys.readouterr().err

@@ -184,3 +184,52 @@ def test_parse_system_options_and_errors() -> None:
         parse_system("single:local:smollm2-135m,oops")
     with pytest.raises(ValueError, match="unknown provider"):
         parse_system("nosuchprovider:model-x")
+
+
+def test_parse_system_mixture_settings_and_seed() -> None:
+    system = parse_system(
+        "self-moa:local:smollm2-135m,n=3,aggregation=vote,extractor=choice,shuffle=true,"
+        "early_exit=yes",
+        seed=4,
+        answer_extractor="number",
+    )
+    config = system.config
+    assert (config["aggregation"], config["answer_extractor"]) == ("vote", "choice")
+    assert config["shuffle_references"] is True and config["early_exit"] is True
+    assert config["seed"] == 4
+    assert parse_system("local-tiny", answer_extractor="number").config["answer_extractor"] == (
+        "number"
+    )
+    assert parse_system("local:smollm2-135m", seed=9).config["seed"] == 9
+    window = parse_system("self-moa:local:smollm2-135m,n=5,window=3").config
+    assert window["aggregation_window"] == 3
+    with pytest.raises(ValueError, match="shuffle: expected true or false"):
+        parse_system("self-moa:local:smollm2-135m,shuffle=maybe")
+    with pytest.raises(ValueError, match="unknown option"):
+        parse_system("single:local:smollm2-135m,aggregation=vote")  # a single model has none
+
+
+def test_a_shared_call_cache_makes_each_identical_call_once(tmp_path: Path) -> None:
+    from langchain_core.globals import set_llm_cache
+
+    from moa_graph.evaluation.call_cache import CallCache
+
+    numbers = iter(range(1, 10))
+    model = ScriptedChatModel(reply=lambda m: f"The answer is {next(numbers)}", model_name="m")
+    item = Item(id="x/2", turns=("What is 2 + 2?",))
+    cache = CallCache(tmp_path / "calls.sqlite")
+    set_llm_cache(cache)
+    try:
+        alone = single(model, seed=3).answer(item)
+        mixture = self_moa(model, n=2, seed=3).answer(item)
+        voted = self_moa(model, n=2, seed=3, aggregation="vote", name="vote").answer(item)
+    finally:
+        set_llm_cache(None)
+    # the single call is sample 1 of both mixtures; sample 2 is shared by the two mixtures
+    assert [kwargs["seed"] for kwargs in model.call_kwargs] == [3, 4, 3, 3]
+    assert len(model.calls) == 4  # alone, sample 2, synthesis, vote's tie-break synthesis
+    assert (alone.text, mixture.text, voted.text) == ("The answer is 1", "The answer is 3",
+                                                      "The answer is 4")  # fmt: skip
+    assert mixture.calls == 3 and voted.calls == 3 and alone.calls == 1
+    assert cache.hits == 3 and len(cache) == 4
+    assert len(CallCache(tmp_path / "calls.sqlite")) == 4  # kept on disk for the next run

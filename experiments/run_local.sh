@@ -1,0 +1,21 @@
+#!/bin/sh
+# The issue 7/8 experiment on the embedded local models: GSM8K then ARC-Challenge, 60 items each,
+# seed 0. Runs in stages (20, 40, 60 items, alternating data sets; a stage's items include the
+# previous stage's), so an interrupted run leaves complete, reportable subsets of both data sets;
+# rerunning resumes from the caches (answers in cache.jsonl, model calls in calls.sqlite).
+# Usage: sh experiments/run_local.sh [moa-graph command]
+set -e
+MOA=${1:-moa-graph}
+M=local:qwen2.5-coder-1.5b
+SELF="self-moa:$M,n=3"
+SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,name=moa-local \
+  $SELF,name=self-moa-synthesize $SELF,aggregation=vote,name=self-moa-vote \
+  $SELF,aggregation=rank,name=self-moa-rank \
+  $SELF,aggregation=synthesize_with_votes,name=self-moa-synthesize-votes \
+  $SELF,early_exit=true,name=self-moa-early-exit"
+for limit in 20 40 60; do
+  for dataset in gsm8k arc; do
+    $MOA eval --dataset $dataset --limit $limit --seed 0 --max-tokens 320 --quiet \
+      --out experiments/$dataset-local --systems $SYSTEMS > /dev/null
+  done
+done
