@@ -1,4 +1,4 @@
-"""Aggregation strategies: vote, rank, synthesis with a vote summary, windows, shuffles, early exit."""
+"""Aggregation strategies: vote, rank, synthesis with vote counts, windows, shuffles, early exit."""
 
 from __future__ import annotations
 

@@ -40,8 +40,7 @@ def test_all_is_exactly_the_public_api() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["prompts", "state", "models", "plan", "aggregator", "graph", "chat_model", "presets",
-     "answers", "aggregation", "ranking"],  # fmt: skip
+    "prompts state models plan aggregator graph chat_model presets answers aggregation ranking".split(),
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"moa_graph.{module}"), verbose=False)
