@@ -38,10 +38,11 @@ def test_all_is_exactly_the_public_api() -> None:
         assert getattr(moa_graph, name) is not None
 
 
-@pytest.mark.parametrize(
-    "module",
-    "prompts state models plan aggregator graph chat_model presets answers aggregation ranking".split(),
-)
+DOCUMENTED_MODULES = ["prompts", "state", "models", "plan", "aggregator", "graph", "chat_model"]
+DOCUMENTED_MODULES += ["presets", "answers", "aggregation", "ranking"]
+
+
+@pytest.mark.parametrize("module", DOCUMENTED_MODULES)
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"moa_graph.{module}"), verbose=False)
     assert result.failed == 0
