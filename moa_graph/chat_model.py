@@ -448,7 +448,8 @@ class ChatMixtureOfAgents(BaseChatModel):
         choices = aggregator_kwargs.pop(CHOICES_KWARG, None) or {}
         if stop or self.stop:
             aggregator_kwargs["stop"] = stop or self.stop
-        return {**choices, "aggregator_kwargs": aggregator_kwargs}
+        # proposers' tokens are never shown by this chat model: they need not stream
+        return {**choices, "aggregator_kwargs": aggregator_kwargs, "stream_proposers": False}
 
     def _inner_config(
         self,

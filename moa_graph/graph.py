@@ -91,6 +91,9 @@ class MoAContext(RunChoices, total=False):
 
     aggregator_kwargs: dict[str, Any]
     """Passed to the final aggregator's model call (``stop``, bound tools)."""
+    stream_proposers: bool
+    """``False``: proposers do not stream tokens (``stream_mode="messages"`` then carries only
+    the final answer's), which saves their per-token work; default ``True``."""
 
 
 def create_moa_graph(

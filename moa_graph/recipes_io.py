@@ -6,6 +6,8 @@ Example file::
     aggregator = "local:qwen2.5-coder-1.5b"
     temperature = 0.7
     max_tokens = 256
+    aggregation = "vote"          # synthesize | vote | rank | synthesize_with_votes
+    answer_extractor = "number"
     proposers = ["local:qwen2.5-coder-0.5b", { model = "local:smollm2-135m", samples = 2 }]
 """
 
@@ -19,7 +21,8 @@ from moa_graph.presets import Recipe
 
 ALLOWED_KEYS = {
     "name", "description", "proposers", "aggregator", "layers", "prompt", "min_proposals",
-    "temperature", "max_tokens", "timeout", "max_retries",
+    "temperature", "max_tokens", "timeout", "max_retries", "aggregation", "answer_extractor",
+    "shuffle_references", "seed", "aggregation_window", "early_exit",
 }  # fmt: skip
 
 

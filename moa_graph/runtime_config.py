@@ -80,7 +80,7 @@ def context_values(context: Any) -> dict[str, Any]:
         >>> context_values({"layers": 2, "user_id": "u1"})
         {'layers': 2}
     """
-    keys = (*RUN_KEYS, "aggregator_kwargs")
+    keys = (*RUN_KEYS, "aggregator_kwargs", "stream_proposers")
     if context is None:
         return {}
     if isinstance(context, Mapping):

@@ -12,7 +12,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -23,6 +23,7 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langgraph.runtime import Runtime
 
 from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled, windows
@@ -85,7 +86,10 @@ class ProposerCall:
                 "metadata": metadata,
             },
         )
-        self.config["callbacks"] = redacting_callbacks(self.config.get("callbacks"), plan.secrets)
+        callbacks = self.config.get("callbacks")
+        if context_values(runtime.context).get("stream_proposers") is False:
+            callbacks = without_token_streaming(callbacks)
+        self.config["callbacks"] = redacting_callbacks(callbacks, plan.secrets)
         self.attempts = 0
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
@@ -402,3 +406,22 @@ def sum_usage(usages: list[UsageMetadata]) -> UsageMetadata:
     for usage in usages[1:]:
         total = add_usage(total, usage)
     return total
+
+
+def without_token_streaming(callbacks: Any) -> Any:
+    """A copy of a callback manager without the handlers that make chat models stream.
+
+    LangGraph's ``stream_mode="messages"`` handler makes every model call stream token by
+    token; a proposer whose tokens nobody reads then pays for it on the critical path.
+    """
+    if not isinstance(callbacks, BaseCallbackManager):
+        return callbacks
+    handlers = callbacks.handlers + callbacks.inheritable_handlers
+    if not any(isinstance(h, _StreamingCallbackHandler) for h in handlers):
+        return callbacks
+    manager = callbacks.copy()
+    manager.handlers = [h for h in manager.handlers if not isinstance(h, _StreamingCallbackHandler)]
+    manager.inheritable_handlers = [
+        h for h in manager.inheritable_handlers if not isinstance(h, _StreamingCallbackHandler)
+    ]
+    return manager

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from moa_graph import ChatMixtureOfAgents, presets
+from moa_graph.recipes_io import load_recipe
 from tests.fakes import ScriptedChatModel
 
 
@@ -51,3 +54,24 @@ def test_overrides_and_unknown_names() -> None:
     assert lite._plan.layers == 3 and lite.min_proposals == 2
     with pytest.raises(ValueError, match="preset: unknown 'gpt5'"):
         presets.get_preset("gpt5")
+
+
+def test_recipes_carry_an_aggregation_strategy(tmp_path: Path) -> None:
+
+    voting = presets.get_preset("local-vote").chat_model()
+    assert voting.plan.options.aggregation == "vote" and voting.seed == 0
+    assert [slot.name for slot in voting.plan.proposer_layers[0]] == [
+        f"qwen2.5-coder-1.5b #{k}" for k in (1, 2, 3)
+    ]
+    path = tmp_path / "rank.toml"
+    path.write_text(
+        'aggregator = "openai:gpt-4o"\nproposers = ["openai:gpt-4o-mini"]\n'
+        'aggregation = "rank"\nshuffle_references = true\nseed = 3\n'
+    )
+    ranked = load_recipe(path).chat_model()
+    assert ranked.plan.options.aggregation == "rank" and ranked.plan.options.shuffle_references
+    path.write_text(
+        'aggregator = "openai:gpt-4o"\nproposers = ["openai:gpt-4o-mini"]\naggregation = "avg"\n'
+    )
+    with pytest.raises(ValueError, match=r"aggregation\n  Input should be 'synthesize', 'vote'"):
+        load_recipe(path).chat_model()
