@@ -201,7 +201,7 @@ def local_vote() -> Recipe:
             "aggregation": "vote",
             "answer_extractor": "number",
             "seed": 0,
-        },  # fmt: skip
+        },
     )
 
 
