@@ -13,10 +13,11 @@ ideal critical path of a run is computed from the server's own scripted latencie
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.baseline import AGGREGATOR, API_KEY, PROPOSERS
@@ -82,6 +83,8 @@ class RunPath:
     aggregator: float  # the aggregator's scripted latency
     aggregator_ttft: float  # the aggregator's scripted time to first token
     requests: int
+    handoffs: list[float] = field(default_factory=list)
+    """Per step after the first: the last answer of a step to the first request of the next."""
 
     @property
     def ideal(self) -> float:
@@ -120,7 +123,14 @@ def critical_paths(
             k = len(latencies) if first_k is None else min(first_k, len(latencies))
             waits.append(latencies[k - 1])
         agg = aggs[-1]
-        paths[text] = RunPath(waits, agg.scripted_latency or 0.0, agg.ttft or 0.0, len(group))
+        steps = [*layer_groups, [agg]]
+        handoffs = [
+            min(r.received_at for r in after) - max(r.answered_at or r.received_at for r in before)
+            for before, after in itertools.pairwise(steps)
+        ]
+        paths[text] = RunPath(
+            waits, agg.scripted_latency or 0.0, agg.ttft or 0.0, len(group), handoffs
+        )
     return paths
 
 

@@ -118,6 +118,8 @@ def latency(runs: int) -> dict[str, Any]:
             ),
             "wall_over_ideal_p50": round(median(ratios), 4),
             "wall_over_ideal_p90": round(percentile(ratios, 90), 4),
+            "handoffs_ms_p50": [round(median([paths[q].handoffs[i] for q in by_q]) * 1000, 1)
+                                for i in range(len(paths[next(iter(by_q))].handoffs))],
         }  # fmt: skip
     for name, by_q in firsts.items():
         ratios = [first / paths[q].ideal_first_token for q, first in by_q.items()]
@@ -358,6 +360,12 @@ def markdown(report: dict[str, Any], command: str) -> str:
         for name in ("ainvoke", "invoke"):
             v = lat[f"moa_{name}_over_baseline"]
             row(f"moa_graph `{name}` / baseline", "<= 1.05", f"{v:.3f}", v <= 1.05)
+        gaps = " / ".join(
+            f"{name}: " + " + ".join(f"{gap:.1f}" for gap in lat[name]["handoffs_ms_p50"])
+            for name in ("moa_ainvoke", "moa_invoke", "baseline")
+        )
+        rows.append(f"| hand-offs (ms, p50): last answer of a step to first request of the next, "
+                    f"layer 1->2, 2->aggregator | (report) | {gaps} | |")  # fmt: skip
         s = lat["moa_astream"]
         row("`astream` first token / (path to aggregator + its TTFT)", "<= 1.05",
             f"{s['first_token_over_ideal_p50']:.3f} ({s['first_token_ms_p50']:.0f} ms vs "
