@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.globals import get_llm_cache
 
 from moa_graph.evaluation.cli import main_eval
 from moa_graph.testing import ModelScript, OpenAICompatibleServer
@@ -67,7 +68,10 @@ def test_eval_on_jsonl_writes_reports_exports_and_resumes(
     ]  # fmt: skip
     assert main_eval(argv) == 0
     out, err = capsys.readouterr()
-    assert server.request_count("solver") == 4 + 4 * 2 and server.request_count("ranker") == 4
+    # best-of-2's first draw (seed 0) is the single solver's call, shared through calls.sqlite
+    assert server.request_count("solver") == 4 + 4 and server.request_count("ranker") == 4
+    assert "shared model calls: 4 reused" in err
+    assert get_llm_cache() is None  # the experiment's call cache is not left behind
     assert "| solver | single | 75.0 [" in out and "| lazy | single | 0.0 [" in out
     assert "| $ / answer |" in out
     assert "answers [" in err and "12/12" in err

@@ -150,7 +150,7 @@ def test_chat_model_refuses_unknown_configurable_keys_and_declares_its_schema() 
     schema = moa.config_schema().model_json_schema()
     assert "moa" in schema["$defs"]["Configurable"]["properties"]
     assert set(schema["$defs"]["RunChoices"]["properties"]) == {
-        "layers", "proposers", "temperature", "aggregator", "aggregator_temperature",
+        "layers", "proposers", "temperature", "aggregator", "aggregator_temperature", "aggregation",
     }  # fmt: skip
     assert calls(fakes) == {"a": 0, "b": 0, "c": 0, "d": 0}
 

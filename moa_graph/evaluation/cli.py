@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from langchain_core.globals import set_llm_cache
+from langchain_core.globals import get_llm_cache, set_llm_cache
 
 from moa_graph.evaluation.cache import ResultCache
 from moa_graph.evaluation.call_cache import CallCache
 from moa_graph.evaluation.costs import PriceTable
-from moa_graph.evaluation.datasets import load_dataset
+from moa_graph.evaluation.datasets import Dataset, load_dataset
 from moa_graph.evaluation.exporters import write_exports
 from moa_graph.evaluation.judge import Judge
 from moa_graph.evaluation.packages import DataPackageError
@@ -32,7 +32,7 @@ from moa_graph.evaluation.report import (
     write_json,
 )
 from moa_graph.evaluation.runner import run_experiment
-from moa_graph.evaluation.systems import parse_system
+from moa_graph.evaluation.systems import System, parse_system
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -156,8 +156,35 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("eval-runs") / dataset.name)
     cache = ResultCache(out / "cache.jsonl")
     calls = None if args.no_call_cache else CallCache(out / "calls.sqlite")
-    if calls is not None:
-        set_llm_cache(calls)
+    with _llm_cache(calls):
+        return _evaluate(args, dataset, systems, prices, judge, out, cache, calls)
+
+
+@contextlib.contextmanager
+def _llm_cache(calls: CallCache | None) -> Iterator[None]:
+    """LangChain's global LLM cache set to ``calls`` for the experiment, then restored."""
+    if calls is None:
+        yield
+        return
+    previous = get_llm_cache()
+    set_llm_cache(calls)
+    try:
+        yield
+    finally:
+        set_llm_cache(previous)
+        calls.close()
+
+
+def _evaluate(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    systems: list[System],
+    prices: PriceTable,
+    judge: Judge | None,
+    out: Path,
+    cache: ResultCache,
+    calls: CallCache | None,
+) -> int:
     progress = None if args.quiet else sys.stderr
     print(
         f"eval: {dataset.name} ({len(dataset)} items), systems: "

@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,12 +309,14 @@ def best_of_n_ranker(
     temperature: float | None = 0.7,
     max_tokens: int | None = 512,
     ranker_max_tokens: int | None = 32,
+    seed: int | None = None,
 ) -> System:
     """Best-of-n with an LLM ranker (the MoA paper's baseline): sample ``model`` n times, let
     ``ranker`` (default: the same model, greedy) pick one answer, and return it verbatim.
 
     An unreadable ranker reply falls back to the first candidate; ``Answer.extra`` records the
-    candidates, the chosen index and whether the ranker's reply could be read.
+    candidates, the chosen index and whether the ranker's reply could be read. With ``seed``,
+    candidate k is drawn with ``seed + k`` (so a shared call cache keeps the n draws distinct).
 
     Example:
         >>> best_of_n_ranker("local:smollm2-135m", n=3).config["ranker"]
@@ -330,8 +333,12 @@ def best_of_n_ranker(
         defaults=ModelDefaults(temperature=0.0, max_tokens=ranker_max_tokens),
     )
 
+    samplers = [sampler.model if seed is None else sampler.model.bind(seed=seed + k)
+                for k in range(n)]  # fmt: skip
+
     def respond(messages: list[BaseMessage]) -> Reply:
-        outputs = sampler.model.batch([messages] * n, config={"max_concurrency": n})
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            outputs = list(pool.map(lambda model: model.invoke(messages), samplers))
         candidates = [_message_text(message) for message in outputs]
         usage: UsageByModel = {}
         for message in outputs:
@@ -359,6 +366,8 @@ def best_of_n_ranker(
         "ranker_max_tokens": ranker_max_tokens,
         **_model_settings(model, temperature, max_tokens),
     }
+    if seed is not None:
+        config["seed"] = seed
     return System(name or f"best-of-{n}-{sampler.model_name}", config, respond)
 
 
@@ -459,7 +468,7 @@ def parse_system(
     else:
         n = int(options.pop("n", "4"))
         system = best_of_n_ranker(
-            value, n, ranker=options.pop("ranker", None), name=name, **sampling
+            value, n, ranker=options.pop("ranker", None), name=name, seed=seed, **sampling
         )
     if options:
         raise ValueError(f"system {spec!r}: unknown option(s) {', '.join(sorted(options))}")
