@@ -236,9 +236,12 @@ def build_graph(plan: MixturePlan) -> StateGraph[MoAState, MoAContext, MoAInput,
     graph.add_node(COLLECT, node(nodes.collect, None, COLLECT), defer=True)
     graph.add_node(AGGREGATE, node(nodes.aggregate, nodes.aaggregate, AGGREGATE))
     graph.add_edge(START, PREPARE)
-    graph.add_conditional_edges(PREPARE, nodes.send_first_layer, [PROPOSE])
+    # Routing runs inline: a plain function would hop to a worker thread under ``ainvoke``.
+    graph.add_conditional_edges(PREPARE, node(nodes.send_first_layer, None, "route"), [PROPOSE])
     graph.add_edge(PROPOSE, COLLECT)
-    graph.add_conditional_edges(COLLECT, nodes.route_after_layer, [PROPOSE, AGGREGATE])
+    graph.add_conditional_edges(
+        COLLECT, node(nodes.route_after_layer, None, "route"), [PROPOSE, AGGREGATE]
+    )
     return graph
 
 
