@@ -360,42 +360,25 @@ class _MoANodes:
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         call = AggregatorCall(self, state, config, runtime)
-        flow = call.flow()
-        try:
-            request = next(flow)
-            while True:
-                try:
-                    message = call_sync(partial(call.attempt_sync, request),
-                                        call.plan.aggregator.policy, on_retry=call.on_retry,
-                                        can_retry=call.can_retry)  # fmt: skip
-                except GraphBubbleUp:
-                    raise
-                except Exception as error:
-                    raise call.failure(error) from None  # the raw cause may quote a key
-                call.answered(message)
-                request = flow.send(message)
-        except StopIteration as finished:
-            return call.outcome(finished.value)
+        request = call.start()
+        while request is not None:
+            with call.failures_reported():
+                message = call_sync(partial(call.attempt_sync, request),
+                                    call.plan.aggregator.policy, on_retry=call.on_retry,
+                                    can_retry=call.can_retry)  # fmt: skip
+            request = call.resume(message)
+        return call.result()
 
     async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         call = AggregatorCall(self, state, config, runtime)
-        flow = call.flow()
-        try:
-            request = next(flow)
-            while True:
-                try:
-                    message = await call_async(partial(call.attempt_async, request),
-                                               call.plan.aggregator.policy,
-                                               on_retry=call.on_retry,
-                                               can_retry=call.can_retry)  # fmt: skip
-                except GraphBubbleUp:
-                    raise
-                except Exception as error:
-                    raise call.failure(error) from None  # the raw cause may quote a key
-                call.answered(message)
-                request = flow.send(message)
-        except StopIteration as finished:
-            return call.outcome(finished.value)
+        request = call.start()
+        while request is not None:
+            with call.failures_reported():
+                message = await call_async(partial(call.attempt_async, request),
+                                           call.plan.aggregator.policy, on_retry=call.on_retry,
+                                           can_retry=call.can_retry)  # fmt: skip
+            request = call.resume(message)
+        return call.result()
 
     def consensus(self, state: MoAState, runtime: Runtime) -> tuple[int, VoteCount] | None:
         """With ``early_exit``: the latest layer and its vote when every proposer of it answered

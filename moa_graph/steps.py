@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from langchain_core.messages.ai import add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
+from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 
 from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled, windows
@@ -303,11 +305,28 @@ class AggregatorCall:
         config["callbacks"] = redacting_callbacks(config.get("callbacks"), self.plan.secrets)
         return ModelRequest(runnable, call_input, config)
 
-    def answered(self, message: BaseMessage) -> None:
-        """Record a call's usage (the final message carries the sum of every step's)."""
+    def start(self) -> ModelRequest | None:
+        """The first model call to make, or ``None`` when the answer needs none."""
+        self._flow = self.flow()
+        return self._advance(None)
+
+    def resume(self, message: BaseMessage) -> ModelRequest | None:
+        """Hand a call's answer back; the next call to make, or ``None`` once decided."""
         usage = getattr(message, "usage_metadata", None)
-        if usage:
+        if usage:  # the final message carries the sum of every step's usage
             self.usage.append(usage)
+        return self._advance(message)
+
+    def _advance(self, message: BaseMessage | None) -> ModelRequest | None:
+        try:
+            return next(self._flow) if message is None else self._flow.send(message)
+        except StopIteration as finished:
+            self._final: BaseMessage = finished.value
+            return None
+
+    def result(self) -> dict[str, list[BaseMessage]]:
+        """The state update with the final message (after ``start``/``resume`` returned None)."""
+        return self.outcome(self._final)
 
     # -- running one call ----------------------------------------------------------------------
 
@@ -327,9 +346,18 @@ class AggregatorCall:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
              error=self.nodes.describe(error), **self.identity)  # fmt: skip
 
-    def failure(self, error: BaseException) -> AggregatorError:
-        aggregator = self.plan.aggregator
-        return AggregatorError(aggregator.name, aggregator.model_name, self.nodes.describe(error))
+    @contextmanager
+    def failures_reported(self) -> Iterator[None]:
+        """A failed call becomes an ``AggregatorError`` naming the model (graph interrupts and
+        other control flow pass through)."""
+        try:
+            yield
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            aggregator = self.plan.aggregator
+            described = self.nodes.describe(error)  # the raw cause may quote a key
+            raise AggregatorError(aggregator.name, aggregator.model_name, described) from None
 
     def outcome(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:
         if self.consensus is None:
