@@ -85,6 +85,8 @@ class RunPath:
     requests: int
     handoffs: list[float] = field(default_factory=list)
     """Per step after the first: the last answer of a step to the first request of the next."""
+    first_request: float = 0.0  # epoch seconds the server read the run's first request
+    last_answer: float = 0.0  # epoch seconds the server finished the run's last answer
 
     @property
     def ideal(self) -> float:
@@ -129,8 +131,10 @@ def critical_paths(
             for before, after in itertools.pairwise(steps)
         ]
         paths[text] = RunPath(
-            waits, agg.scripted_latency or 0.0, agg.ttft or 0.0, len(group), handoffs
-        )
+            waits, agg.scripted_latency or 0.0, agg.ttft or 0.0, len(group), handoffs,
+            first_request=group[0].received_at,
+            last_answer=max(r.answered_at or r.received_at for r in group),
+        )  # fmt: skip
     return paths
 
 
