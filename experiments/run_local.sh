@@ -12,7 +12,8 @@ SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,name=moa-local \
   $SELF,name=self-moa-synthesize $SELF,aggregation=vote,name=self-moa-vote \
   $SELF,aggregation=rank,name=self-moa-rank \
   $SELF,aggregation=synthesize_with_votes,name=self-moa-synthesize-votes \
-  $SELF,early_exit=true,name=self-moa-early-exit"
+  $SELF,early_exit=true,name=self-moa-early-exit \
+  self-moa:$M,n=5,aggregation=vote,name=self-moa-vote-5"
 for limit in 20 40 60; do
   for dataset in gsm8k arc; do
     $MOA eval --dataset $dataset --limit $limit --seed 0 --max-tokens 320 --quiet \
