@@ -31,6 +31,7 @@ from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import Extractor
 from moa_graph.calls import call_async, call_sync
 from moa_graph.errors import ProposalsFailedError
+from moa_graph.final_answer import AggregatorCall
 from moa_graph.limits import CallLimiter
 from moa_graph.models import ModelLike
 from moa_graph.plan import FailMode, MixturePlan, ProposerSlot, plan_from_settings
@@ -55,7 +56,6 @@ from moa_graph.state import CLEAR_PROPOSALS, MoAInput, MoAOutput, MoAState, Prop
 from moa_graph.steps import (
     AGGREGATOR_TAG,
     PROPOSER_TAG,
-    AggregatorCall,
     ProposerCall,
     emit,
     run_name,
