@@ -26,7 +26,11 @@ from moa_graph.errors import AggregatorError
 from moa_graph.prompts import with_system_prompt
 from moa_graph.ranking import instruction_text, parse_ranker_choice, ranker_messages
 from moa_graph.redact import redacting_callbacks
-from moa_graph.runtime_config import check_aggregator_kwargs, context_values
+from moa_graph.runtime_config import (
+    answer_must_be_written,
+    check_aggregator_kwargs,
+    context_values,
+)
 from moa_graph.steps import AGGREGATOR_TAG, emit, truncation_record
 
 if TYPE_CHECKING:
@@ -99,6 +103,9 @@ class AggregatorCall:
             alone = with_system_prompt(self.state["messages"], self.plan.aggregator.system_prompt)
             return (yield self._request(self.model.with_config(run_name=name), alone))
         strategy = self.options.aggregation
+        if strategy in ("vote", "rank") and answer_must_be_written(self.runtime.context):
+            strategy = "synthesize_with_votes"  # a verbatim reference cannot be a tool call
+            self.extra["moa_aggregation"] = strategy
         if strategy == "vote":
             return (yield from self._vote())
         if strategy == "rank":
@@ -128,6 +135,9 @@ class AggregatorCall:
         return (yield self._synthesis(self.refs, count.summary()))
 
     def _rank(self) -> AggregationFlow:
+        if len(self.refs) == 1:  # nothing to choose between
+            self.extra["moa_rank"] = {"reply": None, "parsed": False}
+            return self._verbatim(0)
         name = f"ranker: {self.plan.aggregator.name}"
         messages = ranker_messages(instruction_text(self.state["messages"]), self.refs)
         reply = yield self._request(self.model.with_config(run_name=name), messages, step="rank")

@@ -47,6 +47,7 @@ from moa_graph.references import (
 )
 from moa_graph.runtime_config import (
     RunChoices,
+    answer_must_be_written,
     check_aggregator_kwargs,
     context_values,
     run_key,
@@ -382,9 +383,12 @@ class _MoANodes:
 
     def consensus(self, state: MoAState, runtime: Runtime) -> tuple[int, VoteCount] | None:
         """With ``early_exit``: the latest layer and its vote when every proposer of it answered
-        and all state the same final answer (``None`` otherwise)."""
+        and all state the same final answer (``None`` otherwise, and whenever tools or an
+        output format are bound to the aggregator)."""
         extractor = self.options.extractor
         if not self.options.early_exit or extractor is None:
+            return None
+        if answer_must_be_written(runtime.context):  # tools or a schema bound: no shortcut
             return None
         layer = _current_layer(state["proposals"])
         proposals = [p for p in state["proposals"] if p["layer"] == layer]

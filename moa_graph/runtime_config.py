@@ -71,6 +71,27 @@ def check_aggregator_kwargs(kwargs: Mapping[str, Any]) -> None:
             )
 
 
+SHAPING_KWARGS: Final = frozenset(
+    {"tools", "tool_choice", "response_format", "ls_structured_output_format", "functions",
+     "function_call"}
+)  # fmt: skip
+"""Aggregator call arguments that shape the answer (tools, structured output): a reference
+returned verbatim cannot honour them, so the aggregator must write the answer."""
+
+
+def answer_must_be_written(context: Any) -> bool:
+    """Whether the run binds tools or an output format to the final aggregator call.
+
+    Example:
+        >>> answer_must_be_written({"aggregator_kwargs": {"stop": ["###"]}})
+        False
+        >>> answer_must_be_written({"aggregator_kwargs": {"tools": [{"name": "search"}]}})
+        True
+    """
+    kwargs = context_values(context).get("aggregator_kwargs") or {}
+    return any(kwargs.get(key) is not None for key in SHAPING_KWARGS)
+
+
 def context_values(context: Any) -> dict[str, Any]:
     """The MoA keys of a run's context: a mapping, or an object with those attributes.
 

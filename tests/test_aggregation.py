@@ -250,3 +250,28 @@ def test_the_strategy_can_be_chosen_per_run_and_is_checked() -> None:
     assert len(aggregator.calls) == 1
     with pytest.raises(ValueError, match="aggregation: must be one of"):
         moa.with_config(configurable={"moa": {"aggregation": "mean"}}).invoke(QUESTION)
+
+
+# -- answers that must be written by the aggregator --------------------------------------------
+
+TOOL = {"type": "function", "function": {"name": "add", "description": "Add", "parameters": {}}}
+
+
+@pytest.mark.parametrize("options", [{"aggregation": "vote"}, {"aggregation": "rank"},
+                                     {"early_exit": True, "layers": 3}])  # fmt: skip
+def test_with_tools_bound_the_aggregator_writes_the_answer(options: dict[str, Any]) -> None:
+    aggregator = fake("The answer is 7")
+    moa, _ = mixture(["The answer is 7", "The answer is 7"], aggregator, **options)
+    answer = moa.invoke(QUESTION, tools=[TOOL])
+    assert answer.content == "The answer is 7" and len(aggregator.calls) == 1
+    assert aggregator.call_kwargs[0]["tools"] == [TOOL]
+    assert "moa_early_exit" not in answer.response_metadata
+    if "aggregation" in options:  # told how the answers split, instead of a verbatim pick
+        assert answer.response_metadata["moa_aggregation"] == "synthesize_with_votes"
+        assert '"7": responses 1, 2 (2 of 2)' in system_text(aggregator.calls[0])
+
+
+def test_rank_with_a_single_reference_needs_no_call() -> None:
+    aggregator = fake("model_1")
+    moa, _ = mixture(["only answer"], aggregator, aggregation="rank")
+    assert moa.invoke(QUESTION).content == "only answer" and aggregator.calls == []
