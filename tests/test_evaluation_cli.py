@@ -90,6 +90,14 @@ def test_eval_on_jsonl_writes_reports_exports_and_resumes(
     out, err = capsys.readouterr()
     assert "(2 items)" in err and "answers [" not in err
 
+    assert main_eval([*argv, "--report-only", "--quiet"]) == 0
+    assert server.request_count() == requests_before
+    assert "(4 items)" in capsys.readouterr().err
+    with_new = [*argv, "--report-only", "--systems", "single:openai:solver", "single:openai:other"]
+    assert main_eval(with_new) == 2  # "other" answered nothing yet: nothing to report
+    assert "--report-only: no item of" in capsys.readouterr().err
+    assert server.request_count() == requests_before
+
 
 def test_eval_mtbench_with_judge_grades_and_compares(
     server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]

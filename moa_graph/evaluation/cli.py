@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from langchain_core.globals import get_llm_cache, set_llm_cache
@@ -85,6 +86,11 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
         action="store_true",
         help="do not share identical model calls between systems (OUT/calls.sqlite)",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="make no calls: report the items every system has already answered",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -119,6 +125,8 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
             the same model in a mixture's first layer pay once, and the wall time of the system
             coming second excludes them (tokens and calls still count them).
         --langsmith: also run ``langsmith.evaluate`` per system (in memory without a key).
+        --report-only: make no model call; report the items every system already answered
+            (the complete part of an interrupted experiment).
         --no-plot: skip the PNG. --quiet: no progress bar.
 
     Exit codes: 0 done, 1 failed, 2 usage error, 130 interrupted (the cache keeps progress).
@@ -142,6 +150,15 @@ _EXTRACTORS = {"numeric": "number", "choice": "choice"}
 """The mixtures' default answer extractor for a data set's kind of gold answer."""
 
 
+def answered_by_all(dataset: Dataset, systems: Sequence[System], cache: ResultCache) -> Dataset:
+    """The items of ``dataset`` that every system has a cached answer for (``--report-only``)."""
+    done = [item for item in dataset
+            if all(("answer", (s.key, item.id)) in cache for s in systems)]  # fmt: skip
+    if not done:
+        raise ValueError(f"--report-only: no item of {dataset.name} has answers from every system")
+    return replace(dataset, items=tuple(done))
+
+
 def _run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset).subset(args.limit, args.seed)
     systems = [
@@ -155,6 +172,8 @@ def _run(args: argparse.Namespace) -> int:
     judge = Judge(args.judge) if args.judge else None
     out = Path(args.out or Path("eval-runs") / dataset.name)
     cache = ResultCache(out / "cache.jsonl")
+    if args.report_only:
+        dataset = answered_by_all(dataset, systems, cache)
     calls = None if args.no_call_cache else CallCache(out / "calls.sqlite")
     with _llm_cache(calls):
         return _evaluate(args, dataset, systems, prices, judge, out, cache, calls)
