@@ -89,8 +89,6 @@ class AggregatorCall:
         self.extra: dict[str, Any] = {"moa_aggregation": options.aggregation}
         self.usage: list[UsageMetadata] = []
         self.calls = 0
-        if self.consensus is None:
-            emit(runtime, moa_event="aggregation_started", **self.identity)
 
     # -- the strategies ------------------------------------------------------------------------
 
@@ -175,6 +173,8 @@ class AggregatorCall:
     def _request(self, runnable: Runnable[Any, BaseMessage], call_input: Any,
                  step: str | None = None) -> ModelRequest:  # fmt: skip
         """A call; ``step`` names a call whose answer is not the final one (never streamed)."""
+        if not self.calls:
+            emit(self.runtime, moa_event="aggregation_started", **self.identity)
         self.calls += 1
         metadata: dict[str, Any] = {"moa_layer": self.plan.layers,
                                     "moa_proposer": self.plan.aggregator.name,
@@ -246,7 +246,7 @@ class AggregatorCall:
             raise AggregatorError(aggregator.name, aggregator.model_name, described) from None
 
     def outcome(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:
-        if self.consensus is None:
+        if self.calls:  # a vote, a single reference or an early exit needs no aggregator call
             emit(self.runtime, moa_event="aggregation_finished", **self.identity)
         extra = dict(self.extra)
         if self.fallback:

@@ -275,3 +275,15 @@ def test_rank_with_a_single_reference_needs_no_call() -> None:
     aggregator = fake("model_1")
     moa, _ = mixture(["only answer"], aggregator, aggregation="rank")
     assert moa.invoke(QUESTION).content == "only answer" and aggregator.calls == []
+
+
+def test_progress_reports_an_aggregation_only_when_the_aggregator_is_called() -> None:
+    decided, _ = mixture(["The answer is 7", "The answer is 7"], fake("x"), aggregation="vote")
+    tied, _ = mixture(["The answer is 7", "The answer is 8"], fake("x"), aggregation="vote")
+    for moa, expected in ((decided, []), (tied, ["aggregation_started", "aggregation_finished"])):
+        events = [
+            part["moa_event"]
+            for part in moa.graph.stream({"messages": QUESTION}, stream_mode="custom")
+            if part["moa_event"].startswith("aggregation")
+        ]
+        assert events == expected
