@@ -108,10 +108,6 @@ def instruction_text(messages: Sequence[BaseMessage]) -> str:
     """
     turns = [m for m in messages if m.type in ("human", "ai")]
     if len(turns) == 1:
-        return _text(turns[0])
+        return turns[0].text
     roles = {"human": "User", "ai": "Assistant"}
-    return "\n\n".join(f"{roles[m.type]}: {_text(m)}" for m in turns)
-
-
-def _text(message: BaseMessage) -> str:
-    return message.text
+    return "\n\n".join(f"{roles[m.type]}: {m.text}" for m in turns)

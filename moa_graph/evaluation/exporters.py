@@ -29,10 +29,13 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from moa_graph.evaluation.datasets import Item
 from moa_graph.evaluation.runner import Experiment
+from moa_graph.evaluation.systems import Answer
 
 
 def safe_filename(name: str) -> str:
@@ -45,22 +48,24 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "system"
 
 
+def _answered(experiment: Experiment, system: str) -> Iterator[tuple[Item, Answer]]:
+    """Each item ``system`` answered, with its answer, in the experiment's order."""
+    for result in experiment.for_system(system):
+        if result.answer is not None:
+            yield experiment.item(result.item_id), result.answer
+
+
 def alpaca_eval_outputs(experiment: Experiment, system: str) -> list[dict[str, Any]]:
     """AlpacaEval records of one system's answered items (first turn only)."""
-    records = []
-    for result in experiment.for_system(system):
-        if result.answer is None:
-            continue
-        item = experiment.item(result.item_id)
-        records.append(
-            {
-                "instruction": item.turns[0],
-                "output": result.answer.turns[0],
-                "generator": system,
-                "dataset": experiment.dataset.name,
-            }
-        )
-    return records
+    return [
+        {
+            "instruction": item.turns[0],
+            "output": answer.turns[0],
+            "generator": system,
+            "dataset": experiment.dataset.name,
+        }
+        for item, answer in _answered(experiment, system)
+    ]
 
 
 def _answer_id(system: str, item_id: str) -> str:
@@ -73,21 +78,16 @@ def mtbench_answers(experiment: Experiment, system: str) -> list[dict[str, Any]]
     ``question_id`` is MT-Bench's integer id where the item has one, else the item id.
     """
     now = time.time()
-    records = []
-    for result in experiment.for_system(system):
-        if result.answer is None:
-            continue
-        item = experiment.item(result.item_id)
-        records.append(
-            {
-                "question_id": item.meta.get("question_id", item.id),
-                "answer_id": _answer_id(system, item.id),
-                "model_id": system,
-                "choices": [{"index": 0, "turns": list(result.answer.turns)}],
-                "tstamp": now,
-            }
-        )
-    return records
+    return [
+        {
+            "question_id": item.meta.get("question_id", item.id),
+            "answer_id": _answer_id(system, item.id),
+            "model_id": system,
+            "choices": [{"index": 0, "turns": list(answer.turns)}],
+            "tstamp": now,
+        }
+        for item, answer in _answered(experiment, system)
+    ]
 
 
 def write_exports(experiment: Experiment, out_dir: str | Path) -> list[Path]:

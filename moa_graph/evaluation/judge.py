@@ -267,8 +267,7 @@ class Judge:
 
     def _ask(self, prompt: JudgePrompt, fields: Mapping[str, str]) -> tuple[str, TokenUsage]:
         message = self._model.invoke(judge_messages(prompt, fields))
-        text = message.text if isinstance(message.text, str) else str(message.content)
-        return text, TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
+        return message.text, TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
 
     def grade(self, item: Item, answer_turns: Sequence[str]) -> Grading:
         """Rate the answer to every turn (turn 2 with the multi-turn prompt)."""

@@ -143,14 +143,10 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def _message_text(message: BaseMessage) -> str:
-    return message.text if isinstance(message.text, str) else str(message.content)
-
-
 def _call(model: Any, label: str, messages: list[BaseMessage]) -> tuple[str, UsageByModel]:
     message = model.invoke(messages)
     usage = TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
-    return _message_text(message), {label: usage}
+    return message.text, {label: usage}
 
 
 def _model_settings(model: ModelLike, temperature: float | None, max_tokens: int | None) -> Any:
@@ -269,7 +265,7 @@ def _mixture_reply(message: BaseMessage) -> Reply:
         {key: p.get(key) for key in ("layer", "index", "model", "status", "text", "error")}
         for p in proposals
     ]
-    return Reply(_message_text(message), usage, calls, {"proposals": kept})
+    return Reply(message.text, usage, calls, {"proposals": kept})
 
 
 def self_moa(
@@ -339,7 +335,7 @@ def best_of_n_ranker(
     def respond(messages: list[BaseMessage]) -> Reply:
         with ThreadPoolExecutor(max_workers=n) as pool:
             outputs = list(pool.map(lambda model: model.invoke(messages), samplers))
-        candidates = [_message_text(message) for message in outputs]
+        candidates = [message.text for message in outputs]
         usage: UsageByModel = {}
         for message in outputs:
             used = TokenUsage.from_metadata(getattr(message, "usage_metadata", None))
