@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from openai import AsyncOpenAI
 
@@ -42,7 +43,8 @@ def _system(references: list[str]) -> str:
     )
 
 
-def _messages(question: str, references: list[str]) -> list[dict]:
+def messages(question: str, references: list[str]) -> list[dict]:
+    """The chat messages of one call: the question, with the references' system prompt if any."""
     user = {"role": "user", "content": question}
     if not references:
         return [user]
@@ -51,19 +53,30 @@ def _messages(question: str, references: list[str]) -> list[dict]:
 
 async def _ask(api: AsyncOpenAI, model: str, question: str, references: list[str]) -> str:
     response = await api.chat.completions.create(
-        model=model, messages=_messages(question, references), temperature=0.7, max_tokens=512
+        model=model, messages=messages(question, references), temperature=0.7, max_tokens=512
     )  # type: ignore[call-overload]
     return response.choices[0].message.content or ""
 
 
-async def run(api: AsyncOpenAI, question: str, layers: int = 3) -> str:
-    """One MoA run; the aggregator's answer (not streamed)."""
+Ask = Callable[[str, str, list[str]], Awaitable[str]]
+"""One call: ``(model, question, references) -> answer``."""
+
+
+async def layered_run(ask: Ask, question: str, layers: int = 3) -> str:
+    """The MoA control flow over any client: layers of ``gather``, then the aggregator."""
     references: list[str] = []
     for _ in range(layers - 1):
-        references = list(
-            await asyncio.gather(*[_ask(api, m, question, references) for m in PROPOSERS])
-        )
-    return await _ask(api, AGGREGATOR, question, references)
+        references = list(await asyncio.gather(*[ask(m, question, references) for m in PROPOSERS]))
+    return await ask(AGGREGATOR, question, references)
+
+
+async def run(api: AsyncOpenAI, question: str, layers: int = 3) -> str:
+    """One MoA run; the aggregator's answer (not streamed)."""
+
+    async def ask(model: str, q: str, references: list[str]) -> str:
+        return await _ask(api, model, q, references)
+
+    return await layered_run(ask, question, layers)
 
 
 async def run_streaming(api: AsyncOpenAI, question: str, layers: int = 3) -> tuple[str, float]:
@@ -75,7 +88,7 @@ async def run_streaming(api: AsyncOpenAI, question: str, layers: int = 3) -> tup
             await asyncio.gather(*[_ask(api, m, question, references) for m in PROPOSERS])
         )
     stream = await api.chat.completions.create(
-        model=AGGREGATOR, messages=_messages(question, references), temperature=0.7,
+        model=AGGREGATOR, messages=messages(question, references), temperature=0.7,
         max_tokens=512, stream=True, stream_options={"include_usage": True},
     )  # fmt: skip
     first = None

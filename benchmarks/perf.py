@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from benchmarks import baseline
+from benchmarks import baseline, langchain_baseline
 from benchmarks.harness import (
     build_moa,
     critical_paths,
@@ -58,6 +58,7 @@ def latency(runs: int) -> dict[str, Any]:
     server = start_server(seed=1)
     try:
         moa = build_moa(server.base_url)
+        chat_models = langchain_baseline.chat_models(server.base_url)
         api_holder: dict[str, Any] = {}
         loop = asyncio.new_event_loop()
 
@@ -79,6 +80,7 @@ def latency(runs: int) -> dict[str, Any]:
             "moa_ainvoke": lambda q: loop.run_until_complete(moa.ainvoke(q)),
             "moa_invoke": lambda q: moa.invoke(q),
             "baseline": lambda q: loop.run_until_complete(baseline.run(api, q)),
+            "langchain": lambda q: loop.run_until_complete(langchain_baseline.run(chat_models, q)),
         }
         streamers = {
             "moa_astream": lambda q: loop.run_until_complete(astream_first_token(q)),
@@ -140,6 +142,10 @@ def latency(runs: int) -> dict[str, Any]:
             "first_token_over_ideal_p90": round(percentile(ratios, 90), 4),
         })  # fmt: skip
     base = out["baseline"]["wall_over_ideal_p50"]
+    out["langchain_over_baseline"] = round(out["langchain"]["wall_over_ideal_p50"] / base, 4)
+    out["moa_ainvoke_over_langchain"] = round(
+        out["moa_ainvoke"]["wall_over_ideal_p50"] / out["langchain"]["wall_over_ideal_p50"], 4
+    )
     out["moa_ainvoke_over_baseline"] = round(out["moa_ainvoke"]["wall_over_ideal_p50"] / base, 4)
     out["moa_invoke_over_baseline"] = round(out["moa_invoke"]["wall_over_ideal_p50"] / base, 4)
     out["moa_astream_first_token_over_baseline"] = round(
@@ -363,17 +369,26 @@ def markdown(report: dict[str, Any], command: str) -> str:
             row(f"`{name.split('_')[1]}` wall / ideal critical path (p50 of {lat['runs']})",
                 "<= 1.05", f"{r['wall_over_ideal_p50']:.3f} ({r['wall_ms_p50']:.0f} ms vs "
                 f"{r['ideal_ms_p50']:.0f} ms)", r["wall_over_ideal_p50"] <= 1.05)  # fmt: skip
-        b = lat["baseline"]
-        rows.append(f"| asyncio+openai baseline wall / ideal | (reference) | "
-                    f"{b['wall_over_ideal_p50']:.3f} ({b['wall_ms_p50']:.0f} ms) | |")  # fmt: skip
+        for name, label in (
+            ("baseline", "asyncio+openai baseline"),
+            ("langchain", "asyncio+`ChatOpenAI` (no graph)"),
+        ):
+            b = lat[name]
+            rows.append(
+                f"| {label} wall / ideal | (reference) | "
+                f"{b['wall_over_ideal_p50']:.3f} ({b['wall_ms_p50']:.0f} ms) | |"
+            )
         for name in ("ainvoke", "invoke"):
             v = lat[f"moa_{name}_over_baseline"]
             row(f"moa_graph `{name}` / baseline", "<= 1.05", f"{v:.3f}", v <= 1.05)
+        rows.append(f"| split of `ainvoke` / baseline: `ChatOpenAI` / baseline x moa_graph / "
+                    f"`ChatOpenAI` | (report) | {lat['langchain_over_baseline']:.3f} x "
+                    f"{lat['moa_ainvoke_over_langchain']:.3f} | |")  # fmt: skip
         gaps = " / ".join(
             f"{name}: {lat[name]['lead_in_ms_p50']:.1f}, "
             + " + ".join(f"{gap:.1f}" for gap in lat[name]["handoffs_ms_p50"])
             + f", {lat[name]['tail_ms_p50']:.1f}"
-            for name in ("moa_ainvoke", "moa_invoke", "baseline")
+            for name in ("moa_ainvoke", "moa_invoke", "langchain", "baseline")
         )
         rows.append(f"| where the overhead sits (ms, p50): call to first request; hand-offs "
                     f"layer 1->2 + 2->aggregator (last answer to next request); last answer to "
