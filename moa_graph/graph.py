@@ -331,33 +331,57 @@ class _MoANodes:
             return call.outcome(error=error)
         return call.outcome(message=message)
 
-    def collect(self, state: MoAState, runtime: Runtime) -> None:
+    def collect(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> None:
         layer = _current_layer(state["proposals"])
         proposals = [p for p in state["proposals"] if p["layer"] == layer]
         counts = {status: sum(p["status"] == status for p in proposals)
                   for status in ("answered", "failed", "cancelled")}  # fmt: skip
         emit(runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
               failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
-        fail_fast = self.options.fail_mode == "fail_fast" and counts["failed"] > 0
-        below_quorum = counts["answered"] < self.options.min_proposals
-        if (fail_fast or below_quorum) and not self.options.fallback_to_aggregator:
+        if self._retry_on_resume(state, config):
+            return  # the routing sends the failed proposers again
+        if self._layer_failed(proposals) and not self.options.fallback_to_aggregator:
             raise ProposalsFailedError(layer, proposals, self.options.min_proposals)
-        if layer < len(self.run_plan(runtime)[0].proposer_layers) and not (
-            fail_fast or below_quorum
+        if layer < len(self.run_plan(runtime)[0].proposer_layers) and not self._layer_failed(
+            proposals
         ):
             self._references(state, layer, runtime)  # reports any truncation once
 
-    def route_after_layer(self, state: MoAState, runtime: Runtime) -> list[Send] | str:
+    def route_after_layer(
+        self, state: MoAState, config: RunnableConfig, runtime: Runtime
+    ) -> list[Send] | str:
         layer = _current_layer(state["proposals"])
-        proposals = [p for p in state["proposals"] if p["layer"] == layer]
-        done = sum(p["status"] == "answered" for p in proposals)
-        failed = any(p["status"] == "failed" for p in proposals)
-        stop = done < self.options.min_proposals or (self.options.fail_mode == "fail_fast"
-                                                     and failed)  # fmt: skip
         plan = self.run_plan(runtime)[0]
-        if layer >= len(plan.proposer_layers) or stop or self.consensus(state, runtime):
+        if self._retry_on_resume(state, config):
+            failed = {p["index"] for p in state["proposals"]
+                      if p["layer"] == layer and p["status"] == "failed"}  # fmt: skip
+            refs = self._references(state, layer - 1, None) if layer > 1 else []
+            return [send for send in self._sends(layer, state, refs, plan)
+                    if send.arg["index"] in failed]  # fmt: skip
+        proposals = [p for p in state["proposals"] if p["layer"] == layer]
+        if layer >= len(plan.proposer_layers) or self._layer_failed(proposals):
+            return AGGREGATE
+        if self.consensus(state, runtime):
             return AGGREGATE
         return self._sends(layer + 1, state, self._references(state, layer, None), plan)
+
+    def _layer_failed(self, proposals: Sequence[Proposal]) -> bool:
+        """Whether a layer's answers fall below ``min_proposals`` (or any failed, fail-fast)."""
+        answered = sum(p["status"] == "answered" for p in proposals)
+        failed = any(p["status"] == "failed" for p in proposals)
+        return answered < self.options.min_proposals or (
+            self.options.fail_mode == "fail_fast" and failed
+        )
+
+    def _retry_on_resume(self, state: MoAState, config: RunnableConfig) -> bool:
+        """Whether this step resumes a thread whose run failed at the latest layer: then the
+        failed proposers are called again (LangGraph saved them as finished tasks, so resuming
+        would otherwise only repeat the error)."""
+        if not config.get("configurable", {}).get(_RESUMING):
+            return False
+        layer = _current_layer(state["proposals"])
+        proposals = [p for p in state["proposals"] if p["layer"] == layer]
+        return self._layer_failed(proposals) and any(p["status"] == "failed" for p in proposals)
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         call = AggregatorCall(self, state, config, runtime)
@@ -452,6 +476,11 @@ def is_answer_token(metadata: Mapping[str, Any]) -> bool:
     """Whether a ``stream_mode="messages"`` chunk is part of the final answer: streamed by the
     aggregate node and not by one of its intermediate steps (a window's synthesis, a ranking)."""
     return metadata.get("langgraph_node") == AGGREGATE and metadata.get("moa_step") is None
+
+
+#: LangGraph's configurable flag set during the first step of a resumed thread
+#: (``langgraph._internal._constants.CONFIG_KEY_RESUMING``).
+_RESUMING = "__pregel_resuming"
 
 
 def _current_layer(proposals: Sequence[Proposal]) -> int:

@@ -341,16 +341,6 @@ def test_cancelled_run_resumes_without_calling_finished_proposers_again(
     check_resumed_run(DEEP, result, before, server.requests())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProposalsFailedError,
-    reason=(
-        "BUG moa_graph/graph.py:257 (_MoANodes.collect): a layer below min_proposals raises "
-        "ProposalsFailedError only after every `propose` task returned, so LangGraph saved the "
-        "failed proposal as a finished task; resuming the thread re-runs collect_layer alone, "
-        "which raises the same error: the failed proposer is never retried"
-    ),
-)
 def test_failed_layer_resumes_once_the_proposer_is_fixed(server: OpenAICompatibleServer) -> None:
     """A non-retryable error in layer 2 fails the run; resumed, only that proposer is called."""
     server.set_script(DEEP.hanging, ModelScript(reply=LATE, faults=["http_400"]))
@@ -365,3 +355,35 @@ def test_failed_layer_resumes_once_the_proposer_is_fixed(server: OpenAICompatibl
 
     result = graph.invoke(None, config)  # the fault is spent: the proposer answers now
     check_resumed_run(DEEP, result, before, server.requests())
+
+
+def test_each_resume_calls_a_still_failing_proposer_once_more(
+    server: OpenAICompatibleServer,
+) -> None:
+    """Layer 1 under ``ainvoke``: a resume that fails again leaves the thread resumable; once the
+    proposer answers, the run goes on through layer 2 with its answer among the references."""
+    server.set_script("p3", ModelScript(reply=reply_of("p3"), faults=["http_400", "http_400"]))
+    server.set_script(DEEP.hanging, ModelScript(reply=reply_of(DEEP.hanging)))
+    graph = in_memory_graph(server, InMemorySaver(), min_proposals=3)
+    config: RunnableConfig = {"configurable": {"thread_id": "t2"}}
+
+    async def run_then_resume_twice() -> list[Any]:
+        outcomes: list[Any] = []
+        for payload in ({"messages": [("user", QUESTION)]}, None, None):
+            try:
+                outcomes.append(await graph.ainvoke(payload, config))
+            except ProposalsFailedError as error:
+                outcomes.append(error)
+        return outcomes
+
+    first, second, third = asyncio.run(run_then_resume_twice())
+    assert isinstance(first, ProposalsFailedError)
+    assert isinstance(second, ProposalsFailedError)
+    assert "layer 1: 2 of 3 proposers answered" in str(second)
+    assert third["messages"][-1].text == FINAL
+    assert all(p["status"] == "answered" for p in third["proposals"])
+    records = server.requests()
+    assert [r.outcome for r in records if r.model == "p3"] == ["http_400", "http_400", "stop"]
+    assert call_counts(records) == {**dict.fromkeys(DEEP.models, 1), "p3": 3, AGGREGATOR: 1}
+    layer_2_system = next(r for r in records if r.model == "q1").messages[0]["content"]
+    assert reply_of("p3") in layer_2_system
