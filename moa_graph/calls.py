@@ -147,9 +147,9 @@ async def call_async(
     ``can_retry()`` says no (say, tokens were already streamed); ``CallTimeoutError`` when an
     attempt exceeds ``policy.timeout``; ``CallCancelled`` when the race stopped first.
     """
+    if race is None:  # awaited in place: a task of its own would start a loop turn later
+        return await _retrying(attempt, policy, on_retry, can_retry)
     task = asyncio.ensure_future(_retrying(attempt, policy, on_retry, can_retry))
-    if race is None:
-        return await task
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     race.subscribe(lambda: loop.call_soon_threadsafe(stopped.set))
