@@ -240,6 +240,10 @@ def summary_json(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:
     return [asdict(row) for row in rows]
 
 
+#: Marker shapes, cycled with matplotlib's ten colours: twenty systems stay distinguishable.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def plot_quality_vs_cost(rows: Sequence[SummaryRow], path: str | Path, *, title: str = "") -> Path:
     """Save a PNG of each system's headline quality (with its 95% interval) against its cost.
 
@@ -268,20 +272,21 @@ def plot_quality_vs_cost(rows: Sequence[SummaryRow], path: str | Path, *, title:
     ]
     metric = next(iter(points[0].metrics))
     scale = METRIC_LABELS[metric][1]
-    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    figure, axes = plt.subplots(figsize=(8.4, 4.4), dpi=120)
     try:
-        for x, row in zip(xs, points, strict=True):
+        for i, (x, row) in enumerate(zip(xs, points, strict=True)):
             q = row.quality
             assert q is not None
             axes.errorbar(
                 [x],
                 [q.value * scale],
                 yerr=[[(q.value - q.low) * scale], [(q.high - q.value) * scale]],
-                fmt="o",
+                fmt=_MARKERS[i % len(_MARKERS)],
                 capsize=4,
+                label=row.system,
             )
-            axes.annotate(row.system, (x, q.value * scale), textcoords="offset points",
-                          xytext=(6, 6), fontsize=8)  # fmt: skip
+        # A legend rather than labels at the points: systems of similar cost would overlap.
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
         axes.set_xlabel("$ per answer" if use_cost else "tokens per answer (in + out)")
         axes.set_ylabel(METRIC_LABELS[metric][0].format(reference="reference"))
         axes.set_title(title or "quality vs cost")
@@ -289,7 +294,7 @@ def plot_quality_vs_cost(rows: Sequence[SummaryRow], path: str | Path, *, title:
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
+        figure.savefig(path, bbox_inches="tight")
     finally:
         plt.close(figure)
     return path
