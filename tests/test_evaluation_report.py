@@ -21,6 +21,7 @@ from moa_graph.evaluation.report import (
     MissingDependencyError,
     markdown_report,
     markdown_table,
+    paired_baseline,
     paired_tests,
     plot_quality_vs_cost,
     summarize,
@@ -96,12 +97,30 @@ def test_price_specs_and_files(tmp_path: Path) -> None:
             PriceTable.parse([bad])
 
 
-def test_paired_mcnemar_against_the_first_system() -> None:
-    tests = paired_tests(gold_experiment())
+def test_paired_tests_against_the_best_single_model() -> None:
+    tests = paired_tests(gold_experiment())  # 'solo' is the only single model with answers
     assert set(tests) == {"moa"}
-    assert (tests["moa"].only_a, tests["moa"].only_b) == (4, 0)
-    assert tests["moa"].p_value == pytest.approx(2 / 16)
+    moa = tests["moa"]
+    assert (moa.only_a, moa.only_b, moa.n) == (4, 0, 10)
+    assert moa.p_value == pytest.approx(2 / 16)
+    assert moa.difference == pytest.approx(0.4)
+    assert (moa.low, moa.high) == pytest.approx((-0.0195, 0.6862), abs=1e-4)  # p = 0.125: spans 0
     assert paired_tests(gold_experiment(), baseline="moa")["solo"].only_b == 4
+    assert paired_tests(gold_experiment(), baseline="moa")["solo"].difference == pytest.approx(-0.4)
+
+
+def test_the_paired_baseline_is_the_most_accurate_single_model_wherever_it_is_listed() -> None:
+    base = gold_experiment()
+    items = base.dataset.items
+    strong = [ItemResult("strong", item.id, base.results[0].answer, Score(i < 6, "1"))
+              for i, item in enumerate(items)]  # fmt: skip
+    systems = (base.systems[0], base.systems[1], _system("strong", "single"))
+    experiment = Experiment(base.dataset, systems, base.results + tuple(strong))
+    assert paired_baseline(experiment) == "strong"
+    assert set(paired_tests(experiment)) == {"solo", "moa"}
+    assert "Paired against strong (exact McNemar test" in markdown_report(experiment)
+    no_singles = Experiment(base.dataset, (base.systems[1],), base.results)
+    assert paired_baseline(no_singles) == "moa"
 
 
 def test_markdown_table_and_report() -> None:
@@ -116,7 +135,10 @@ def test_markdown_table_and_report() -> None:
     assert "| broken | single | n/a | 0 | 1 |" in broken
     report = markdown_report(experiment)
     assert report.startswith("# g: 10 items")
-    assert "- moa: right where solo was wrong on 4 items, wrong where it was right on 0" in report
+    assert "- moa: +40.0 [-2.0, +68.6] on" in report
+    assert "10 items; right where solo was wrong on 4 items, wrong where it was right on 0;" in (
+        report
+    )
     assert "1 failed answer(s); first: broken g/0: RuntimeError: down" in report
     assert json.loads(json.dumps(summary_json(summarize(experiment))))[1]["metrics"]["accuracy"][
         "value"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from statistics import NormalDist
 
 import pytest
 
@@ -18,6 +19,7 @@ from moa_graph.evaluation.datasets import Item, load_gsm8k
 from moa_graph.evaluation.scoring import (
     bootstrap_interval,
     mcnemar,
+    paired_difference_interval,
     score_answer,
     wilson_interval,
 )
@@ -149,3 +151,21 @@ def test_mcnemar_exact_p_values() -> None:
     assert 0 < big.p_value < 0.01
     with pytest.raises(ValueError, match="differ in length"):
         mcnemar([True], [True, False])
+
+
+def test_paired_difference_interval() -> None:
+    """Bonett-Price adjusted Wald: sound with few discordant items, agreeing with McNemar."""
+    result = mcnemar([True] * 10 + [False] * 2 + [True] * 5, [False] * 10 + [True] * 2 + [True] * 5)
+    assert (result.n, result.difference) == (17, pytest.approx(8 / 17))
+    # by hand: (11 - 3) / 19 -/+ 1.96 * sqrt((14 / 19 - (8 / 19) ** 2) / 19)
+    half = NormalDist().inv_cdf(0.975) * math.sqrt((14 / 19 - (8 / 19) ** 2) / 19)
+    assert (result.low, result.high) == pytest.approx((8 / 19 - half, 8 / 19 + half))
+    assert result.low > 0 and result.p_value < 0.05  # both say A is better
+    four_losses = paired_difference_interval(0, 4, 19)
+    assert four_losses[0] < 0 < four_losses[1]  # McNemar p = 0.125: no difference shown
+    low, high = paired_difference_interval(0, 0, 19)  # identical answers: narrow, not a point
+    assert low == pytest.approx(-high) and 0.05 < high < 0.2
+    assert paired_difference_interval(12, 0, 12)[1] == 1.0  # clipped to the possible range
+    assert all(math.isnan(x) for x in paired_difference_interval(0, 0, 0))
+    with pytest.raises(ValueError, match="discordant counts"):
+        paired_difference_interval(3, 2, 4)

@@ -128,17 +128,40 @@ def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[
     return rows
 
 
+def paired_baseline(experiment: Experiment) -> str:
+    """The system the others are paired against: the most accurate single model (the first
+    listed among equals), or the first system when none is a single model.
+
+    Example:
+        >>> paired_baseline(exp)   # doctest: +SKIP
+        'qwen2.5-coder-1.5b'
+    """
+    if not experiment.systems:
+        raise ValueError("paired_baseline: the experiment has no systems")
+    singles = [s.name for s in experiment.systems if s.config.get("kind") == "single"]
+    if not singles:
+        return experiment.systems[0].name
+
+    def accuracy(name: str) -> float:
+        scored = [r.score.correct for r in experiment.for_system(name)]
+        right = [bool(c) for c in scored if c is not None]
+        return sum(right) / len(right) if right else -1.0
+
+    return max(singles, key=accuracy)  # max keeps the first of equals
+
+
 def paired_tests(experiment: Experiment, baseline: str | None = None) -> dict[str, McNemar]:
-    """Exact McNemar test of every system against ``baseline`` (default: the first system),
-    on the items both answered. Empty for data sets without gold answers.
+    """Exact McNemar test, and the paired accuracy difference with its 95% interval, of every
+    system against ``baseline`` (default: :func:`paired_baseline`), on the items both answered.
+    Empty for data sets without gold answers.
 
     Example:
         >>> paired_tests(exp)   # doctest: +SKIP
-        {'moa': McNemar(only_a=12, only_b=4, p_value=0.077)}
+        {'moa': McNemar(only_a=12, only_b=4, p_value=0.077, n=50, difference=0.16, ...)}
     """
     if experiment.dataset.metric == "judge" or not experiment.systems:
         return {}
-    baseline = baseline or experiment.systems[0].name
+    baseline = baseline or paired_baseline(experiment)
     base = {r.item_id: r.score.correct for r in experiment.for_system(baseline)}
     tests = {}
     for system in experiment.systems:
@@ -211,14 +234,17 @@ def markdown_report(experiment: Experiment, prices: PriceTable | None = None) ->
         "",
         markdown_table(rows, reference=experiment.reference, prices=bool(prices)),
     ]
-    tests = paired_tests(experiment)
+    baseline = paired_baseline(experiment) if experiment.systems else None
+    tests = paired_tests(experiment, baseline)
     if tests:
-        baseline = experiment.systems[0].name
-        lines += ["", f"Paired exact McNemar tests against {baseline}:", ""]
+        lines += ["", f"Paired against {baseline} (exact McNemar test; accuracy difference in "
+                  "points with its 95% paired bootstrap interval):", ""]  # fmt: skip
         for name, test in tests.items():
             lines.append(
-                f"- {name}: right where {baseline} was wrong on {test.only_a} items, "
-                f"wrong where it was right on {test.only_b}; p = {test.p_value:.3g}"
+                f"- {name}: {100 * test.difference:+.1f} [{100 * test.low:+.1f}, "
+                f"{100 * test.high:+.1f}] on {test.n} items; right where {baseline} was wrong "
+                f"on {test.only_a} items, wrong where it was right on {test.only_b}; "
+                f"p = {test.p_value:.3g}"
             )
     if prices:
         used = merge_usage(r.answer.usage for r in experiment.results if r.answer)

@@ -116,12 +116,18 @@ def bootstrap_interval(
 class McNemar:
     """Exact McNemar test of two systems scored right/wrong on the same items.
 
-    ``only_a``: items A got right and B wrong; ``only_b``: the reverse; ``p_value``: two-sided.
+    ``only_a``: items A got right and B wrong; ``only_b``: the reverse; ``p_value``: two-sided;
+    ``n``: the paired items; ``difference``: A's accuracy minus B's on them, with ``low`` and
+    ``high`` its 95% interval (:func:`paired_difference_interval`).
     """
 
     only_a: int
     only_b: int
     p_value: float
+    n: int = 0
+    difference: float = 0.0
+    low: float = math.nan
+    high: float = math.nan
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
@@ -131,13 +137,41 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
         >>> result = mcnemar([True] * 10 + [False] * 2, [False] * 10 + [True] * 2)
         >>> result.only_a, result.only_b, round(result.p_value, 4)
         (10, 2, 0.0386)
+        >>> round(result.difference, 3), result.low > 0
+        (0.667, True)
     """
     if len(a) != len(b):
         raise ValueError(f"mcnemar: paired results differ in length ({len(a)} != {len(b)})")
     only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
-    n = only_a + only_b
+    low, high = paired_difference_interval(only_a, only_b, len(a))
+    discordant = only_a + only_b
+    p_value = 1.0
+    if discordant:
+        tail = sum(math.comb(discordant, k) for k in range(min(only_a, only_b) + 1))
+        p_value = min(1.0, 2 * tail / 2**discordant)
+    difference = (only_a - only_b) / len(a) if a else 0.0
+    return McNemar(only_a, only_b, p_value, len(a), difference, low, high)
+
+
+def paired_difference_interval(
+    only_a: int, only_b: int, n: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval of A's accuracy minus B's over ``n`` paired items, from the discordant counts.
+
+    Bonett and Price's adjusted Wald interval (J. Educ. Behav. Stat. 37, 2012): one pseudo-item
+    is added to each discordant cell, which keeps the interval sound with few or no discordant
+    items, where a bootstrap collapses to a point.
+
+    Example:
+        >>> [round(x, 3) for x in paired_difference_interval(4, 0, 10)]
+        [-0.02, 0.686]
+    """
+    if not (only_a >= 0 and only_b >= 0 and only_a + only_b <= n):
+        raise ValueError(f"need discordant counts within n, got {only_a} + {only_b} of {n}")
     if n == 0:
-        return McNemar(0, 0, 1.0)
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
-    return McNemar(only_a, only_b, min(1.0, 2 * tail / 2**n))
+        return math.nan, math.nan
+    z = _z(confidence)
+    p_a, p_b = (only_a + 1) / (n + 2), (only_b + 1) / (n + 2)
+    half = z * math.sqrt((p_a + p_b - (p_a - p_b) ** 2) / (n + 2))
+    return max(-1.0, p_a - p_b - half), min(1.0, p_a - p_b + half)
