@@ -340,11 +340,10 @@ class _MoANodes:
               failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
         if self._retry_on_resume(state, config):
             return  # the routing sends the failed proposers again
-        if self._layer_failed(proposals) and not self.options.fallback_to_aggregator:
+        failed = self._layer_failed(proposals)
+        if failed and not self.options.fallback_to_aggregator:
             raise ProposalsFailedError(layer, proposals, self.options.min_proposals)
-        if layer < len(self.run_plan(runtime)[0].proposer_layers) and not self._layer_failed(
-            proposals
-        ):
+        if layer < len(self.run_plan(runtime)[0].proposer_layers) and not failed:
             self._references(state, layer, runtime)  # reports any truncation once
 
     def route_after_layer(
