@@ -135,6 +135,7 @@ def test_markdown_table_and_report() -> None:
     assert "| broken | single | n/a | 0 | 1 |" in broken
     report = markdown_report(experiment)
     assert report.startswith("# g: 10 items")
+    assert "accuracy difference in points with its 95% interval, Bonett-Price" in report
     assert "- moa: +40.0 [-2.0, +68.6] on" in report
     assert "10 items; right where solo was wrong on 4 items, wrong where it was right on 0;" in (
         report

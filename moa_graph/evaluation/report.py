@@ -238,7 +238,7 @@ def markdown_report(experiment: Experiment, prices: PriceTable | None = None) ->
     tests = paired_tests(experiment, baseline)
     if tests:
         lines += ["", f"Paired against {baseline} (exact McNemar test; accuracy difference in "
-                  "points with its 95% paired bootstrap interval):", ""]  # fmt: skip
+                  "points with its 95% interval, Bonett-Price):", ""]  # fmt: skip
         for name, test in tests.items():
             lines.append(
                 f"- {name}: {100 * test.difference:+.1f} [{100 * test.low:+.1f}, "
