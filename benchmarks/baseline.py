@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from openai import AsyncOpenAI
 
@@ -62,31 +63,28 @@ Ask = Callable[[str, str, list[str]], Awaitable[str]]
 """One call: ``(model, question, references) -> answer``."""
 
 
-async def layered_run(ask: Ask, question: str, layers: int = 3) -> str:
-    """The MoA control flow over any client: layers of ``gather``, then the aggregator."""
+async def proposer_layers(ask: Ask, question: str, layers: int = 3) -> list[str]:
+    """The proposer layers over any client (``gather`` per layer); the last layer's answers."""
     references: list[str] = []
     for _ in range(layers - 1):
         references = list(await asyncio.gather(*[ask(m, question, references) for m in PROPOSERS]))
-    return await ask(AGGREGATOR, question, references)
+    return references
+
+
+async def layered_run(ask: Ask, question: str, layers: int = 3) -> str:
+    """The MoA control flow over any client: the proposer layers, then the aggregator."""
+    return await ask(AGGREGATOR, question, await proposer_layers(ask, question, layers))
 
 
 async def run(api: AsyncOpenAI, question: str, layers: int = 3) -> str:
     """One MoA run; the aggregator's answer (not streamed)."""
-
-    async def ask(model: str, q: str, references: list[str]) -> str:
-        return await _ask(api, model, q, references)
-
-    return await layered_run(ask, question, layers)
+    return await layered_run(partial(_ask, api), question, layers)
 
 
 async def run_streaming(api: AsyncOpenAI, question: str, layers: int = 3) -> tuple[str, float]:
     """One MoA run with the aggregator streamed; the answer and seconds to its first token."""
     started = time.perf_counter()
-    references: list[str] = []
-    for _ in range(layers - 1):
-        references = list(
-            await asyncio.gather(*[_ask(api, m, question, references) for m in PROPOSERS])
-        )
+    references = await proposer_layers(partial(_ask, api), question, layers)
     stream = await api.chat.completions.create(
         model=AGGREGATOR, messages=messages(question, references), temperature=0.7,
         max_tokens=512, stream=True, stream_options={"include_usage": True},

@@ -338,7 +338,7 @@ class _MoANodes:
                   for status in ("answered", "failed", "cancelled")}  # fmt: skip
         emit(runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
               failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
-        if self._retry_on_resume(state, config):
+        if self._retry_on_resume(proposals, config):
             return  # the routing sends the failed proposers again
         failed = self._layer_failed(proposals)
         if failed and not self.options.fallback_to_aggregator:
@@ -350,14 +350,13 @@ class _MoANodes:
         self, state: MoAState, config: RunnableConfig, runtime: Runtime
     ) -> list[Send] | str:
         layer = _current_layer(state["proposals"])
+        proposals = [p for p in state["proposals"] if p["layer"] == layer]
         plan = self.run_plan(runtime)[0]
-        if self._retry_on_resume(state, config):
-            failed = {p["index"] for p in state["proposals"]
-                      if p["layer"] == layer and p["status"] == "failed"}  # fmt: skip
+        if self._retry_on_resume(proposals, config):
+            failed = {p["index"] for p in proposals if p["status"] == "failed"}
             refs = self._references(state, layer - 1, None) if layer > 1 else []
             return [send for send in self._sends(layer, state, refs, plan)
                     if send.arg["index"] in failed]  # fmt: skip
-        proposals = [p for p in state["proposals"] if p["layer"] == layer]
         if layer >= len(plan.proposer_layers) or self._layer_failed(proposals):
             return AGGREGATE
         if self.consensus(state, runtime):
@@ -372,14 +371,12 @@ class _MoANodes:
             self.options.fail_mode == "fail_fast" and failed
         )
 
-    def _retry_on_resume(self, state: MoAState, config: RunnableConfig) -> bool:
-        """Whether this step resumes a thread whose run failed at the latest layer: then the
-        failed proposers are called again (LangGraph saved them as finished tasks, so resuming
-        would otherwise only repeat the error)."""
+    def _retry_on_resume(self, proposals: Sequence[Proposal], config: RunnableConfig) -> bool:
+        """Whether this step resumes a thread whose run failed at this layer (``proposals``, the
+        latest layer's): then the failed proposers are called again (LangGraph saved them as
+        finished tasks, so resuming would otherwise only repeat the error)."""
         if not config.get("configurable", {}).get(_RESUMING):
             return False
-        layer = _current_layer(state["proposals"])
-        proposals = [p for p in state["proposals"] if p["layer"] == layer]
         return self._layer_failed(proposals) and any(p["status"] == "failed" for p in proposals)
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:

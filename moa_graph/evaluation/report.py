@@ -82,13 +82,19 @@ METRIC_LABELS = {
 }
 
 
+def _accuracy(results: Sequence[ItemResult]) -> Estimate | None:
+    """Accuracy over the scored results, with its Wilson interval (``None`` if none is scored)."""
+    correct = [r.score.correct for r in results if r.score.correct is not None]
+    if not correct:
+        return None
+    low, high = wilson_interval(sum(correct), len(correct))
+    return Estimate(sum(correct) / len(correct), low, high, len(correct))
+
+
 def _metrics(experiment: Experiment, results: Sequence[ItemResult]) -> dict[str, Estimate]:
     metrics: dict[str, Estimate] = {}
-    if experiment.dataset.metric != "judge":
-        correct = [r.score.correct for r in results if r.score.correct is not None]
-        if correct:
-            low, high = wilson_interval(sum(correct), len(correct))
-            metrics["accuracy"] = Estimate(sum(correct) / len(correct), low, high, len(correct))
+    if experiment.dataset.metric != "judge" and (accuracy := _accuracy(results)) is not None:
+        metrics["accuracy"] = accuracy
     ratings = [s for r in results if r.grading and (s := r.grading.score) is not None]
     if ratings:
         metrics["mt_bench"] = Estimate(fmean(ratings), *bootstrap_interval(ratings), len(ratings))
@@ -143,9 +149,8 @@ def paired_baseline(experiment: Experiment) -> str:
         return experiment.systems[0].name
 
     def accuracy(name: str) -> float:
-        scored = [r.score.correct for r in experiment.for_system(name)]
-        right = [bool(c) for c in scored if c is not None]
-        return sum(right) / len(right) if right else -1.0
+        estimate = _accuracy(experiment.for_system(name))
+        return -1.0 if estimate is None else estimate.value
 
     return max(singles, key=accuracy)  # max keeps the first of equals
 
