@@ -123,18 +123,25 @@ class _Engine:
         request: dict[str, Any],
         on_chunk: Callable[[Any], bool] | None = None,
         cancel: threading.Event | None = None,
+        timing: dict[str, float] | None = None,
     ) -> Any:
         """Run one chat completion; with ``on_chunk`` it streams (return True to stop).
 
         Generations of all models share the CPU through ``_compute_slots``: on 2 cores, two
         models each using 2 threads would run several times slower side by side than in turn.
+        ``timing["compute_seconds"]`` is set to the time spent generating, queueing excluded.
         """
         with self.lock, _compute_slots(self.n_threads):
             if cancel is not None and cancel.is_set():  # given up while queued
                 return None
-            if on_chunk is None:
-                return self.server.handle_chat_completions(request)
-            return self.server.handle_chat_completions(request, on_chunk)
+            started = time.perf_counter()
+            try:
+                if on_chunk is None:
+                    return self.server.handle_chat_completions(request)
+                return self.server.handle_chat_completions(request, on_chunk)
+            finally:
+                if timing is not None:
+                    timing["compute_seconds"] = round(time.perf_counter() - started, 3)
 
 
 _engines: dict[tuple[str, int, int], _Engine] = {}
@@ -345,8 +352,10 @@ class ChatLocalModel(BaseChatModel):
             request["stream_options"] = {"include_usage": True}
         return request
 
-    def _metadata(self, model: str, finish_reason: str | None) -> dict[str, Any]:
-        return {"model_name": _label(model), "finish_reason": finish_reason}
+    def _metadata(
+        self, model: str, finish_reason: str | None, timing: dict[str, float]
+    ) -> dict[str, Any]:
+        return {"model_name": _label(model), "finish_reason": finish_reason, **timing}
 
     def _generate(
         self,
@@ -356,14 +365,16 @@ class ChatLocalModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         model = self._model_for(kwargs)
-        raw = self._engine(model).run(self._request(messages, stop, kwargs, stream=False))
+        timing: dict[str, float] = {}
+        request = self._request(messages, stop, kwargs, stream=False)
+        raw = self._engine(model).run(request, timing=timing)
         _raise_if_error(raw)
         choice = raw["choices"][0]
         finish_reason = choice.get("finish_reason")
         message = AIMessage(
             content=choice["message"].get("content") or "",
             usage_metadata=_usage(raw.get("usage")),
-            response_metadata=self._metadata(model, finish_reason),
+            response_metadata=self._metadata(model, finish_reason, timing),
         )
         return ChatResult(
             generations=[
@@ -378,8 +389,10 @@ class ChatLocalModel(BaseChatModel):
         request: dict[str, Any],
         emit: Callable[[Any], None],
         cancel: threading.Event,
+        timing: dict[str, float],
     ) -> None:
-        """Generate in a worker thread, passing raw chunks, then ``_DONE`` or an error, to emit."""
+        """Generate in a worker thread, passing raw chunks, then ``_DONE`` or an error, to emit
+        (``timing`` is filled before ``_DONE``)."""
 
         def on_chunk(raw: Any) -> bool:
             emit(raw)
@@ -387,7 +400,7 @@ class ChatLocalModel(BaseChatModel):
 
         def work() -> None:
             try:
-                self._engine(model).run(request, on_chunk, cancel)
+                self._engine(model).run(request, on_chunk, cancel, timing)
             except BaseException as exc:
                 emit(exc)
             else:
@@ -414,7 +427,7 @@ class ChatLocalModel(BaseChatModel):
             message=AIMessageChunk(
                 content="",
                 usage_metadata=_usage(state.get("usage")),
-                response_metadata=self._metadata(model, finish_reason),
+                response_metadata=self._metadata(model, finish_reason, state["timing"]),
                 chunk_position="last",
             ),
             generation_info={"finish_reason": finish_reason},
@@ -431,8 +444,8 @@ class ChatLocalModel(BaseChatModel):
         cancel = threading.Event()
         model = self._model_for(kwargs)
         request = self._request(messages, stop, kwargs, stream=True)
-        self._start_stream(model, request, items.put, cancel)
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"timing": {}}
+        self._start_stream(model, request, items.put, cancel, state["timing"])
         try:
             while (raw := items.get()) is not _DONE:
                 for chunk in self._chunks(raw, state):
@@ -459,8 +472,9 @@ class ChatLocalModel(BaseChatModel):
                 loop.call_soon_threadsafe(items.put_nowait, item)
 
         model = self._model_for(kwargs)
-        self._start_stream(model, self._request(messages, stop, kwargs, stream=True), emit, cancel)
-        state: dict[str, Any] = {}
+        request = self._request(messages, stop, kwargs, stream=True)
+        state: dict[str, Any] = {"timing": {}}
+        self._start_stream(model, request, emit, cancel, state["timing"])
         try:
             while (raw := await items.get()) is not _DONE:
                 for chunk in self._chunks(raw, state):

@@ -43,10 +43,10 @@ def gold_experiment() -> Experiment:
     items = tuple(Item(id=f"g/{i}", turns=(f"q{i}",), gold="1") for i in range(10))
     results = []
     for i, item in enumerate(items):
-        solo = Answer(("1",), {"small": TokenUsage(100, 20)}, wall_s=1.0, calls=1)
-        mix = Answer(
-            ("1",), {"small": TokenUsage(300, 60), "big": TokenUsage(200, 40)}, wall_s=3.0, calls=4
-        )
+        solo = Answer(("1",), {"small": TokenUsage(100, 20)}, wall_s=1.0, calls=1, model_s=0.5)
+        usage = {"small": TokenUsage(300, 60), "big": TokenUsage(200, 40)}
+        timed = 4.0 + i if i < 5 else None  # the mixture's calls were timed on half the items
+        mix = Answer(("1",), usage, wall_s=3.0, calls=4, model_s=timed)
         results.append(ItemResult("solo", item.id, solo, Score(i < 4, "1")))
         results.append(ItemResult("moa", item.id, mix, Score(i < 8, "1")))
     results.append(ItemResult("broken", "g/0", None, Score(None), error="RuntimeError: down"))
@@ -129,12 +129,14 @@ def test_markdown_table_and_report() -> None:
     table = markdown_table(summarize(experiment, prices), prices=True)
     header, rule, solo, mix, broken = table.splitlines()
     assert header.startswith("| system | kind | accuracy % [95% CI] | n | errors | tokens in")
-    assert header.endswith("| $ / answer |") and rule.count("---") == 10
+    assert header.endswith("| wall s | model s | $ / answer |") and rule.count("---") == 11
     assert mix.startswith("| moa | moa | 80.0 [49.0, 94.3] | 10 | 0 | 500 | 100 | 4.0 | 3.00 |")
-    assert solo.endswith("| 0.000140 |")
+    assert "| 3.00 | 6.00 (5 items) |" in mix  # the mean over the timed items only, and how many
+    assert solo.endswith("| 1.00 | 0.50 | 0.000140 |")
     assert "| broken | single | n/a | 0 | 1 |" in broken
     report = markdown_report(experiment)
     assert report.startswith("# g: 10 items")
+    assert "Model s: the seconds of all of an item's model calls" in report
     assert "accuracy difference in points with its 95% interval, Bonett-Price" in report
     assert "- moa: +40.0 [-2.0, +68.6] on" in report
     assert "10 items; right where solo was wrong on 4 items, wrong where it was right on 0;" in (
@@ -170,7 +172,8 @@ def test_judge_metrics_mt_bench_score_and_win_rate() -> None:
     assert "win_rate" not in ref_row.metrics
     table = markdown_table([moa_row, ref_row], reference="ref")
     assert "| MT-Bench score [95% CI] | win rate % vs ref [95% CI] |" in table
-    assert "| ref | single | 7.50 [" in table and table.splitlines()[3].count("n/a") == 1
+    assert "| ref | single | 7.50 [6.50, 8.50] | n/a | 4 |" in table  # no win rate against itself
+    assert "Model s:" not in markdown_report(judged_experiment())  # no answer was timed
     assert paired_tests(judged_experiment()) == {}
 
 

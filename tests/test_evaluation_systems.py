@@ -215,7 +215,9 @@ def test_a_shared_call_cache_makes_each_identical_call_once(tmp_path: Path) -> N
     from moa_graph.evaluation.call_cache import CallCache
 
     numbers = iter(range(1, 10))
-    model = ScriptedChatModel(reply=lambda m: f"The answer is {next(numbers)}", model_name="m")
+    model = ScriptedChatModel(
+        reply=lambda m: f"The answer is {next(numbers)}", model_name="m", delay=0.2
+    )
     item = Item(id="x/2", turns=("What is 2 + 2?",))
     cache = CallCache(tmp_path / "calls.sqlite")
     set_llm_cache(cache)
@@ -233,3 +235,40 @@ def test_a_shared_call_cache_makes_each_identical_call_once(tmp_path: Path) -> N
     assert mixture.calls == 3 and voted.calls == 3 and alone.calls == 1
     assert cache.hits == 3 and len(cache) == 4
     assert len(CallCache(tmp_path / "calls.sqlite")) == 4  # kept on disk for the next run
+    # model seconds count cached calls at the time they took when made (0.2 s each): the
+    # mixture made 2 of its 3 calls, the vote 1 of 3, so only counting cached ones reaches 0.6
+    assert alone.model_s is not None and mixture.model_s is not None and voted.model_s is not None
+    assert alone.model_s >= 0.2 and mixture.model_s >= 0.6 and voted.model_s >= 0.6
+
+
+def test_call_cache_times_calls_and_marks_calls_cached_before_timing_unknown(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from langchain_core.globals import set_llm_cache
+    from langchain_core.language_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    from moa_graph.evaluation.call_cache import CallCache, timing_calls
+
+    path = tmp_path / "calls.sqlite"
+    with sqlite3.connect(path) as db:  # the layout of a cache written before calls were timed
+        db.execute("CREATE TABLE calls (prompt TEXT, llm TEXT, generations TEXT, "
+                   "PRIMARY KEY (prompt, llm))")  # fmt: skip
+    cache = CallCache(path)
+    reported = AIMessage("4", response_metadata={"compute_seconds": 7.25})
+    model = GenericFakeChatModel(messages=iter([reported, AIMessage("5")]))
+    set_llm_cache(cache)
+    try:
+        with timing_calls() as made:
+            model.invoke("2 + 2?")
+        with timing_calls() as served:
+            model.invoke("2 + 2?")
+        cache._db.execute("UPDATE calls SET seconds = NULL")  # as if cached by an older version
+        with timing_calls() as untimed:
+            assert model.invoke("2 + 2?").text == "4"
+    finally:
+        set_llm_cache(None)
+    assert made.total == served.total == 7.25  # the time the model reports, not the cache's
+    assert (untimed.calls, untimed.total) == (1, None)

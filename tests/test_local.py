@@ -78,6 +78,23 @@ def test_invoke_returns_text_usage_and_metadata(smol: ChatLocalModel) -> None:
     _check_usage(reply.usage_metadata, max_output=24)
     assert reply.response_metadata["model_name"] == "smollm2-135m"
     assert reply.response_metadata["finish_reason"] in {"stop", "length"}
+    assert reply.response_metadata["compute_seconds"] > 0
+
+
+@pytest.mark.local_model
+def test_compute_seconds_leave_out_time_queued_behind_another_request(
+    smol: ChatLocalModel,
+) -> None:
+    def timed_invoke(_: int) -> tuple[float, float]:
+        started = time.perf_counter()
+        reply = smol.invoke(PROMPT)
+        return reply.response_metadata["compute_seconds"], time.perf_counter() - started
+
+    smol.invoke(PROMPT)  # loaded before timing
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one engine: the second call waits
+        (compute_a, wall_a), (compute_b, wall_b) = pool.map(timed_invoke, range(2))
+    slower_wall, slower_compute = max((wall_a, compute_a), (wall_b, compute_b))
+    assert slower_compute < 0.8 * slower_wall  # it queued about as long as it computed
 
 
 @pytest.mark.local_model
@@ -94,6 +111,7 @@ def test_stream_is_token_by_token_and_matches_invoke(smol: ChatLocalModel) -> No
         merged += chunk
     assert merged.response_metadata["model_name"] == "smollm2-135m"  # once, not concatenated
     assert merged.response_metadata["finish_reason"] in {"stop", "length"}
+    assert merged.response_metadata["compute_seconds"] > 0
 
 
 @pytest.mark.local_model

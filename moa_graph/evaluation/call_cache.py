@@ -5,6 +5,10 @@ messages; with a fixed seed they are the same call. ``CallCache`` (a SQLite file
 already made, whichever system makes it again, and survives an interrupted run. LangChain keys a
 call by its messages (ids ignored) and the model's settings, call keywords (``seed``) included.
 
+It also keeps how long each call took when it was made, so a system's cost in time does not
+depend on whether another system made its calls first: inside ``timing_calls()`` every call made
+or served through the cache adds its seconds (see ``CallTimes``).
+
 Example:
     >>> import tempfile
     >>> from langchain_core.outputs import ChatGeneration
@@ -22,8 +26,12 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,78 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass
+class CallTimes:
+    """Seconds of the model calls of one block, made or served from a ``CallCache``.
+
+    ``total`` is ``None`` when no call went through the cache or when one cached call predates
+    timing (its time is unknown).
+
+    Example:
+        >>> times = CallTimes()
+        >>> times.add(1.5); times.add(0.5); times.total
+        2.0
+        >>> times.add(None); times.total is None
+        True
+    """
+
+    seconds: float = 0.0
+    calls: int = 0
+    unknown: int = 0
+
+    def add(self, seconds: float | None) -> None:
+        """Count one call and its seconds (``None``: not known)."""
+        self.calls += 1
+        if seconds is None:
+            self.unknown += 1
+        else:
+            self.seconds += seconds
+
+    @property
+    def total(self) -> float | None:
+        """The calls' seconds, or ``None`` if unknown."""
+        return self.seconds if self.calls and not self.unknown else None
+
+
+_current_times: ContextVar[CallTimes | None] = ContextVar("moa_graph_call_times", default=None)
+
+
+@contextmanager
+def timing_calls() -> Iterator[CallTimes]:
+    """Add up the seconds of the model calls that go through a ``CallCache`` in this block.
+
+    Worker threads and tasks started inside the block (proposers of a layer) count too.
+
+    Example:
+        >>> with timing_calls() as times:
+        ...     pass
+        >>> times.calls
+        0
+    """
+    times = CallTimes()
+    token = _current_times.set(times)
+    try:
+        yield times
+    finally:
+        _current_times.reset(token)
+
+
+def _count(seconds: float | None) -> None:
+    if (times := _current_times.get()) is not None:
+        times.add(seconds)
+
+
+def _call_seconds(generations: Sequence[Generation], started: float | None) -> float | None:
+    """A call's own time: the compute time the model reports (local models leave out time
+    queued behind other requests), else the time since its cache miss (``None``: unknown)."""
+    for generation in generations:
+        message = getattr(generation, "message", None)
+        reported = getattr(message, "response_metadata", {}).get("compute_seconds")
+        if isinstance(reported, int | float):
+            return round(float(reported), 3)
+    return None if started is None else round(time.perf_counter() - started, 3)
+
+
 class CallCache(BaseCache):
     """LLM calls and their results in one SQLite file, safe to use from several threads."""
 
@@ -51,9 +131,13 @@ class CallCache(BaseCache):
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (prompt TEXT, llm TEXT, generations TEXT, "
-            "PRIMARY KEY (prompt, llm))"
+            "seconds REAL, PRIMARY KEY (prompt, llm))"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        if "seconds" not in columns:  # a cache written before calls were timed
+            self._db.execute("ALTER TABLE calls ADD COLUMN seconds REAL")
         self._db.commit()
+        self._started: dict[tuple[str, str], float] = {}
         self.hits = 0
         self.misses = 0
 
@@ -62,27 +146,32 @@ class CallCache(BaseCache):
             return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
     def lookup(self, prompt: str, llm_string: str) -> Sequence[Generation] | None:
+        key = (_digest(prompt), _digest(llm_string))
         with self._lock:
             row = self._db.execute(
-                "SELECT generations FROM calls WHERE prompt = ? AND llm = ?",
-                (_digest(prompt), _digest(llm_string)),
+                "SELECT generations, seconds FROM calls WHERE prompt = ? AND llm = ?", key
             ).fetchone()
             if row is None:
                 self.misses += 1
+                self._started[key] = time.perf_counter()
                 return None
             self.hits += 1
+        _count(row[1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LangChainBetaWarning)
             generations: list[Generation] = loads(row[0], allowed_objects=_GENERATIONS)
         return generations
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
+        key = (_digest(prompt), _digest(llm_string))
         with self._lock:
+            seconds = _call_seconds(return_val, self._started.pop(key, None))
             self._db.execute(
-                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
-                (_digest(prompt), _digest(llm_string), dumps(list(return_val))),
+                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)",
+                (*key, dumps(list(return_val)), seconds),
             )
             self._db.commit()
+        _count(seconds)
 
     def clear(self, **kwargs: Any) -> None:
         with self._lock:

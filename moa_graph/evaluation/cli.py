@@ -123,7 +123,7 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         --no-call-cache: by default identical model calls (same model, settings, seed and
             messages) are made once and shared through ``OUT/calls.sqlite``: a model alone and
             the same model in a mixture's first layer pay once, and the wall time of the system
-            coming second excludes them (tokens and calls still count them).
+            coming second excludes them (tokens, calls and model seconds still count them).
         --langsmith: also run ``langsmith.evaluate`` per system (in memory without a key).
         --report-only: make no model call; report the items every system already answered
             (the complete part of an interrupted experiment).

@@ -3,7 +3,9 @@
 Quality is accuracy (Wilson 95% interval) on data sets with gold answers, the mean MT-Bench
 judge rating (bootstrap 95% interval) without them, and the win rate against the reference
 system (ties count half, bootstrap interval) when a pairwise comparison was run. Cost columns
-are per answered item: tokens in and out, LLM calls, wall seconds, and dollars if prices are set.
+are per answered item: tokens in and out, LLM calls, wall seconds, model seconds (the time of
+all the item's model calls, calls served by the shared call cache included; over the items where
+it is known), and dollars if prices are set.
 
 Example:
     >>> from moa_graph.evaluation.datasets import Dataset, Item
@@ -68,6 +70,8 @@ class SummaryRow:
     calls: float | None = None
     wall_s: float | None = None
     cost: float | None = None
+    model_s: float | None = None
+    model_s_items: int = 0
 
     @property
     def quality(self) -> Estimate | None:
@@ -128,6 +132,8 @@ def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[
                 tokens_out=mean([a.total_usage.output_tokens for a in answers]),
                 calls=mean([a.calls for a in answers]),
                 wall_s=mean([a.wall_s for a in answers]),
+                model_s=mean(timed := [s for a in answers if (s := a.model_s) is not None]),
+                model_s_items=len(timed),
                 cost=mean(priced) if priced and len(priced) == len(costs) else None,
             )
         )
@@ -194,14 +200,14 @@ def markdown_table(
     Example:
         >>> row = SummaryRow("moa", "moa", 10, 10, 0, {"accuracy": Estimate(0.6, 0.31, 0.83, 10)})
         >>> print(markdown_table([row]).splitlines()[2])
-        | moa | moa | 60.0 [31.0, 83.0] | 10 | 0 | n/a | n/a | n/a | n/a |
+        | moa | moa | 60.0 [31.0, 83.0] | 10 | 0 | n/a | n/a | n/a | n/a | n/a |
     """
     metric_names = list(dict.fromkeys(name for row in rows for name in row.metrics))
     headers = ["system", "kind"]
     for name in metric_names:
         label = METRIC_LABELS[name][0].format(reference=reference or "reference")
         headers.append(label)
-    headers += ["n", "errors", "tokens in", "tokens out", "calls", "wall s"]
+    headers += ["n", "errors", "tokens in", "tokens out", "calls", "wall s", "model s"]
     if prices:
         headers.append("$ / answer")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -218,11 +224,20 @@ def markdown_table(
             _number(row.tokens_out, 0),
             _number(row.calls),
             _number(row.wall_s, 2),
+            _model_seconds(row),
         ]
         if prices:
             cells.append("n/a" if row.cost is None else f"{row.cost:.6f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _model_seconds(row: SummaryRow) -> str:
+    """Mean model seconds, with its number of items when some answers were not timed."""
+    seconds = _number(row.model_s, 2)
+    if row.model_s is None or row.model_s_items == row.answered:
+        return seconds
+    return f"{seconds} ({row.model_s_items} items)"
 
 
 def markdown_report(experiment: Experiment, prices: PriceTable | None = None) -> str:
@@ -239,6 +254,11 @@ def markdown_report(experiment: Experiment, prices: PriceTable | None = None) ->
         "",
         markdown_table(rows, reference=experiment.reference, prices=bool(prices)),
     ]
+    if any(row.model_s is not None for row in rows):
+        lines += ["", "Model s: the seconds of all of an item's model calls, each counted at the "
+                  "time it took when made (also when the shared call cache answered it; local "
+                  "models count compute time, not queueing). Wall s leaves out the calls the "
+                  "cache answered."]  # fmt: skip
     baseline = paired_baseline(experiment) if experiment.systems else None
     tests = paired_tests(experiment, baseline)
     if tests:

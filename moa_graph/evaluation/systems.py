@@ -2,7 +2,8 @@
 
 A ``System`` is a name, a configuration (recorded with every result and trace) and a function
 that answers a conversation. ``System.answer(item)`` answers every turn of an item and returns
-an ``Answer`` with the texts, token usage by model, wall time and number of LLM calls.
+an ``Answer`` with the texts, token usage by model, wall time, number of LLM calls and, when a
+``CallCache`` is the LLM cache, the seconds those calls took (cached ones included).
 
 Example:
     >>> from langchain_core.language_models import GenericFakeChatModel
@@ -21,15 +22,16 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables.config import ContextThreadPoolExecutor
 
 from moa_graph.chat_model import ChatMixtureOfAgents
+from moa_graph.evaluation.call_cache import timing_calls
 from moa_graph.evaluation.costs import TokenUsage, UsageByModel, add_usage, merge_usage
 from moa_graph.evaluation.datasets import Item
 from moa_graph.models import ModelDefaults, ModelLike, resolve_model
@@ -56,6 +58,10 @@ Responder = Callable[[list[BaseMessage]], Reply]
 class Answer:
     """A system's answer to every turn of an item, with its cost in tokens, time and calls.
 
+    ``wall_s`` is the time the answer took; ``model_s`` the seconds of all its model calls, each
+    counted at the time it took when made, also when the shared call cache served it (``None``
+    when unknown: no ``CallCache``, or a call it cannot time).
+
     Example:
         >>> a = Answer(turns=("4",), usage={"m": TokenUsage(5, 1)}, wall_s=0.5, calls=1)
         >>> Answer.from_dict(a.to_dict()) == a, a.total_usage
@@ -67,6 +73,7 @@ class Answer:
     wall_s: float
     calls: int
     extra: tuple[dict[str, Any], ...] = ()
+    model_s: float | None = None
 
     @property
     def text(self) -> str:
@@ -86,6 +93,7 @@ class Answer:
             "wall_s": self.wall_s,
             "calls": self.calls,
             "extra": list(self.extra),
+            "model_s": self.model_s,
         }
 
     @classmethod
@@ -97,6 +105,7 @@ class Answer:
             wall_s=float(data["wall_s"]),
             calls=int(data["calls"]),
             extra=tuple(data.get("extra", ())),
+            model_s=data.get("model_s"),
         )
 
 
@@ -121,14 +130,17 @@ class System:
         """Answer each turn of ``item`` in order (later turns see the earlier answers)."""
         started = time.perf_counter()
         replies: list[Reply] = []
-        for _ in item.turns:
-            replies.append(self.respond(item.messages([r.text for r in replies])))
+        with timing_calls() as times:
+            for _ in item.turns:
+                replies.append(self.respond(item.messages([r.text for r in replies])))
+        calls = sum(r.calls for r in replies)
         return Answer(
             turns=tuple(r.text for r in replies),
             usage=merge_usage(r.usage for r in replies),
             wall_s=time.perf_counter() - started,
-            calls=sum(r.calls for r in replies),
+            calls=calls,
             extra=tuple(r.extra for r in replies),
+            model_s=times.total if times.calls == calls else None,  # a call not timed: unknown
         )
 
 
@@ -333,7 +345,7 @@ def best_of_n_ranker(
                 for k in range(n)]  # fmt: skip
 
     def respond(messages: list[BaseMessage]) -> Reply:
-        with ThreadPoolExecutor(max_workers=n) as pool:
+        with ContextThreadPoolExecutor(max_workers=n) as pool:
             outputs = list(pool.map(lambda model: model.invoke(messages), samplers))
         candidates = [message.text for message in outputs]
         usage: UsageByModel = {}
