@@ -56,6 +56,7 @@ def test_offline_evaluate_scores_in_memory_examples_and_tags_runs() -> None:
     assert [_feedback(by_item[f"n/{i}"])["correct"] for i in range(3)] == [1.0, 1.0, 0.0]
     feedback = _feedback(by_item["n/0"])
     assert feedback["calls"] == 1 and feedback["output_tokens"] == 4 and feedback["wall_s"] >= 0
+    assert "model_s" not in feedback  # no call cache timed the calls: left out, not sent as 0
     run = by_item["n/1"]["run"]
     assert run.name == "adder"
     assert {"moa-graph:eval", "system:adder", "kind:single"} <= set(run.tags)
@@ -63,6 +64,21 @@ def test_offline_evaluate_scores_in_memory_examples_and_tags_runs() -> None:
     assert metadata["system"] == "adder" and metadata["system_config"]["kind"] == "single"
     assert metadata["dataset"] == "n"
     assert run.outputs["answer"] == "The answer is 2" and run.outputs["cached"] is False
+
+
+@pytest.mark.usefixtures("socket_disabled")
+def test_model_seconds_feedback_when_a_call_cache_times_the_calls(tmp_path: Path) -> None:
+    from langchain_core.globals import set_llm_cache
+
+    from moa_graph.evaluation.call_cache import CallCache
+
+    system = single(ScriptedChatModel(reply=add_one_except_two, delay=0.1), name="adder")
+    set_llm_cache(CallCache(tmp_path / "calls.sqlite"))
+    try:
+        results = list(evaluate_system(system, dataset()))
+    finally:
+        set_llm_cache(None)
+    assert all(_feedback(row)["model_s"] >= 0.1 for row in results)
 
 
 @pytest.mark.usefixtures("socket_disabled")

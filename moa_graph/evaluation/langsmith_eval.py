@@ -145,6 +145,7 @@ def make_target(
             "output_tokens": usage.output_tokens,
             "calls": answer.calls,
             "wall_s": answer.wall_s,
+            "model_s": answer.model_s,
             "cached": stored is not None,
         }
 
@@ -160,7 +161,7 @@ def make_evaluators(
     trace_calls: bool = True,
 ) -> list[Callable[..., dict[str, Any]]]:
     """Evaluators for the data set: gold-answer correctness, or the MT-Bench judge's rating;
-    plus cost feedback (tokens, calls, wall seconds) on every run.
+    plus cost feedback (tokens, calls, wall seconds, and model seconds when known) on every run.
 
     The judge's gradings are shared with ``run_experiment`` through ``cache`` (keyed by
     ``system``); ``trace_calls=False`` keeps the judge's LLM calls out of tracing (offline).
@@ -170,8 +171,9 @@ def make_evaluators(
     items = {item.id: item for item in dataset}
 
     def cost(outputs: dict[str, Any]) -> dict[str, Any]:
-        keys = ("input_tokens", "output_tokens", "calls", "wall_s")
-        return {"results": [{"key": key, "score": outputs[key]} for key in keys]}
+        keys = ("input_tokens", "output_tokens", "calls", "wall_s", "model_s")
+        known = [key for key in keys if outputs.get(key) is not None]
+        return {"results": [{"key": key, "score": outputs[key]} for key in known]}
 
     def correct(inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
         item = items[inputs["item_id"]]
