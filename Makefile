@@ -71,8 +71,8 @@ bench: $(VENV)/.models-local
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
-	$(BIN)/ruff check moa_graph tests tests_servers benchmarks examples
-	$(BIN)/ruff format --check moa_graph tests tests_servers benchmarks examples
+	$(BIN)/ruff check moa_graph tests tests_servers benchmarks examples experiments
+	$(BIN)/ruff format --check moa_graph tests tests_servers benchmarks examples experiments
 	$(BIN)/mypy
 
 clean:

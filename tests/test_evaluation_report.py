@@ -143,9 +143,10 @@ def test_markdown_table_and_report() -> None:
         report
     )
     assert "1 failed answer(s); first: broken g/0: RuntimeError: down" in report
-    assert json.loads(json.dumps(summary_json(summarize(experiment))))[1]["metrics"]["accuracy"][
-        "value"
-    ] == pytest.approx(0.8)
+    solo_json, moa_json, _ = json.loads(json.dumps(summary_json(summarize(experiment))))
+    assert moa_json["metrics"]["accuracy"]["value"] == pytest.approx(0.8)
+    assert moa_json["paired_with"] == "solo" and solo_json["paired"] is None
+    assert (moa_json["paired"]["only_a"], moa_json["paired"]["only_b"]) == (4, 0)
 
 
 def judged_experiment() -> Experiment:
@@ -217,3 +218,14 @@ def test_exports_skip_failed_items_and_use_item_ids_without_mt_bench_ids() -> No
     assert alpaca_eval_outputs(experiment, "broken") == []
     assert mtbench_answers(experiment, "solo")[0]["question_id"] == "g/0"
     assert safe_filename("best-of-4:Qwen/Qwen2.5") == "best-of-4_Qwen_Qwen2.5"
+
+
+def test_readme_table_script_reads_the_summary_json(tmp_path: Path) -> None:
+    from experiments.readme_table import readme_table
+
+    rows = summarize(gold_experiment())
+    (tmp_path / "summary.json").write_text(json.dumps(summary_json(rows[:2])))
+    header, _, solo, moa = readme_table(tmp_path).splitlines()
+    assert "| model s (10 items) | vs solo: points [95% CI]" in header
+    assert solo == "| solo | 40.0 [16.8, 68.7] | 1.0 | 0 |  |"
+    assert moa == "| moa | 80.0 [49.0, 94.3] | 4.0 | 6 (5) | +40.0 [-2.0, +68.6]; 4 / 0, p = 0.12 |"

@@ -72,6 +72,8 @@ class SummaryRow:
     cost: float | None = None
     model_s: float | None = None
     model_s_items: int = 0
+    paired_with: str | None = None
+    paired: McNemar | None = None
 
     @property
     def quality(self) -> Estimate | None:
@@ -109,7 +111,10 @@ def _metrics(experiment: Experiment, results: Sequence[ItemResult]) -> dict[str,
 
 
 def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[SummaryRow]:
-    """One row per system, in the order the systems were given."""
+    """One row per system, in the order the systems were given; ``paired`` holds its test
+    against ``paired_with`` (the most accurate single model) on data sets with gold answers."""
+    baseline = paired_baseline(experiment) if experiment.systems else None
+    tests = paired_tests(experiment, baseline)
     rows = []
     for system in experiment.systems:
         results = experiment.for_system(system.name)
@@ -135,6 +140,8 @@ def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[
                 model_s=mean(timed := [s for a in answers if (s := a.model_s) is not None]),
                 model_s_items=len(timed),
                 cost=mean(priced) if priced and len(priced) == len(costs) else None,
+                paired_with=baseline if system.name in tests else None,
+                paired=tests.get(system.name),
             )
         )
     return rows
@@ -259,8 +266,8 @@ def markdown_report(experiment: Experiment, prices: PriceTable | None = None) ->
                   "time it took when made (also when the shared call cache answered it; local "
                   "models count compute time, not queueing). Wall s leaves out the calls the "
                   "cache answered."]  # fmt: skip
-    baseline = paired_baseline(experiment) if experiment.systems else None
-    tests = paired_tests(experiment, baseline)
+    tests = {row.system: row.paired for row in rows if row.paired is not None}
+    baseline = next((row.paired_with for row in rows if row.paired_with), None)
     if tests:
         lines += ["", f"Paired against {baseline} (exact McNemar test; accuracy difference in "
                   "points with its 95% interval, Bonett-Price):", ""]  # fmt: skip

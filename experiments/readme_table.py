@@ -1,0 +1,74 @@
+"""Print the README's results table for one experiment folder, from its ``summary.json``.
+
+Usage: python experiments/readme_table.py experiments/gsm8k-local
+
+Every figure comes from the summary that ``moa-graph eval`` (or ``--report-only``) wrote:
+accuracy with its Wilson interval, calls and model seconds per item, and the paired test against
+the most accurate single model (difference in points with its interval, wins / losses, McNemar p).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+LABELS = {
+    "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B alone",
+    "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B alone",
+    "smollm2-135m": "SmolLM2-135M alone",
+    "moa-local": "MoA `local` (1.5B, 0.5B, 135M -> 1.5B, synthesize)",
+    "self-moa-synthesize": "Self-MoA 1.5B x3, synthesize",
+    "self-moa-synthesize-votes": "Self-MoA 1.5B x3, synthesize with vote counts",
+    "self-moa-early-exit": "Self-MoA 1.5B x3, synthesize, early exit",
+    "self-moa-rank": "Self-MoA 1.5B x3, rank (LLM-ranker)",
+    "self-moa-vote": "Self-MoA 1.5B x3, vote",
+    "self-moa-vote-5": "Self-MoA 1.5B x5, vote",
+}
+"""README names of the systems of ``experiments/run_local.sh`` (others keep their own name)."""
+
+
+def _points(value: float, low: float, high: float, sign: str = "") -> str:
+    return f"{100 * value:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    accuracy = row["metrics"]["accuracy"]
+    return _points(accuracy["value"], accuracy["low"], accuracy["high"])
+
+
+def _seconds(row: dict[str, Any], timed_items: int) -> str:
+    if row["model_s"] is None:
+        return "n/a"
+    seconds = f"{row['model_s']:.0f}"
+    return seconds if row["model_s_items"] == timed_items else f"{seconds} ({row['model_s_items']})"
+
+
+def _paired(row: dict[str, Any]) -> str:
+    test = row["paired"]
+    if test is None:
+        return ""
+    points = _points(test["difference"], test["low"], test["high"], sign="+")
+    return f"{points}; {test['only_a']} / {test['only_b']}, p = {test['p_value']:.2g}"
+
+
+def readme_table(folder: Path) -> str:
+    """The Markdown table of the systems in ``folder/summary.json``, in the summary's order."""
+    rows = json.loads((folder / "summary.json").read_text())
+    baseline = next((row["paired_with"] for row in rows if row["paired_with"]), "the baseline")
+    timed_items = max(row["model_s_items"] for row in rows)
+    lines = [
+        f"| system | accuracy % [95% CI] | calls | model s ({timed_items} items) "
+        f"| vs {LABELS.get(baseline, baseline)}: points [95% CI]; wins / losses, McNemar p |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = (LABELS.get(row["system"], row["system"]), _accuracy(row), f"{row['calls']:.1f}",
+                 _seconds(row, timed_items), _paired(row))  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(readme_table(Path(sys.argv[1])))
