@@ -1,6 +1,6 @@
 """Print the README's results table for one experiment folder, from its ``summary.json``.
 
-Usage: python experiments/readme_table.py experiments/gsm8k-local
+Usage: .venv/bin/python experiments/readme_table.py experiments/gsm8k-local
 
 Every figure comes from the summary that ``moa-graph eval`` (or ``--report-only``) wrote:
 accuracy with its Wilson interval, calls and model seconds per item, and the paired test against
@@ -14,6 +14,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from moa_graph.evaluation.report import Estimate, format_difference
+from moa_graph.evaluation.scoring import McNemar
 
 LABELS = {
     "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B alone",
@@ -30,13 +33,8 @@ LABELS = {
 """README names of the systems of ``experiments/run_local.sh`` (others keep their own name)."""
 
 
-def _points(value: float, low: float, high: float, sign: str = "") -> str:
-    return f"{100 * value:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
-
-
 def _accuracy(row: dict[str, Any]) -> str:
-    accuracy = row["metrics"]["accuracy"]
-    return _points(accuracy["value"], accuracy["low"], accuracy["high"])
+    return Estimate(**row["metrics"]["accuracy"]).format(100.0)
 
 
 def _seconds(row: dict[str, Any], timed_items: int) -> str:
@@ -47,11 +45,10 @@ def _seconds(row: dict[str, Any], timed_items: int) -> str:
 
 
 def _paired(row: dict[str, Any]) -> str:
-    test = row["paired"]
-    if test is None:
+    if row["paired"] is None:
         return ""
-    points = _points(test["difference"], test["low"], test["high"], sign="+")
-    return f"{points}; {test['only_a']} / {test['only_b']}, p = {test['p_value']:.2g}"
+    test = McNemar(**row["paired"])
+    return f"{format_difference(test)}; {test.only_a} / {test.only_b}, p = {test.p_value:.2g}"
 
 
 def readme_table(folder: Path) -> str:

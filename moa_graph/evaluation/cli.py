@@ -224,7 +224,7 @@ def _evaluate(
         print(f"eval: shared model calls: {calls.hits} reused, {calls.misses} made "
               f"({calls.path})", file=sys.stderr)  # fmt: skip
     rows = summarize(experiment, prices or None)
-    report = markdown_report(experiment, prices or None)
+    report = markdown_report(experiment, prices or None, rows)
     (out / "summary.md").write_text(report, encoding="utf-8")
     write_json(out / "summary.json", summary_json(rows))
     write_exports(experiment, out)

@@ -247,9 +247,24 @@ def _model_seconds(row: SummaryRow) -> str:
     return f"{seconds} ({row.model_s_items} items)"
 
 
-def markdown_report(experiment: Experiment, prices: PriceTable | None = None) -> str:
-    """A full Markdown report: set-up, summary table, paired tests and missing prices."""
-    rows = summarize(experiment, prices)
+def format_difference(test: McNemar) -> str:
+    """A paired accuracy difference and its 95% interval, in signed points.
+
+    Example:
+        >>> format_difference(McNemar(8, 2, 0.11, 60, 0.1, -0.01, 0.204))
+        '+10.0 [-1.0, +20.4]'
+    """
+    return f"{100 * test.difference:+.1f} [{100 * test.low:+.1f}, {100 * test.high:+.1f}]"
+
+
+def markdown_report(
+    experiment: Experiment,
+    prices: PriceTable | None = None,
+    rows: Sequence[SummaryRow] | None = None,
+) -> str:
+    """A full Markdown report: set-up, summary table, paired tests and missing prices
+    (``rows``: the experiment's ``summarize`` rows, when the caller already has them)."""
+    rows = summarize(experiment, prices) if rows is None else rows
     dataset = experiment.dataset
     lines = [
         f"# {dataset.name}: {len(dataset)} items",
@@ -273,9 +288,8 @@ def markdown_report(experiment: Experiment, prices: PriceTable | None = None) ->
                   "points with its 95% interval, Bonett-Price):", ""]  # fmt: skip
         for name, test in tests.items():
             lines.append(
-                f"- {name}: {100 * test.difference:+.1f} [{100 * test.low:+.1f}, "
-                f"{100 * test.high:+.1f}] on {test.n} items; right where {baseline} was wrong "
-                f"on {test.only_a} items, wrong where it was right on {test.only_b}; "
+                f"- {name}: {format_difference(test)} on {test.n} items; right where {baseline} "
+                f"was wrong on {test.only_a} items, wrong where it was right on {test.only_b}; "
                 f"p = {test.p_value:.3g}"
             )
     if prices:
