@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from moa_graph.local import create_local_chat_model
-from moa_graph.local_models import MODELS
+from moa_graph.local.weights import MODELS
 
 PROMPT = "Write a short story about a lighthouse keeper."
 

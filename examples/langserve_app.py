@@ -25,8 +25,7 @@ import sys
 import threading
 import time
 
-from moa_graph.presets import PRESETS, Recipe, get_preset
-from moa_graph.recipes_io import load_recipe
+from moa_graph.presets import PRESETS, Recipe, get_preset, load_recipe
 
 QUESTION = "Name one fun thing to do in San Francisco."
 
@@ -44,7 +43,7 @@ def main() -> int:
         import uvicorn
         from langserve import RemoteRunnable
 
-        from moa_graph.langserve_app import create_app
+        from moa_graph.serve.langserve_app import create_app
     except ImportError as missing:
         print(f"LangServe is not installed here ({missing.name}): run this example with "
               "`pip install -e . -r requirements/langserve.txt` (or .venv-langserve).")  # fmt: skip

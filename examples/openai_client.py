@@ -16,7 +16,7 @@ import sys
 import openai
 
 from moa_graph.presets import local_tiny
-from moa_graph.serve import MoAServer
+from moa_graph.serve.openai_app import MoAServer
 
 API_KEY = "local-demo-key"  # the served endpoint's own key, not a provider's
 

@@ -36,11 +36,11 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from moa_graph.aggregation import Aggregation
 from moa_graph.answers import extractor_name
-from moa_graph.graph import AGGREGATE, build_graph, is_answer_token
-from moa_graph.plan import FailMode, MixturePlan, plan_from_settings
+from moa_graph.engine.graph import AGGREGATE, build_graph, is_answer_token
+from moa_graph.engine.plan import FailMode, MixturePlan, plan_from_settings
+from moa_graph.engine.references import approximate_tokens
+from moa_graph.engine.run_choices import RUN_KEYS, RunChoices, run_plan
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
-from moa_graph.references import approximate_tokens
-from moa_graph.runtime_config import RUN_KEYS, RunChoices, run_plan
 from moa_graph.state import Proposal, merge_proposals
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
 

@@ -19,7 +19,7 @@ from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from moa_graph.calls import CallPolicy
+from moa_graph.engine.calls import CallPolicy
 
 ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
 LOCAL_PROVIDER = "local"

@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import os
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langgraph.graph import StateGraph
@@ -53,7 +56,7 @@ class Recipe:
 
     def graph(self, **overrides: Any) -> StateGraph[Any, Any, Any, Any]:
         """Build the recipe as an uncompiled ``StateGraph`` (see ``create_moa_graph``)."""
-        from moa_graph.graph import create_moa_graph
+        from moa_graph.engine.graph import create_moa_graph
 
         arguments = self._arguments(overrides)
         return create_moa_graph(arguments.pop("proposers"), **arguments)
@@ -229,6 +232,17 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
 """Recipes by name, as the command line's ``--preset`` knows them."""
 
 
+def default_preset_name(environ: dict[str, str] | None = None) -> str:
+    """``together`` when ``TOGETHER_API_KEY`` is set, else the embedded ``local`` preset.
+
+    Example:
+        >>> default_preset_name({}), default_preset_name({"TOGETHER_API_KEY": "k"})
+        ('local', 'together')
+    """
+    environ = dict(os.environ) if environ is None else environ
+    return "together" if environ.get("TOGETHER_API_KEY") else "local"
+
+
 def get_preset(name: str) -> Recipe:
     """The recipe called ``name``; an unknown name is a ``ValueError`` listing the known ones.
 
@@ -240,3 +254,51 @@ def get_preset(name: str) -> Recipe:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"preset: unknown {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+ALLOWED_KEYS = {
+    "name", "description", "proposers", "aggregator", "layers", "prompt", "min_proposals",
+    "temperature", "max_tokens", "timeout", "max_retries", "aggregation", "answer_extractor",
+    "shuffle_references", "seed", "aggregation_window", "early_exit",
+}  # fmt: skip
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load a TOML recipe; an unreadable file or an unknown key is a ``ValueError``.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        ...     _ = f.write('aggregator = "openai:gpt-4o"\\nproposers = ["openai:gpt-4o-mini"]\\n')
+        >>> load_recipe(f.name).aggregator
+        'openai:gpt-4o'
+        >>> os.unlink(f.name)
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - ALLOWED_KEYS
+    if unknown:
+        raise ValueError(
+            f"config: unknown key(s) {', '.join(sorted(unknown))} in {path}; "
+            f"allowed: {', '.join(sorted(ALLOWED_KEYS))}"
+        )
+    for required in ("proposers", "aggregator"):
+        if required not in data:
+            raise ValueError(f"config: {path} has no '{required}'")
+    options: dict[str, Any] = {
+        key: data[key] for key in ALLOWED_KEYS - {"name", "description", "proposers",
+                                                  "aggregator", "layers"} if key in data
+    }  # fmt: skip
+    return Recipe(
+        name=str(data.get("name", path.stem)),
+        description=str(data.get("description", f"recipe from {path}")),
+        proposers=data["proposers"],
+        aggregator=data["aggregator"],
+        layers=data.get("layers"),
+        options=options,
+    )

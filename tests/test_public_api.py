@@ -38,8 +38,9 @@ def test_all_is_exactly_the_public_api() -> None:
         assert getattr(moa_graph, name) is not None
 
 
-DOCUMENTED_MODULES = ["prompts", "state", "models", "plan", "aggregator", "graph", "chat_model"]
-DOCUMENTED_MODULES += ["presets", "answers", "aggregation", "ranking"]
+DOCUMENTED_MODULES = ["prompts", "state", "models", "engine.plan", "aggregator", "engine.graph"]
+DOCUMENTED_MODULES += ["chat_model", "presets", "answers", "aggregation", "engine.strategies.rank"]
+DOCUMENTED_MODULES += ["settings", "engine.strategies"]
 
 
 @pytest.mark.parametrize("module", DOCUMENTED_MODULES)

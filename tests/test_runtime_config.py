@@ -158,9 +158,9 @@ def test_chat_model_refuses_unknown_configurable_keys_and_declares_its_schema() 
 def test_docstring_examples_run() -> None:
     import doctest
 
-    import moa_graph.runtime_config
+    import moa_graph.engine.run_choices
 
-    result = doctest.testmod(moa_graph.runtime_config, verbose=False)
+    result = doctest.testmod(moa_graph.engine.run_choices, verbose=False)
     assert result.failed == 0 and result.attempted > 0
 
 

@@ -19,8 +19,8 @@ from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 
 from moa_graph import ChatMixtureOfAgents
-from moa_graph.serve import MoAServer
-from moa_graph.serve_openai import RequestError, parse_chat_request
+from moa_graph.serve.openai_app import MoAServer
+from moa_graph.serve.openai_requests import RequestError, parse_chat_request
 from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
 from tests.fakes import ScriptedChatModel
 

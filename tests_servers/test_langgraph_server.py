@@ -1,7 +1,7 @@
 """LangGraph Server: ``langgraph dev`` serves ``langgraph.json``; ``langgraph_sdk`` drives it.
 
 langgraph_sdk -> ``langgraph dev`` (child process, 127.0.0.1) -> the MoA graph built at import
-by ``moa_graph.langgraph_app`` from a TOML recipe -> ChatOpenAI clients -> the scripted
+by ``moa_graph.serve.langgraph_app`` from a TOML recipe -> ChatOpenAI clients -> the scripted
 OpenAI-compatible server in this process (127.0.0.1). Runs only in the LangGraph Server
 environment (``make test-lgserver``): ``langgraph-cli[inmem]`` pins sse-starlette 3.x, which
 LangServe cannot use.
@@ -189,7 +189,7 @@ async def test_threads_keep_the_conversation(client: LangGraphClient) -> None:
 
 
 def test_served_recipe_docstring_examples() -> None:
-    import moa_graph.langgraph_app as app
+    import moa_graph.serve.langgraph_app as app
 
     result = doctest.testmod(app, verbose=False)
     assert result.failed == 0 and result.attempted > 0

@@ -27,7 +27,7 @@ from langchain_core.runnables import ConfigurableField
 from langserve import RemoteRunnable
 
 from moa_graph import ChatMixtureOfAgents, ProposerSpec
-from moa_graph.langserve_app import create_app
+from moa_graph.serve.langserve_app import create_app
 from moa_graph.testing import ModelScript, OpenAICompatibleServer
 
 UPSTREAM_KEY = "sk-upstream-abcdefghijklmnopqrstuv"

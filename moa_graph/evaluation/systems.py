@@ -31,13 +31,13 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 
 from moa_graph.chat_model import ChatMixtureOfAgents
+from moa_graph.engine.strategies.rank import instruction_text, parse_ranker_choice, ranker_messages
 from moa_graph.evaluation.call_cache import timing_calls
 from moa_graph.evaluation.costs import TokenUsage, UsageByModel, add_usage, merge_usage
 from moa_graph.evaluation.datasets import Item
 from moa_graph.models import ModelDefaults, ModelLike, resolve_model
 from moa_graph.presets import PRESETS, Recipe, get_preset
 from moa_graph.presets import self_moa as self_moa_recipe
-from moa_graph.ranking import instruction_text, parse_ranker_choice, ranker_messages
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def _recipe(spec: str) -> Recipe:
     if spec in PRESETS:
         return get_preset(spec)
     if spec.endswith(".toml"):
-        from moa_graph.recipes_io import load_recipe
+        from moa_graph.presets import load_recipe
 
         return load_recipe(spec)
     raise ValueError(f"moa: {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .toml file")

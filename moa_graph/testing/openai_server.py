@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from moa_graph import http_messages, openai_wire
+from moa_graph import http_messages
 from moa_graph.loop_server import LoopServer
+from moa_graph.serve import openai_wire
 from moa_graph.testing import _wire
 from moa_graph.testing.faults import HTTP_ERRORS, Fault, FaultLike, FaultSpec, error_body
 from moa_graph.testing.records import RequestLogQueries, RequestRecord

@@ -3,7 +3,7 @@
 Any OpenAI client or tool can then use the mixture like one model: answers stream token by token
 as the aggregator writes them, and ``usage`` sums every call of the run. The server is
 dependency-free (asyncio streams, reusing the HTTP/SSE plumbing of ``moa_graph.testing``); what a
-request may change is described in ``moa_graph.serve_openai``.
+request may change is described in ``moa_graph.serve.openai_requests``.
 
 Example:
     >>> import openai
@@ -27,12 +27,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from moa_graph import http_messages, openai_wire
+from moa_graph import http_messages
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.errors import MoAError
 from moa_graph.loop_server import LoopServer
 from moa_graph.redact import redact
-from moa_graph.serve_openai import (
+from moa_graph.serve import openai_wire
+from moa_graph.serve.openai_requests import (
     ChatRequest,
     RequestError,
     error_body,

@@ -20,7 +20,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from moa_graph.race import LayerRace
+from moa_graph.engine.race import LayerRace
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 PERMANENT_CODES = frozenset({"context_length_exceeded", "invalid_api_key", "model_not_found"})

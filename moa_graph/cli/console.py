@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from langchain_core.messages import AIMessage, BaseMessage
 
 from moa_graph.chat_model import total_usage
-from moa_graph.graph import AGGREGATE, is_answer_token
+from moa_graph.engine.graph import AGGREGATE, is_answer_token
 from moa_graph.state import Proposal, merge_proposals
 
 

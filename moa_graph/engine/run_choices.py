@@ -13,8 +13,8 @@ from typing import Any, Final, TypeVar
 
 from typing_extensions import TypedDict
 
+from moa_graph.engine.plan import MixturePlan, ProposerSlot, check_aggregation, check_options
 from moa_graph.models import ResolvedModel
-from moa_graph.plan import MixturePlan, ProposerSlot, check_aggregation, check_options
 
 _Bindable = TypeVar("_Bindable", ProposerSlot, ResolvedModel)
 
@@ -144,7 +144,7 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
         >>> from moa_graph.models import ProposerSpec
         >>> def spec(name):
         ...     return ProposerSpec(model=GenericFakeChatModel(messages=iter([])), name=name)
-        >>> from moa_graph.plan import build_plan
+        >>> from moa_graph.engine.plan import build_plan
         >>> plan = build_plan([spec("a"), spec("b"), spec("c")], aggregator=spec("d"), layers=3)
         >>> narrowed = run_plan(plan, {"layers": 2, "proposers": ["c", "a"], "aggregator": "b"})
         >>> [[s.name for s in layer] for layer in narrowed.proposer_layers]

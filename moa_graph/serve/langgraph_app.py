@@ -25,9 +25,7 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 
-from moa_graph.cli import default_preset_name
-from moa_graph.presets import Recipe, get_preset
-from moa_graph.recipes_io import load_recipe
+from moa_graph.presets import Recipe, default_preset_name, get_preset, load_recipe
 
 __all__ = ["GRAPH_NAME", "build_served_graph", "graph", "served_recipe"]
 

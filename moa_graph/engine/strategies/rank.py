@@ -1,8 +1,9 @@
-"""The LLM-ranker baseline's prompt: show the n candidate answers, ask which one is best.
+"""``rank``: the aggregator picks the best reference, which is returned verbatim.
 
-The MoA paper compares the aggregator with an "LLM-ranker" that only *selects* one of the
-proposals and returns it verbatim (its appendix prompt is adapted from AlpacaEval's ranking
-prompt). ``ranker_messages`` builds that prompt; ``parse_ranker_choice`` reads the choice.
+The MoA paper compares its aggregator with an "LLM-ranker" that only *selects* one of the
+proposals (its appendix prompt is adapted from AlpacaEval's ranking prompt). ``ranker_messages``
+builds that prompt and ``parse_ranker_choice`` reads the choice; an unreadable reply picks the
+first reference. The evaluation harness's best-of-n baseline uses the same prompt.
 
 Example:
     >>> messages = ranker_messages("2 + 2?", ["5", "4"])
@@ -19,6 +20,8 @@ import re
 from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
 
 RANKER_SYSTEM_PROMPT = (
     "You are a highly efficient assistant, who evaluates and selects the best large language "
@@ -111,3 +114,23 @@ def instruction_text(messages: Sequence[BaseMessage]) -> str:
         return turns[0].text
     roles = {"human": "User", "ai": "Assistant"}
     return "\n\n".join(f"{roles[m.type]}: {m.text}" for m in turns)
+
+
+class Rank(Strategy):
+    name = "rank"
+    summary = "the aggregator picks the best reference (the paper's LLM-ranker), verbatim"
+    order = 30
+    picks_reference = True
+
+    def flow(self, steps: FinalAnswerSteps) -> AggregationFlow:
+        if len(steps.refs) == 1:  # nothing to choose between
+            steps.extra["moa_rank"] = {"reply": None, "parsed": False}
+            return steps.verbatim(0)
+        messages = ranker_messages(steps.instruction(), steps.refs)
+        reply = yield steps.ask_aggregator(messages, role="ranker", step="rank")
+        chosen = parse_ranker_choice(reply.text, len(steps.refs))
+        steps.extra["moa_rank"] = {"reply": reply.text, "parsed": chosen is not None}
+        return steps.verbatim(0 if chosen is None else chosen)
+
+
+STRATEGY = Rank()

@@ -11,7 +11,9 @@ from langchain_core.runnables import RunnableConfig
 
 from moa_graph.aggregation import AGGREGATIONS, Aggregation
 from moa_graph.answers import Extractor, get_extractor
-from moa_graph.calls import CallPolicy
+from moa_graph.engine.calls import CallPolicy
+from moa_graph.engine.race import RaceRules
+from moa_graph.engine.references import TokenCounter, approximate_tokens
 from moa_graph.models import (
     ChatRunnable,
     ModelDefaults,
@@ -20,8 +22,6 @@ from moa_graph.models import (
     resolve_model,
 )
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
-from moa_graph.race import RaceRules
-from moa_graph.references import TokenCounter, approximate_tokens
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
 
 FailMode = Literal["best_effort", "fail_fast"]

@@ -25,27 +25,15 @@ from pydantic import ValidationError
 from moa_graph.aggregation import AGGREGATIONS
 from moa_graph.answers import EXTRACTORS
 from moa_graph.chat_model import ChatMixtureOfAgents
-from moa_graph.console import ProgressPrinter, RunOutcome, follow_run
+from moa_graph.cli.console import ProgressPrinter, RunOutcome, follow_run
 from moa_graph.evaluation.cli import build_eval_parser, main_eval
-from moa_graph.presets import PRESETS, Recipe, get_preset
-from moa_graph.recipes_io import load_recipe
+from moa_graph.presets import PRESETS, Recipe, default_preset_name, get_preset, load_recipe
 
 EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
-
-
-def default_preset_name(environ: dict[str, str] | None = None) -> str:
-    """``together`` when ``TOGETHER_API_KEY`` is set, else the embedded ``local`` preset.
-
-    Example:
-        >>> default_preset_name({}), default_preset_name({"TOGETHER_API_KEY": "k"})
-        ('local', 'together')
-    """
-    environ = dict(os.environ) if environ is None else environ
-    return "together" if environ.get("TOGETHER_API_KEY") else "local"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +172,7 @@ def command_chat(args: argparse.Namespace) -> int:
 
 def command_serve(args: argparse.Namespace) -> int:
     """Serve ``/v1/chat/completions``; ``MOA_GRAPH_API_KEY`` (if set) is the required key."""
-    from moa_graph.serve import serve
+    from moa_graph.serve.openai_app import serve
 
     moa = build_mixture(args)
     _announce(moa)

@@ -2,7 +2,7 @@
 
 ``ProposerCall`` gathers what a call needs (model, input, traced config, the layer's race) and
 turns its outcome into the state update and progress events; the node only chooses sync or async.
-The final answer's call(s) are in ``moa_graph.final_answer``.
+The final answer's call(s) are in ``moa_graph.engine.final_answer``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langgraph.runtime import Runtime
 
 from moa_graph.aggregation import call_seed, shuffled
-from moa_graph.calls import CallCancelled, cancel_requested
-from moa_graph.plan import ProposerSlot
+from moa_graph.engine.calls import CallCancelled, cancel_requested
+from moa_graph.engine.plan import ProposerSlot
+from moa_graph.engine.references import Truncation
+from moa_graph.engine.run_choices import context_values
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
-from moa_graph.references import Truncation
-from moa_graph.runtime_config import context_values
 from moa_graph.state import ProgressEvent, Proposal, ProposerTask
 from moa_graph.tool_rendering import render_tool_turns
 
 if TYPE_CHECKING:
-    from moa_graph.graph import _MoANodes
+    from moa_graph.engine.graph import _MoANodes
 
 logger = logging.getLogger("moa_graph")
 PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"

@@ -38,7 +38,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, field_validator, model_validator
 
-from moa_graph.local_models import (
+from moa_graph.local.weights import (
     LocalModelError,
     LocalModelSpec,
     ensure_model_file,
@@ -258,7 +258,7 @@ class ChatLocalModel(BaseChatModel):
     """
 
     model: str
-    """Registered name (see ``moa_graph.local_models.MODELS``) or path to a ``.gguf`` file."""
+    """Registered name (see ``moa_graph.local.weights.MODELS``) or path to a ``.gguf`` file."""
     temperature: float = Field(default=0.7, ge=0.0)
     max_tokens: int = Field(default=512, ge=1)
     n_ctx: int = Field(default=4096, ge=64)

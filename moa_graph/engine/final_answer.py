@@ -22,19 +22,19 @@ from langgraph.runtime import Runtime
 from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled, windows
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
-from moa_graph.errors import AggregatorError
-from moa_graph.prompts import with_system_prompt
-from moa_graph.ranking import instruction_text, parse_ranker_choice, ranker_messages
-from moa_graph.redact import redacting_callbacks
-from moa_graph.runtime_config import (
+from moa_graph.engine.proposer_call import AGGREGATOR_TAG, emit, truncation_record
+from moa_graph.engine.run_choices import (
     answer_must_be_written,
     check_aggregator_kwargs,
     context_values,
 )
-from moa_graph.steps import AGGREGATOR_TAG, emit, truncation_record
+from moa_graph.engine.strategies.rank import instruction_text, parse_ranker_choice, ranker_messages
+from moa_graph.errors import AggregatorError
+from moa_graph.prompts import with_system_prompt
+from moa_graph.redact import redacting_callbacks
 
 if TYPE_CHECKING:
-    from moa_graph.graph import _MoANodes
+    from moa_graph.engine.graph import _MoANodes
     from moa_graph.state import MoAState
 
 

@@ -8,7 +8,7 @@ Shape::
 ``propose`` runs once per proposer (all of a layer at once, under ``invoke`` and ``ainvoke``);
 ``collect_layer`` is deferred, so it runs once per layer, after every proposer of it finished.
 Under ``ainvoke`` a timed-out or cut-off call is cancelled; under ``invoke`` the call is
-abandoned and stops reading at its next token (see ``moa_graph.calls``).
+abandoned and stops reading at its next token (see ``moa_graph.engine.calls``).
 """
 
 from __future__ import annotations
@@ -29,32 +29,11 @@ from langgraph.types import Send
 from moa_graph.aggregation import Aggregation, VoteCount, count_votes
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import Extractor
-from moa_graph.calls import call_async, call_sync
-from moa_graph.errors import ProposalsFailedError
-from moa_graph.final_answer import AggregatorCall
-from moa_graph.limits import CallLimiter
-from moa_graph.models import ModelLike
-from moa_graph.plan import FailMode, MixturePlan, ProposerSlot, plan_from_settings
-from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
-from moa_graph.race import RaceRegistry
-from moa_graph.redact import redact
-from moa_graph.references import (
-    TokenCounter,
-    Truncation,
-    answered,
-    approximate_tokens,
-    fit_to_budget,
-)
-from moa_graph.runtime_config import (
-    RunChoices,
-    answer_must_be_written,
-    check_aggregator_kwargs,
-    context_values,
-    run_key,
-    run_plan,
-)
-from moa_graph.state import CLEAR_PROPOSALS, MoAInput, MoAOutput, MoAState, Proposal, ProposerTask
-from moa_graph.steps import (
+from moa_graph.engine.calls import call_async, call_sync
+from moa_graph.engine.final_answer import AggregatorCall
+from moa_graph.engine.limits import CallLimiter
+from moa_graph.engine.plan import FailMode, MixturePlan, ProposerSlot, plan_from_settings
+from moa_graph.engine.proposer_call import (
     AGGREGATOR_TAG,
     PROPOSER_TAG,
     ProposerCall,
@@ -62,6 +41,27 @@ from moa_graph.steps import (
     run_name,
     truncation_record,
 )
+from moa_graph.engine.race import RaceRegistry
+from moa_graph.engine.references import (
+    TokenCounter,
+    Truncation,
+    answered,
+    approximate_tokens,
+    fit_to_budget,
+)
+from moa_graph.engine.run_choices import (
+    RunChoices,
+    answer_must_be_written,
+    check_aggregator_kwargs,
+    context_values,
+    run_key,
+    run_plan,
+)
+from moa_graph.errors import ProposalsFailedError
+from moa_graph.models import ModelLike
+from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.redact import redact
+from moa_graph.state import CLEAR_PROPOSALS, MoAInput, MoAOutput, MoAState, Proposal, ProposerTask
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
 
 PREPARE, PROPOSE, COLLECT, AGGREGATE = "prepare", "propose", "collect_layer", "aggregate"
@@ -152,7 +152,7 @@ def create_moa_graph(
             there are (or none: it then answers alone); the final message's
             ``response_metadata["moa_fallback"]`` says so.
         max_reference_tokens: token budget of the references given to one call; longer
-            references are cut to an equal share each (see ``moa_graph.references``), and the
+            references are cut to an equal share each (see ``moa_graph.engine.references``), and the
             cut is recorded.
         token_counter: counts tokens for that budget (default: about four characters a token).
         rate_limits: requests per second per provider (``{"together": 5}``) for models built

@@ -1,0 +1,30 @@
+"""``vote``: the most common final answer wins, its first reference returned verbatim.
+
+The references' final answers are read by the ``answer_extractor`` and counted; the first
+reference stating the most common one is the answer, with no aggregator call. A tie, or no
+readable answer, is left to the aggregator, told how the answers split.
+"""
+
+from __future__ import annotations
+
+from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
+
+
+class Vote(Strategy):
+    name = "vote"
+    summary = "majority of the references' final answers, returned verbatim (ties: aggregator)"
+    order = 20
+    needs_extractor = True
+    picks_reference = True
+
+    def flow(self, steps: FinalAnswerSteps) -> AggregationFlow:
+        count = steps.votes(steps.refs)
+        steps.extra["moa_votes"] = count.record()
+        if count.winner is not None:
+            steps.extra["moa_votes"]["decided_by"] = "majority"
+            return steps.verbatim(count.groups[count.winner][0])
+        steps.extra["moa_votes"]["decided_by"] = "aggregator"
+        return (yield steps.synthesis(steps.refs, count.summary()))
+
+
+STRATEGY = Vote()
