@@ -1,14 +1,8 @@
 """The pieces of the aggregation strategies: vote counts, reference order, sliding windows.
 
-A mixture's ``aggregation`` decides how its final answer is made from the last layer's answers:
-
-- ``synthesize`` (the paper's, default): the aggregator writes a new answer from the references.
-- ``vote``: the answers' final answers (read by the ``answer_extractor``) are counted and the
-  first reference stating the most common one is returned verbatim; a tie, or no readable answer,
-  is left to the aggregator, told how the answers split.
-- ``rank``: the aggregator picks the best reference (the paper's LLM-ranker prompt) and that
-  reference is returned verbatim.
-- ``synthesize_with_votes``: ``synthesize``, with the aggregator told how the answers split.
+A mixture's ``aggregation`` setting names the strategy that makes its final answer from the
+last layer's answers; the strategies themselves, one module each, are in
+``moa_graph.engine.strategies``. The pieces here are pure functions they share.
 
 Example:
     >>> count = count_votes(["... so 18.", "The answer is 20", "I get 18"], extract_number)
@@ -24,13 +18,9 @@ import random
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 from moa_graph.answers import Extractor, extract_number
-
-Aggregation = Literal["synthesize", "vote", "rank", "synthesize_with_votes"]
-AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
-"""The aggregation strategies, by name."""
 
 _Item = TypeVar("_Item")
 

@@ -8,8 +8,9 @@ from typing import Any
 from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from moa_graph.models import ChatRunnable, ModelDefaults, ModelLike, resolve_model
+from moa_graph.models import ChatRunnable, ModelLike, resolve_model
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT, inject_references, with_system_prompt
+from moa_graph.settings import MixtureSettings
 
 
 class InjectReferences(Runnable[Mapping[str, Any], list[BaseMessage]]):
@@ -76,7 +77,7 @@ def create_aggregator(
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt: the aggregation prompt must be a non-empty string")
-    resolved = resolve_model(model, field="model", defaults=ModelDefaults(max_tokens=None))
+    resolved = resolve_model(model, field="model", defaults=MixtureSettings(max_tokens=None))
     return bind_aggregator(
         resolved.model, prompt=prompt, system_prompt=resolved.system_prompt, name=name
     )

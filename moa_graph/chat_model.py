@@ -34,30 +34,20 @@ from langchain_core.tracers.base import BaseTracer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from moa_graph.aggregation import Aggregation
-from moa_graph.answers import extractor_name
-from moa_graph.engine.graph import AGGREGATE, build_graph, is_answer_token
-from moa_graph.engine.plan import FailMode, MixturePlan, plan_from_settings
-from moa_graph.engine.references import approximate_tokens
+from moa_graph.engine.graph import build_graph, is_answer_token, settings_help
+from moa_graph.engine.nodes import AGGREGATE
+from moa_graph.engine.plan import MixturePlan, build_plan
 from moa_graph.engine.run_choices import RUN_KEYS, RunChoices, run_plan
-from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.settings import SETTINGS, MixtureSettings, suggestion
 from moa_graph.state import Proposal, merge_proposals
-from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
 
-_SETTINGS = (
-    "temperature", "max_tokens", "timeout", "max_retries", "rate_limits", "min_proposals",
-    "fail_mode", "first_k", "layer_timeout", "fallback_to_aggregator", "max_reference_tokens",
-    "token_counter", "max_concurrent_calls", "max_input_chars", "aggregation",
-    "answer_extractor", "shuffle_references", "seed", "aggregation_window", "early_exit",
-)  # fmt: skip
-"""Fields passed on to the plan (see ``create_moa_graph`` for what each does)."""
 CONFIG_KEY = "moa"
 """``configurable`` key of per-call choices (``RunChoices``)."""
 CHOICES_KWARG = "moa_context"
 """Call keyword that carries the per-call choices to ``_generate`` / ``_stream``."""
 
 
-class ChatMixtureOfAgents(BaseChatModel):
+class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     """Mixture-of-Agents (arXiv 2406.04692) as one chat model.
 
     Proposers answer the conversation in parallel; every proposer of a later layer and the final
@@ -66,16 +56,17 @@ class ChatMixtureOfAgents(BaseChatModel):
     run, and ``response_metadata["proposals"]`` records each proposal (layer, proposer, model,
     text, usage, latency). ``stream`` yields the aggregator's tokens as they come.
 
-    Standard parameters: ``temperature`` and ``max_tokens`` are the defaults of every model built
-    from a ``"provider:model"`` string (0.7 and 512, as in the reference implementation);
-    ``timeout`` and ``max_retries`` apply to those models too; ``stop`` and other call-time
-    keyword arguments go to the final aggregator. Model instances are used as configured unless
-    a ``ProposerSpec`` sets a value.
+    Its fields are ``proposers``, ``aggregator``, ``layers``, ``stop``, ``streaming`` and every
+    mixture setting (``moa_graph.settings.MixtureSettings``, listed below): ``temperature`` and
+    ``max_tokens`` are the defaults of every model built from a ``"provider:model"`` string (as
+    in the reference implementation), ``timeout`` and ``max_retries`` apply to every call.
+    ``stop`` and other call-time keyword arguments go to the final aggregator. Model instances
+    are used as configured unless a ``ProposerSpec`` sets a value. A misspelt field is refused,
+    naming the closest one.
 
     Per call, ``configurable={"moa": {...}}`` (``with_config``, a chain's or LangServe's config)
-    narrows the mixture with the keys of ``RunChoices``: ``layers``, ``proposers`` (names),
-    ``temperature``, ``aggregator`` (a configured model's name), ``aggregator_temperature``;
-    they are checked before any call, like the constructor's arguments.
+    narrows the mixture with the per-run keys (listed below); they are checked before any call,
+    like the constructor's arguments.
 
     Example:
         >>> from langchain_core.language_models import GenericFakeChatModel
@@ -96,52 +87,25 @@ class ChatMixtureOfAgents(BaseChatModel):
     """The model that writes the final answer."""
     layers: int | None = None
     """Layers as in the paper, aggregator included (3 = MoA, 2 = MoA-Lite)."""
-    prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT
-    """The Aggregate-and-Synthesize prompt."""
-    temperature: float | None = Field(default=0.7, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=512, gt=0)
-    timeout: float | None = Field(default=120.0, gt=0)
-    """Seconds one call may take before it is cancelled."""
     stop: list[str] | None = None
-    max_retries: int = Field(default=2, ge=0)
-    """Retries of transient errors, with backoff honouring ``Retry-After``."""
-    min_proposals: int = 1
-    """Proposers of each layer that must answer for the run to go on."""
-    fail_mode: FailMode = "best_effort"
-    first_k: int | None = None
-    """Straggler cut-off: stop waiting once this many proposers of a layer answered."""
-    layer_timeout: float | None = None
-    fallback_to_aggregator: bool = False
-    max_reference_tokens: int | None = None
-    token_counter: Callable[[str], int] = approximate_tokens
-    rate_limits: dict[str, float] | None = None
-    max_concurrent_calls: int | None = None
-    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    """Stop words of the final aggregator call."""
+    streaming: bool = False
+    """As other chat models' flag: ``True`` makes ``invoke`` stream the final answer inside
+    (callbacks see its tokens); ``False``, once set, never streams."""
     cache: BaseCache | bool | None = False
     """The mixture's own answer is not cached by default (its inner model calls follow
     LangChain's cache settings as usual); ``True`` or a cache caches whole answers too."""
-    aggregation: Aggregation = "synthesize"
-    """``synthesize`` | ``vote`` | ``rank`` | ``synthesize_with_votes`` (see
-    ``create_moa_graph``)."""
-    answer_extractor: Any = None
-    """``"number"``, ``"choice"`` or a function ``str -> str | None`` (voting, early exit)."""
-    shuffle_references: bool = False
-    seed: int | None = None
-    aggregation_window: int | None = None
-    early_exit: bool = False
 
     _plan: MixturePlan = PrivateAttr()
     _graph: CompiledStateGraph[Any, Any, Any, Any] = PrivateAttr()
 
     @model_validator(mode="after")
     def _build_mixture(self) -> Self:
-        settings = {name: getattr(self, name) for name in _SETTINGS}
-        self._plan = plan_from_settings(
-            self.proposers,
-            aggregator=self.aggregator,
-            layers=self.layers,
-            prompt=self.prompt,
-            **settings,
+        settings = MixtureSettings.model_construct(  # each one validated as a field of ours
+            **{name: getattr(self, name) for name in SETTINGS}
+        )
+        self._plan = build_plan(
+            self.proposers, aggregator=self.aggregator, layers=self.layers, settings=settings
         )
         self._graph = build_graph(self._plan).compile(name="mixture_of_agents")
         return self
@@ -167,21 +131,18 @@ class ChatMixtureOfAgents(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
+        """The mixture's shape, the identifying settings, and any other setting not at its
+        default (the evaluation cache keys results on these)."""
+        params: dict[str, Any] = {
             "layers": self._plan.layers,
             "proposers": [[slot.name for slot in layer] for layer in self._plan.proposer_layers],
             "aggregator": self._plan.aggregator.name,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "min_proposals": self.min_proposals,
-            "first_k": self.first_k,
-            "aggregation": self.aggregation,
-            "answer_extractor": extractor_name(self.answer_extractor),
-            "shuffle_references": self.shuffle_references,
-            "seed": self.seed,
-            "aggregation_window": self.aggregation_window,
-            "early_exit": self.early_exit,
         }
+        changed = self._plan.options.changed()
+        for name, spec in SETTINGS.items():
+            if spec.identifying or name in changed:
+                params[name] = spec.identity(getattr(self, name))
+        return params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         # A call-time ``model`` goes to the aggregator call with the other keyword arguments.
@@ -297,7 +258,7 @@ class ChatMixtureOfAgents(BaseChatModel):
             id=CONFIG_KEY,
             annotation=RunChoices | None,
             name="Mixture-of-Agents run choices",
-            description="layers, proposers, temperature, aggregator, aggregator_temperature",
+            description=", ".join(RUN_KEYS),
         )
         return [*super().config_specs, spec]
 
@@ -356,7 +317,8 @@ class ChatMixtureOfAgents(BaseChatModel):
         unknown = sorted(set(choices) - set(RUN_KEYS))
         if unknown:
             raise ValueError(
-                f"configurable.{CONFIG_KEY}: unknown key(s) {unknown}; known: {list(RUN_KEYS)}"
+                f"configurable.{CONFIG_KEY}: unknown key(s) {unknown}; "
+                f"{suggestion(unknown[0], RUN_KEYS)}"
             )
         run_plan(self._plan, choices)  # ValueError naming the key, before any call
         return {**kwargs, CHOICES_KWARG: {**kwargs.get(CHOICES_KWARG, {}), **choices}}
@@ -650,3 +612,12 @@ def total_usage(proposals: Sequence[Proposal], final: BaseMessage) -> UsageMetad
         if usage:
             total = add_usage(total, UsageMetadata(**usage))  # type: ignore[typeddict-item]
     return total
+
+
+ChatMixtureOfAgents.__doc__ = (ChatMixtureOfAgents.__doc__ or "") + (
+    "\n    Per-run keys: "
+    + ", ".join(RUN_KEYS)
+    + ".\n\n    Settings:\n"
+    + settings_help("        ")
+    + "\n"
+)

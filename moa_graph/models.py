@@ -8,6 +8,7 @@ apply to models built from strings; an instance is used as configured unless its
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -20,6 +21,7 @@ from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from moa_graph.engine.calls import CallPolicy
+from moa_graph.settings import DEFAULTS, MixtureSettings
 
 ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
 LOCAL_PROVIDER = "local"
@@ -82,23 +84,6 @@ ModelLike: TypeAlias = BaseChatModel | str | ProposerSpec | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
-class ModelDefaults:
-    """Settings of the mixture's calls; sampling ones apply to models built from strings.
-
-    ``timeout`` (seconds per call) and ``max_retries`` apply to every call, whatever the model;
-    models built from strings also get ``timeout`` as their HTTP timeout and make no retries of
-    their own. ``rate_limits`` maps a provider (``"together"``) to requests per second, shared by
-    every model of that provider built from a string.
-    """
-
-    temperature: float | None = 0.7
-    max_tokens: int | None = 512
-    timeout: float | None = 120.0
-    max_retries: int = 2
-    rate_limits: Mapping[str, float] | None = None
-
-
-@dataclass(frozen=True)
 class ResolvedModel:
     """A ready chat model with its display name, model label and optional system prompt."""
 
@@ -141,10 +126,16 @@ def resolve_model(
     value: ModelLike,
     *,
     field: str,
-    defaults: ModelDefaults,
+    defaults: MixtureSettings = DEFAULTS,
     rate_limiters: Mapping[str, BaseRateLimiter] | None = None,
 ) -> ResolvedModel:
     """Build the chat model a spec describes, with ``defaults`` where the spec is silent.
+
+    Of ``defaults`` (the mixture's settings), ``temperature`` and ``max_tokens`` apply to models
+    built from strings; ``timeout`` (seconds per call) and ``max_retries`` to every call of the
+    model (models built from strings also get ``timeout`` as their HTTP timeout and make no
+    retries of their own); ``rate_limiters`` maps a provider to the limiter its string-built
+    models share.
 
     Raises:
         ValueError: naming ``field`` when the provider is unknown, its package is missing, or
@@ -187,7 +178,7 @@ def _build_from_string(
     spec: ProposerSpec,
     *,
     field: str,
-    defaults: ModelDefaults,
+    defaults: MixtureSettings,
     policy: CallPolicy,
     rate_limiters: Mapping[str, BaseRateLimiter],
 ) -> BaseChatModel:
@@ -204,6 +195,7 @@ def _build_from_string(
     }
     kwargs = {key: value for key, value in settings.items() if value is not None}
     kwargs.update(spec.model_kwargs)
+    _check_api_key(provider, kwargs, field=field, model=spec.model)
     try:
         if provider == LOCAL_PROVIDER:
             from moa_graph.local import create_local_chat_model
@@ -221,6 +213,37 @@ def _build_from_string(
         # so a streamed mixture can sum the tokens of every call.
         chat_model.stream_usage = True
     return chat_model
+
+
+API_KEY_VARIABLES = {
+    "openai": "OPENAI_API_KEY",
+    "together": "TOGETHER_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "mistralai": "MISTRAL_API_KEY",
+    "fireworks": "FIREWORKS_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "xai": "XAI_API_KEY",
+    "google_genai": "GOOGLE_API_KEY",
+    "cohere": "COHERE_API_KEY",
+}
+"""The environment variable each provider's LangChain integration reads its key from."""
+
+
+def _check_api_key(
+    provider: str | None, kwargs: Mapping[str, Any], *, field: str, model: str
+) -> None:
+    """Name the provider's own key variable when it is missing (some integrations built on the
+    OpenAI client would ask for ``OPENAI_API_KEY`` instead), before any model is built."""
+    variable = API_KEY_VARIABLES.get(provider or "")
+    if variable is None or os.environ.get(variable):
+        return
+    if any(kwargs.get(key) for key in ("api_key", f"{provider}_api_key")):
+        return
+    raise ValueError(
+        f"{field}: cannot create chat model {model!r}: no API key; set {variable} in the "
+        "environment or give ProposerSpec(api_key=...)"
+    )
 
 
 def split_provider(spec: str, *, field: str) -> tuple[str | None, str]:
@@ -249,7 +272,7 @@ def split_provider(spec: str, *, field: str) -> tuple[str | None, str]:
 
 def known_providers() -> set[str]:
     """Providers accepted in ``"provider:model"`` strings."""
-    try:
+    try:  # init_chat_model's own provider table: LangChain exports no public list of it
         from langchain.chat_models.base import _BUILTIN_PROVIDERS
     except ImportError:  # pragma: no cover - older or newer langchain layouts
         return {"openai", "together", LOCAL_PROVIDER}

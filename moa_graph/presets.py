@@ -3,6 +3,7 @@
 Each function returns a ``Recipe``; ``recipe.chat_model()`` builds a ``ChatMixtureOfAgents`` and
 ``recipe.graph()`` an uncompiled graph. Remote recipes need ``TOGETHER_API_KEY`` (and
 ``OPENAI_API_KEY`` for the GPT-4o aggregator) when the models are built, not before.
+``load_recipe(path)`` reads a recipe from a TOML file (the command line's ``--config``).
 
 Example:
     >>> recipe = moa_lite()
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from langgraph.graph import StateGraph
 
 from moa_graph.models import ModelLike, ProposerSpec
+from moa_graph.settings import SETTINGS, check_known
 
 if TYPE_CHECKING:
     from moa_graph.chat_model import ChatMixtureOfAgents
@@ -37,9 +39,25 @@ PAPER_PROPOSERS: tuple[str, ...] = (
 """The six open-source proposers of the paper (section 3.1), as Together model ids."""
 
 
+SHAPE_KEYS = ("proposers", "aggregator", "layers")
+"""What a recipe gives besides its settings: the mixture's models and layers."""
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """A named mixture configuration; keyword overrides are checked like the constructor's."""
+    """A named mixture configuration: models, layers and settings (``options``).
+
+    Option names are checked at once (a misspelt one is refused, naming the closest setting);
+    values are checked like the constructor's when the mixture is built.
+
+    Example:
+        >>> moa_lite().with_options(first_k=3).options["first_k"]
+        3
+        >>> moa_lite().with_options(first_kk=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: first_kk: not a setting; did you mean 'first_k'?
+    """
 
     name: str
     description: str
@@ -47,6 +65,9 @@ class Recipe:
     aggregator: ModelLike
     layers: int | None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_known(self.options, SETTINGS, what="setting")
 
     def chat_model(self, **overrides: Any) -> ChatMixtureOfAgents:
         """Build the recipe as a ``ChatMixtureOfAgents`` (``overrides`` replace its settings)."""
@@ -66,6 +87,7 @@ class Recipe:
         return replace(self, options={**self.options, **options})
 
     def _arguments(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        check_known(overrides, [*SHAPE_KEYS, *SETTINGS], what="setting")
         arguments: dict[str, Any] = {
             "proposers": list(self.proposers),
             "aggregator": self.aggregator,
@@ -256,15 +278,27 @@ def get_preset(name: str) -> Recipe:
         raise ValueError(f"preset: unknown {name!r}; known: {', '.join(PRESETS)}") from None
 
 
-ALLOWED_KEYS = {
-    "name", "description", "proposers", "aggregator", "layers", "prompt", "min_proposals",
-    "temperature", "max_tokens", "timeout", "max_retries", "aggregation", "answer_extractor",
-    "shuffle_references", "seed", "aggregation_window", "early_exit",
-}  # fmt: skip
+RECIPE_KEYS = ("name", "description", *SHAPE_KEYS, *SETTINGS)
+"""Keys of a TOML recipe: a name, a description, the shape and every setting."""
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Load a TOML recipe; an unreadable file or an unknown key is a ``ValueError``.
+    """Load a TOML recipe: ``proposers``, ``aggregator``, optionally ``layers``, ``name``,
+    ``description`` and any setting (``first_k = 2``; a function setting as ``"module:function"``).
+
+    An unreadable file, a missing model or an unknown key is a ``ValueError``; setting values
+    are checked when the mixture is built.
+
+    Example file::
+
+        layers = 2
+        aggregator = "local:qwen2.5-coder-1.5b"
+        temperature = 0.7
+        max_tokens = 256
+        aggregation = "vote"
+        answer_extractor = "number"
+        rate_limits = { together = 5 }
+        proposers = ["local:qwen2.5-coder-0.5b", { model = "local:smollm2-135m", samples = 2 }]
 
     Example:
         >>> import tempfile, os
@@ -281,24 +315,15 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ValueError(f"config: cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - ALLOWED_KEYS
-    if unknown:
-        raise ValueError(
-            f"config: unknown key(s) {', '.join(sorted(unknown))} in {path}; "
-            f"allowed: {', '.join(sorted(ALLOWED_KEYS))}"
-        )
+    check_known(data, RECIPE_KEYS, what="recipe key", where=f"config: {path}: ")
     for required in ("proposers", "aggregator"):
         if required not in data:
             raise ValueError(f"config: {path} has no '{required}'")
-    options: dict[str, Any] = {
-        key: data[key] for key in ALLOWED_KEYS - {"name", "description", "proposers",
-                                                  "aggregator", "layers"} if key in data
-    }  # fmt: skip
     return Recipe(
         name=str(data.get("name", path.stem)),
         description=str(data.get("description", f"recipe from {path}")),
         proposers=data["proposers"],
         aggregator=data["aggregator"],
         layers=data.get("layers"),
-        options=options,
+        options={key: data[key] for key in SETTINGS if key in data},
     )

@@ -327,8 +327,15 @@ class SettingSpec:
             return value[:37] + "..."
         return str(value)
 
-    def parse(self, text: str) -> Any:
-        """A value written as text (a flag or an eval option) in this setting's type.
+    def identity(self, value: Any) -> Any:
+        """A value as a mixture's identity records it: functions by name, the rest as is."""
+        if callable(value) and not isinstance(value, type):
+            return self.display(value)
+        return value
+
+    def parse(self, text: str, key: str | None = None) -> Any:
+        """A value written as text (a flag or an eval option) in this setting's type; an error
+        names ``key`` (the name as written, default the setting's).
 
         Example:
             >>> SETTINGS["first_k"].parse("none"), SETTINGS["early_exit"].parse("yes")
@@ -349,7 +356,7 @@ class SettingSpec:
             if typing.get_origin(base) is dict:
                 return _rates(text)
         except ValueError:
-            raise ValueError(f"{self.name}: must be {self.rule} (got {text!r})") from None
+            raise ValueError(f"{key or self.name}: expected {self.rule}, got {text!r}") from None
         return text
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -172,7 +174,7 @@ def test_parse_system_specs(spec: str, name: str, kind: str) -> None:
     assert (system.name, system.config["kind"]) == (name, kind)
 
 
-def test_parse_system_options_and_errors() -> None:
+def test_parse_system_options_and_errors(local_models_present: None) -> None:
     ranked = parse_system("best-of-n:local:smollm2-135m,n=3,ranker=local:qwen2.5-coder-0.5b")
     assert ranked.config["n"] == 3 and ranked.config["ranker"] == "qwen2.5-coder-0.5b"
     assert parse_system("local:smollm2-135m", max_tokens=64).config["max_tokens"] == 64
@@ -272,3 +274,24 @@ def test_call_cache_times_calls_and_marks_calls_cached_before_timing_unknown(
         set_llm_cache(None)
     assert made.total == served.total == 7.25  # the time the model reports, not the cache's
     assert (untimed.calls, untimed.total) == (1, None)
+
+
+@pytest.mark.parametrize(("dataset", "extractor"), [("gsm8k", "number"), ("arc", "choice")])
+def test_the_committed_experiment_keeps_its_cache_keys(
+    dataset: str, extractor: str, local_models_present: None
+) -> None:
+    """The systems of ``experiments/run_local.sh`` still find their answers in the committed
+    caches: a refactoring that changed a system's configuration would silently start over."""
+    script = Path("experiments/run_local.sh").read_text()
+    setup = script.split("for limit")[0]  # the variable definitions
+    systems = subprocess.run(["sh", "-c", setup + 'echo "$SYSTEMS"'], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+    cached = set()
+    for line in Path(f"experiments/{dataset}-local/cache.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "answer":
+            cached.add(record["key"][0])
+    assert len(systems) == 10
+    for spec in systems:
+        system = parse_system(spec, max_tokens=320, seed=0, answer_extractor=extractor)
+        assert system.key in cached, spec

@@ -56,7 +56,7 @@ def test_overrides_and_unknown_names() -> None:
         presets.get_preset("gpt5")
 
 
-def test_recipes_carry_an_aggregation_strategy(tmp_path: Path) -> None:
+def test_recipes_carry_an_aggregation_strategy(tmp_path: Path, local_models_present: None) -> None:
 
     voting = presets.get_preset("local-vote").chat_model()
     assert voting.plan.options.aggregation == "vote" and voting.seed == 0

@@ -22,12 +22,9 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import ValidationError
 
-from moa_graph.aggregation import AGGREGATIONS
-from moa_graph.answers import EXTRACTORS
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.cli.console import ProgressPrinter, RunOutcome, follow_run
-from moa_graph.evaluation.cli import build_eval_parser, main_eval
-from moa_graph.presets import PRESETS, Recipe, default_preset_name, get_preset, load_recipe
+from moa_graph.cli.options import add_mixture_options, base_recipe, mixture_overrides
 
 EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -47,80 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="a multi-turn conversation in the terminal")
     serve = commands.add_parser("serve", help="serve the mixture as an OpenAI-compatible API")
     for command in (ask, chat, serve):
-        _add_mixture_options(command)
+        add_mixture_options(command)
+        command.add_argument(
+            "--show-proposals", action="store_true", help="print every proposal before the answer"
+        )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-name", help="served model id (default: moa:<aggregator model>)")
-    build_eval_parser(commands.add_parser("eval", help="evaluate systems on a data set"))
+    # ``eval`` has its own parser (``moa-graph eval --help``), loaded only when it runs.
+    commands.add_parser("eval", help="evaluate systems on a data set", add_help=False)
     return parser
-
-
-def _add_mixture_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), help="named recipe (default: local without a key)"
-    )
-    parser.add_argument("--config", metavar="FILE", help="a TOML recipe file")
-    parser.add_argument(
-        "--proposer", action="append", metavar="MODEL", help="proposer model spec (repeatable)"
-    )
-    parser.add_argument("--aggregator", metavar="MODEL", help="aggregator model spec")
-    parser.add_argument("--layers", type=int, help="layers, aggregator included (3 = paper MoA)")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--max-tokens", type=int)
-    parser.add_argument("--timeout", type=float, help="seconds per remote call")
-    parser.add_argument("--min-proposals", type=int)
-    parser.add_argument(
-        "--aggregation",
-        choices=AGGREGATIONS,
-        help="how the final answer is made (default: the recipe's, else synthesize)",
-    )
-    parser.add_argument(
-        "--answer-extractor",
-        choices=sorted(EXTRACTORS),
-        help="reads final answers for vote, synthesize_with_votes and --early-exit",
-    )
-    parser.add_argument(
-        "--shuffle-references", action="store_true", default=None,
-        help="show references in a per-call random order (recorded)",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, help="seed of samples and shuffles")
-    parser.add_argument(
-        "--aggregation-window", type=int, metavar="N",
-        help="Self-MoA-Seq: synthesize at most N references per call",
-    )  # fmt: skip
-    parser.add_argument(
-        "--early-exit", action="store_true", default=None,
-        help="stop when every proposer of a layer gives the same final answer",
-    )  # fmt: skip
-    parser.add_argument(
-        "--show-proposals", action="store_true", help="print every proposal before the answer"
-    )
 
 
 def build_mixture(args: argparse.Namespace) -> ChatMixtureOfAgents:
     """The chat model the options describe; any configuration problem is a ``UsageError``."""
     try:
-        recipe = _base_recipe(args)
-        overrides: dict[str, Any] = {}
-        if args.proposer:
-            overrides["proposers"] = list(args.proposer)
-        for option in ("aggregator", "layers", "temperature", "max_tokens", "timeout",
-                       "min_proposals", "aggregation", "answer_extractor", "shuffle_references",
-                       "seed", "aggregation_window", "early_exit"):  # fmt: skip
-            value = getattr(args, option)
-            if value is not None:
-                overrides[option] = value
-        return recipe.chat_model(**overrides)
+        return base_recipe(args).chat_model(**mixture_overrides(args))
     except ValueError as exc:
         raise UsageError(_first_line(exc)) from None
-
-
-def _base_recipe(args: argparse.Namespace) -> Recipe:
-    if args.config and args.preset:
-        raise ValueError("give either --config or --preset, not both")
-    if args.config:
-        return load_recipe(args.config)
-    return get_preset(args.preset or default_preset_name())
 
 
 def run_once(
@@ -199,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moa-graph``; returns the exit code."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["eval"]:
+        from moa_graph.evaluation.cli import main_eval
+
         return main_eval(arguments[1:])
     args = build_parser().parse_args(arguments)
     command = {"ask": command_ask, "chat": command_chat, "serve": command_serve}[args.command]

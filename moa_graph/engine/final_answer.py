@@ -1,15 +1,19 @@
-"""The final answer of a run: the aggregator's call(s), or a reference chosen without one.
+"""The final answer of a run: the strategy's aggregator call(s), or an answer chosen without one.
 
-``AggregatorCall`` implements every aggregation strategy once, as a generator of model calls
-(``flow``); the graph's aggregate node runs those calls sync or async and hands the answers back.
+``FinalAnswer`` runs the run's aggregation strategy (``moa_graph.engine.strategies``): it gives
+the strategy its steps (``FinalAnswerSteps``: a synthesis, a ranker call, a vote count, a
+reference taken verbatim), hands the graph's aggregate node each model call to make (sync or
+async, with retries) and turns the result into the final message with its metadata. Before any
+strategy, a unanimous layer under ``early_exit`` answers at once, and a run whose proposers all
+failed (with ``fallback_to_aggregator``) lets the aggregator answer alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
@@ -17,25 +21,23 @@ from langchain_core.messages.ai import add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 from langgraph.errors import GraphBubbleUp
-from langgraph.runtime import Runtime
 
-from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled, windows
+from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
-from moa_graph.engine.proposer_call import AGGREGATOR_TAG, emit, truncation_record
-from moa_graph.engine.run_choices import (
-    answer_must_be_written,
-    check_aggregator_kwargs,
-    context_values,
-)
-from moa_graph.engine.strategies.rank import instruction_text, parse_ranker_choice, ranker_messages
+from moa_graph.engine import strategies
+from moa_graph.engine.events import AGGREGATOR_TAG, emit, truncation_record
+from moa_graph.engine.scope import RunScope
+from moa_graph.engine.strategies.base import AggregationFlow
+from moa_graph.engine.strategies.rank import instruction_text
 from moa_graph.errors import AggregatorError
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
+from moa_graph.state import MoAState
 
-if TYPE_CHECKING:
-    from moa_graph.engine.graph import _MoANodes
-    from moa_graph.state import MoAState
+FALLBACK_STRATEGY = "synthesize_with_votes"
+"""Used instead of a strategy that picks a reference when the answer must be written (a run
+binds tools or an output format: a reference returned verbatim cannot honour them)."""
 
 
 @dataclass
@@ -47,28 +49,23 @@ class ModelRequest:
     config: RunnableConfig
 
 
-AggregationFlow = Generator[ModelRequest, BaseMessage, BaseMessage]
-"""Yields the model calls to make, receives their answers, returns the final message."""
+class FinalAnswer:
+    """How the final answer of one run is made (see the module docstring).
 
-
-class AggregatorCall:
-    """How the final answer of one run is made: the aggregator's call(s), or a reference chosen
-    by vote, by the aggregator's ranking, or by early exit on consensus.
-
-    ``flow()`` yields each model call to make; the graph's nodes run them (sync or async) and
-    send the answers back, so both share one implementation of every strategy.
+    ``start()`` returns the first model call to make (or ``None``), ``resume(answer)`` the next
+    one; once both return ``None``, ``result()`` is the state update with the final message.
     """
 
-    def __init__(
-        self, nodes: _MoANodes, state: MoAState, config: RunnableConfig, runtime: Runtime
-    ) -> None:
-        self.plan = plan = nodes.run_plan(runtime)[0]
+    def __init__(self, scope: RunScope, state: MoAState, config: RunnableConfig) -> None:
+        self.scope = scope
+        self.plan = plan = scope.plan
         self.options = options = plan.options
-        self.nodes, self.runtime, self.state = nodes, runtime, state
-        refs, self.cuts, self.fallback = nodes.final_references(state, runtime)
+        self.runtime, self.state = scope.runtime, state
+        proposals = state["proposals"]
+        refs, self.cuts, self.fallback = scope.final_references(proposals)
         self.identity = {"layer": plan.layers, "proposer": plan.aggregator.name,
                          "model": plan.aggregator.model_name}  # fmt: skip
-        self.consensus = nodes.consensus(state, runtime)
+        self.consensus = scope.consensus(proposals)
         if self.consensus is not None:  # layers were skipped on purpose, not lost
             self.fallback = None
         self.order = list(range(len(refs)))
@@ -77,10 +74,10 @@ class AggregatorCall:
             self.shuffle_seed = call_seed(options.seed, plan.layers, 0)
             refs, self.order = shuffled(refs, self.shuffle_seed)
         self.refs = refs
+        self.aggregation_window = options.aggregation_window
         self.model = plan.aggregator.model
-        aggregator_kwargs = context_values(runtime.context).get("aggregator_kwargs")
+        aggregator_kwargs = scope.aggregator_kwargs
         if aggregator_kwargs:
-            check_aggregator_kwargs(aggregator_kwargs)
             self.model = self.model.bind(**aggregator_kwargs)
         if options.seed is not None:
             self.model = self.model.bind(seed=options.seed)
@@ -90,58 +87,21 @@ class AggregatorCall:
         self.usage: list[UsageMetadata] = []
         self.calls = 0
 
-    # -- the strategies ------------------------------------------------------------------------
+    # -- the decision --------------------------------------------------------------------------
 
     def flow(self) -> AggregationFlow:
-        """The final answer: early exit, the aggregator alone, or the configured strategy."""
+        """The final answer: early exit, the aggregator alone, or the run's strategy."""
         if self.consensus is not None:
             return self._early_exit(*self.consensus)
         if not self.refs and self.fallback is not None:  # every proposer failed
             name = f"aggregator: {self.plan.aggregator.name}"
             alone = with_system_prompt(self.state["messages"], self.plan.aggregator.system_prompt)
             return (yield self._request(self.model.with_config(run_name=name), alone))
-        strategy = self.options.aggregation
-        if strategy in ("vote", "rank") and answer_must_be_written(self.runtime.context):
-            strategy = "synthesize_with_votes"  # a verbatim reference cannot be a tool call
-            self.extra["moa_aggregation"] = strategy
-        if strategy == "vote":
-            return (yield from self._vote())
-        if strategy == "rank":
-            return (yield from self._rank())
-        return (yield from self._synthesize(with_votes=strategy == "synthesize_with_votes"))
-
-    def _synthesize(self, *, with_votes: bool) -> AggregationFlow:
-        groups = windows(len(self.refs), self.options.aggregation_window)
-        best: BaseMessage | None = None
-        for number, group in enumerate(groups, start=1):
-            texts = ([best.text] if best is not None else []) + [self.refs[p] for p in group]
-            note = self._votes(texts).summary() if with_votes else None
-            step = None if number == len(groups) else f"window {number} of {len(groups)}"
-            best = yield self._synthesis(texts, note, step=step)
-        if len(groups) > 1:
-            self.extra["moa_windows"] = [[self.order[p] for p in group] for group in groups]
-        assert best is not None
-        return best
-
-    def _vote(self) -> AggregationFlow:
-        count = self._votes(self.refs)
-        self.extra["moa_votes"] = count.record()
-        if count.winner is not None:
-            self.extra["moa_votes"]["decided_by"] = "majority"
-            return self._verbatim(count.groups[count.winner][0])
-        self.extra["moa_votes"]["decided_by"] = "aggregator"
-        return (yield self._synthesis(self.refs, count.summary()))
-
-    def _rank(self) -> AggregationFlow:
-        if len(self.refs) == 1:  # nothing to choose between
-            self.extra["moa_rank"] = {"reply": None, "parsed": False}
-            return self._verbatim(0)
-        name = f"ranker: {self.plan.aggregator.name}"
-        messages = ranker_messages(instruction_text(self.state["messages"]), self.refs)
-        reply = yield self._request(self.model.with_config(run_name=name), messages, step="rank")
-        chosen = parse_ranker_choice(reply.text, len(self.refs))
-        self.extra["moa_rank"] = {"reply": reply.text, "parsed": chosen is not None}
-        return self._verbatim(0 if chosen is None else chosen)
+        strategy = self.plan.strategy
+        if strategy.picks_reference and self.scope.answer_must_be_written:
+            strategy = strategies.get(FALLBACK_STRATEGY)
+            self.extra["moa_aggregation"] = strategy.name
+        return (yield from strategy.flow(self))
 
     def _early_exit(self, layer: int, count: VoteCount) -> BaseMessage:
         saved = sum(len(slots) for slots in self.plan.proposer_layers[layer:]) + 1
@@ -150,25 +110,35 @@ class AggregatorCall:
         emit(self.runtime, moa_event="early_exit", layer=layer, calls_saved=saved)
         return AIMessage(self.refs[0])
 
-    # -- helpers -------------------------------------------------------------------------------
+    # -- the steps a strategy takes (``FinalAnswerSteps``) -------------------------------------
 
-    def _votes(self, texts: list[str]) -> VoteCount:
-        return count_votes(texts, self.options.extractor or extract_number)
-
-    def _verbatim(self, position: int) -> BaseMessage:
-        """Reference ``position`` (as shown) returned as the answer, as the model would."""
-        self.extra["moa_chosen"] = self.order[position]
-        return AIMessage(self.refs[position])
-
-    def _synthesis(self, texts: list[str], note: str | None, *, step: str | None = None
-                   ) -> ModelRequest:  # fmt: skip
+    def synthesis(self, texts: list[str], note: str | None = None, *, step: str | None = None
+                  ) -> ModelRequest:  # fmt: skip
         runnable = bind_aggregator(self.model, prompt=self.plan.prompt,
                                    name=f"aggregator: {self.plan.aggregator.name}",
                                    system_prompt=self.plan.aggregator.system_prompt)  # fmt: skip
-        call_input = {"messages": self.state["messages"], "references": texts}
+        call_input: dict[str, Any] = {"messages": self.state["messages"], "references": texts}
         if note:
             call_input["note"] = note
         return self._request(runnable, call_input, step=step)
+
+    def ask_aggregator(self, messages: Sequence[BaseMessage], *, role: str, step: str
+                       ) -> ModelRequest:  # fmt: skip
+        name = f"{role}: {self.plan.aggregator.name}"
+        return self._request(self.model.with_config(run_name=name), list(messages), step=step)
+
+    def instruction(self) -> str:
+        return instruction_text(self.state["messages"])
+
+    def votes(self, texts: Sequence[str]) -> VoteCount:
+        return count_votes(texts, self.plan.extractor or extract_number)
+
+    def verbatim(self, position: int) -> BaseMessage:
+        self.extra["moa_chosen"] = self.order[position]
+        return AIMessage(self.refs[position])
+
+    def window_positions(self, groups: list[list[int]]) -> list[list[int]]:
+        return [[self.order[position] for position in group] for group in groups]
 
     def _request(self, runnable: Runnable[Any, BaseMessage], call_input: Any,
                  step: str | None = None) -> ModelRequest:  # fmt: skip
@@ -191,6 +161,8 @@ class AggregatorCall:
         config["callbacks"] = redacting_callbacks(config.get("callbacks"), self.plan.secrets)
         return ModelRequest(runnable, call_input, config)
 
+    # -- driving the flow ----------------------------------------------------------------------
+
     def start(self) -> ModelRequest | None:
         """The first model call to make, or ``None`` when the answer needs none."""
         self._flow = self.flow()
@@ -210,18 +182,12 @@ class AggregatorCall:
             self._final: BaseMessage = finished.value
             return None
 
-    def result(self) -> dict[str, list[BaseMessage]]:
-        """The state update with the final message (after ``start``/``resume`` returned None)."""
-        return self.outcome(self._final)
-
-    # -- running one call ----------------------------------------------------------------------
-
     def attempt_sync(self, request: ModelRequest) -> BaseMessage:
-        with self.nodes.limiter.sync_slot():
+        with self.scope.limiter.sync_slot():
             return request.runnable.invoke(request.input, request.config)
 
     async def attempt_async(self, request: ModelRequest) -> BaseMessage:
-        async with self.nodes.limiter.async_slot():
+        async with self.scope.limiter.async_slot():
             return await request.runnable.ainvoke(request.input, request.config)
 
     def can_retry(self) -> bool:
@@ -230,7 +196,7 @@ class AggregatorCall:
 
     def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
-             error=self.nodes.describe(error), **self.identity)  # fmt: skip
+             error=self.scope.describe(error), **self.identity)  # fmt: skip
 
     @contextmanager
     def failures_reported(self) -> Iterator[None]:
@@ -242,10 +208,12 @@ class AggregatorCall:
             raise
         except Exception as error:
             aggregator = self.plan.aggregator
-            described = self.nodes.describe(error)  # the raw cause may quote a key
+            described = self.scope.describe(error)  # the raw cause may quote a key
             raise AggregatorError(aggregator.name, aggregator.model_name, described) from None
 
-    def outcome(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:
+    def result(self) -> dict[str, list[BaseMessage]]:
+        """The state update with the final message (after ``start``/``resume`` returned None)."""
+        message = self._final
         if self.calls:  # a vote, a single reference or an early exit needs no aggregator call
             emit(self.runtime, moa_event="aggregation_finished", **self.identity)
         extra = dict(self.extra)

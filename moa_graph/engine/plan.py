@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
 
-from moa_graph.aggregation import AGGREGATIONS, Aggregation
 from moa_graph.answers import Extractor, get_extractor
+from moa_graph.engine import strategies
 from moa_graph.engine.calls import CallPolicy
 from moa_graph.engine.race import RaceRules
-from moa_graph.engine.references import TokenCounter, approximate_tokens
-from moa_graph.models import (
-    ChatRunnable,
-    ModelDefaults,
-    ModelLike,
-    ResolvedModel,
-    resolve_model,
-)
-from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
-from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS
-
-FailMode = Literal["best_effort", "fail_fast"]
+from moa_graph.engine.strategies import Strategy
+from moa_graph.models import ChatRunnable, ModelLike, ResolvedModel, resolve_model
+from moa_graph.settings import DEFAULTS, MixtureSettings
 
 
 @dataclass(frozen=True)
@@ -46,44 +36,6 @@ class ProposerSlot:
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """How a run copes with slow, failing or verbose proposers (see ``create_moa_graph``)."""
-
-    min_proposals: int = 1
-    fail_mode: FailMode = "best_effort"
-    first_k: int | None = None
-    layer_timeout: float | None = None
-    fallback_to_aggregator: bool = False
-    max_reference_tokens: int | None = None
-    token_counter: TokenCounter = approximate_tokens
-    max_concurrent_calls: int | None = None
-    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
-    aggregation: Aggregation = "synthesize"
-    answer_extractor: str | Extractor | None = None
-    shuffle_references: bool = False
-    seed: int | None = None
-    aggregation_window: int | None = None
-    early_exit: bool = False
-
-    @property
-    def extractor(self) -> Extractor | None:
-        """The answer extractor to use: the configured one, or ``number`` when a strategy
-        needs one and none was given."""
-        if self.answer_extractor is None:
-            needs_one = self.early_exit or self.aggregation in ("vote", "synthesize_with_votes")
-            return get_extractor("number") if needs_one else None
-        return get_extractor(self.answer_extractor)
-
-    @property
-    def race_rules(self) -> RaceRules:
-        return RaceRules(
-            first_k=self.first_k,
-            deadline=self.layer_timeout,
-            fail_fast=self.fail_mode == "fail_fast",
-        )
-
-
-@dataclass(frozen=True)
 class MixturePlan:
     """The validated shape of a mixture: proposer layers, the aggregator and the run options.
 
@@ -92,8 +44,7 @@ class MixturePlan:
 
     proposer_layers: tuple[tuple[ProposerSlot, ...], ...]
     aggregator: ResolvedModel
-    prompt: str
-    options: RunOptions
+    options: MixtureSettings
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """API keys given in specs, masked wherever an error message is recorded."""
     models: tuple[ResolvedModel, ...] = field(default=(), repr=False)
@@ -102,6 +53,35 @@ class MixturePlan:
     @property
     def layers(self) -> int:
         return len(self.proposer_layers) + 1
+
+    @property
+    def prompt(self) -> str:
+        """The Aggregate-and-Synthesize prompt."""
+        return self.options.prompt
+
+    @property
+    def strategy(self) -> Strategy:
+        """The aggregation strategy that makes the final answer."""
+        return strategies.get(self.options.aggregation)
+
+    @property
+    def extractor(self) -> Extractor | None:
+        """The answer extractor to use: the configured one, or ``number`` when the strategy or
+        early exit needs one and none was given."""
+        if self.options.answer_extractor is None:
+            needs_one = self.options.early_exit or self.strategy.needs_extractor
+            return get_extractor("number") if needs_one else None
+        return get_extractor(self.options.answer_extractor)
+
+    @property
+    def race_rules(self) -> RaceRules:
+        """When a layer stops waiting for its remaining proposers."""
+        options = self.options
+        return RaceRules(
+            first_k=options.first_k,
+            deadline=options.layer_timeout,
+            fail_fast=options.fail_mode == "fail_fast",
+        )
 
     @property
     def max_width(self) -> int:
@@ -123,14 +103,13 @@ def build_plan(
     *,
     aggregator: ModelLike,
     layers: int | None = None,
-    prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT,
-    defaults: ModelDefaults | None = None,
-    options: RunOptions | None = None,
+    settings: MixtureSettings = DEFAULTS,
 ) -> MixturePlan:
-    """Check every option and resolve every model; invalid input raises ``ValueError``.
+    """Resolve every model and check the settings against the mixture's shape.
 
     A flat list of proposers is reused in each of the ``layers - 1`` proposer layers; a list of
-    lists gives each layer its own proposers and must have ``layers - 1`` entries.
+    lists gives each layer its own proposers and must have ``layers - 1`` entries. Invalid input
+    raises ``ValueError`` naming the field.
 
     Example:
         >>> from langchain_core.language_models import GenericFakeChatModel
@@ -139,15 +118,11 @@ def build_plan(
         >>> plan.layers, [len(layer) for layer in plan.proposer_layers]
         (3, [2, 2])
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt: the aggregation prompt must be a non-empty string")
     if aggregator is None:
         raise ValueError("aggregator: a model is required")
-    defaults = defaults or ModelDefaults()
-    options = options or RunOptions()
     specs_per_layer = _layer_specs(proposers, layers)
     resolved_models: dict[int, ResolvedModel] = {}
-    resolve = _resolver(defaults, resolved_models)
+    resolve = _resolver(settings, resolved_models)
     proposer_layers = []
     for layer_number, specs in enumerate(specs_per_layer, start=1):
         slots: list[ProposerSlot] = []
@@ -158,48 +133,16 @@ def build_plan(
     plan = MixturePlan(
         proposer_layers=tuple(proposer_layers),
         aggregator=resolve(aggregator, "aggregator"),
-        prompt=prompt,
-        options=options,
+        options=settings,
         secrets=tuple(sorted({m.secret for m in resolved_models.values() if m.secret})),
         models=tuple(resolved_models.values()),
     )
-    check_options(plan.options, smallest_layer=min(len(layer) for layer in proposer_layers))
+    check_against_shape(settings, smallest_layer=min(len(layer) for layer in proposer_layers))
     return plan
 
 
-def plan_from_settings(
-    proposers: Sequence[ModelLike] | Sequence[Sequence[ModelLike]],
-    *,
-    aggregator: ModelLike,
-    layers: int | None = None,
-    prompt: str = AGGREGATE_AND_SYNTHESIZE_PROMPT,
-    **settings: Any,
-) -> MixturePlan:
-    """``build_plan`` with flat keyword settings, each going to ``ModelDefaults`` or ``RunOptions``.
-
-    Example:
-        >>> from langchain_core.language_models import GenericFakeChatModel
-        >>> fake = GenericFakeChatModel(messages=iter([]))
-        >>> plan_from_settings([fake], aggregator=fake, first_k=1, timeout=5).options.first_k
-        1
-    """
-    model_fields = {f.name for f in fields(ModelDefaults)}
-    option_fields = {f.name for f in fields(RunOptions)}
-    unknown = set(settings) - model_fields - option_fields
-    if unknown:
-        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return build_plan(
-        proposers,
-        aggregator=aggregator,
-        layers=layers,
-        prompt=prompt,
-        defaults=ModelDefaults(**{k: v for k, v in settings.items() if k in model_fields}),
-        options=RunOptions(**{k: v for k, v in settings.items() if k in option_fields}),
-    )
-
-
 def _resolver(
-    defaults: ModelDefaults, cache: dict[int, ResolvedModel]
+    defaults: MixtureSettings, cache: dict[int, ResolvedModel]
 ) -> Callable[[ModelLike, str], ResolvedModel]:
     """Resolve specs into ``cache``, each distinct object once (a flat list reused in layers)."""
     limiters = {
@@ -217,58 +160,39 @@ def _resolver(
     return resolve
 
 
-def check_options(options: RunOptions, *, smallest_layer: int) -> None:
-    """Raise ``ValueError`` naming the first invalid run option."""
-    minimum = options.min_proposals
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-        raise ValueError(f"min_proposals: must be an integer >= 1 (got {minimum!r})")
+def check_against_shape(settings: MixtureSettings, *, smallest_layer: int) -> None:
+    """Raise ``ValueError`` for settings that do not fit the mixture (each is valid alone).
+
+    Example:
+        >>> check_against_shape(MixtureSettings(min_proposals=3), smallest_layer=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: min_proposals: 3 is more than the 2 proposers of the smallest layer
+    """
+    minimum = settings.min_proposals
     if minimum > smallest_layer:
         raise ValueError(
             f"min_proposals: {minimum} is more than the {smallest_layer} proposers of the "
             "smallest layer"
         )
-    if options.fail_mode not in ("best_effort", "fail_fast"):
-        raise ValueError(
-            f"fail_mode: must be 'best_effort' or 'fail_fast' (got {options.fail_mode!r})"
-        )
-    if options.first_k is not None and not minimum <= options.first_k <= smallest_layer:
+    if settings.first_k is not None and not minimum <= settings.first_k <= smallest_layer:
         raise ValueError(
             f"first_k: must be between min_proposals ({minimum}) and the {smallest_layer} "
-            f"proposers of the smallest layer (got {options.first_k!r})"
+            f"proposers of the smallest layer (got {settings.first_k!r})"
         )
-    for name in ("layer_timeout",):
-        value = getattr(options, name)
-        if value is not None and not value > 0:
-            raise ValueError(f"{name}: must be a positive number of seconds (got {value!r})")
-    for name in ("max_reference_tokens", "max_concurrent_calls", "max_input_chars"):
-        value = getattr(options, name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"{name}: must be a positive integer (got {value!r})")
-    check_aggregation(options)
+    check_strategy(settings)
 
 
-def check_aggregation(options: RunOptions) -> None:
-    """Raise ``ValueError`` naming the first invalid aggregation option."""
-    if options.aggregation not in AGGREGATIONS:
+def check_strategy(settings: MixtureSettings) -> None:
+    """Raise ``ValueError`` when the strategy cannot honour another setting."""
+    if (
+        settings.aggregation_window is not None
+        and strategies.get(settings.aggregation).picks_reference
+    ):
         raise ValueError(
-            f"aggregation: must be one of {', '.join(AGGREGATIONS)} (got {options.aggregation!r})"
-        )
-    if options.answer_extractor is not None:
-        get_extractor(options.answer_extractor)
-    window = options.aggregation_window
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                               or window < 2):  # fmt: skip
-        raise ValueError(f"aggregation_window: must be an integer >= 2 (got {window!r})")
-    if window is not None and options.aggregation in ("vote", "rank"):
-        raise ValueError(
-            f"aggregation_window: slides over syntheses; aggregation={options.aggregation!r} "
+            f"aggregation_window: slides over syntheses; aggregation={settings.aggregation!r} "
             "picks one reference instead"
         )
-    seed = options.seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed: must be an integer (got {seed!r})")
 
 
 def _layer_specs(

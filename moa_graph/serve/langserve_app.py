@@ -26,6 +26,9 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from langchain_core.runnables import Runnable
 from langserve import add_routes
+
+# LangServe's own decoding of a config hash in the path (no public function does it): the
+# modifier must see exactly what the client sent.
 from langserve.api_handler import _config_from_hash
 
 __all__ = ["DEFAULT_PATH", "ConfigModifier", "create_app", "restrict_configurable"]

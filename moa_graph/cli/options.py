@@ -1,0 +1,96 @@
+"""The mixture's command-line options, derived from the settings declaration.
+
+Every setting of ``moa_graph.settings`` is a flag of ``ask``, ``chat`` and ``serve`` with the
+setting's name in dashes (``first_k`` -> ``--first-k``), its type and its doc; ``none`` unsets an
+optional one (``--timeout none``), and a boolean has a ``--no-`` form. A flag not given leaves the
+recipe's value (``--preset`` or ``--config``), and the recipe leaves the setting's default.
+
+Example:
+    >>> parser = argparse.ArgumentParser()
+    >>> add_mixture_options(parser)
+    >>> args = parser.parse_args(["--first-k", "2", "--no-early-exit", "--proposer", "openai:x"])
+    >>> mixture_overrides(args)
+    {'proposers': ['openai:x'], 'first_k': 2, 'early_exit': False}
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from moa_graph.engine import strategies
+from moa_graph.presets import PRESETS, Recipe, default_preset_name, get_preset, load_recipe
+from moa_graph.settings import SETTINGS, SettingSpec
+
+
+def add_mixture_options(parser: argparse.ArgumentParser) -> None:
+    """Add the recipe, model and setting options to ``parser``."""
+    recipe = parser.add_argument_group("mixture")
+    recipe.add_argument(
+        "--preset", choices=sorted(PRESETS), help="named recipe (default: local without a key)"
+    )
+    recipe.add_argument("--config", metavar="FILE", help="a TOML recipe file")
+    recipe.add_argument(
+        "--proposer", action="append", metavar="MODEL", help="proposer model spec (repeatable)"
+    )
+    recipe.add_argument("--aggregator", metavar="MODEL", help="aggregator model spec")
+    recipe.add_argument("--layers", type=int, help="layers, aggregator included (3 = paper MoA)")
+    settings = parser.add_argument_group("settings (default: the recipe's, else the one shown)")
+    for spec in SETTINGS.values():
+        _add_setting(settings, spec)
+
+
+def _add_setting(group: argparse._ArgumentGroup, spec: SettingSpec) -> None:
+    helptext = f"{spec.doc} (default: {spec.display(spec.default)})"
+    if spec.name == "aggregation":
+        helptext += "; " + "; ".join(f"{s.name}: {s.summary}" for s in strategies.all_strategies())
+    helptext = helptext.replace("%", "%%")  # argparse formats help strings
+    if spec.base_type is bool:
+        group.add_argument(spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=helptext)  # fmt: skip
+        return
+    # Not given: no attribute at all (SUPPRESS), so that ``--timeout none`` can mean None.
+    group.add_argument(spec.flag, dest=spec.name, type=_converter(spec),
+                       default=argparse.SUPPRESS, choices=spec.choices, metavar=_metavar(spec),
+                       help=helptext)  # fmt: skip
+
+
+def _converter(spec: SettingSpec) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except ValueError as exc:  # argparse reports this message as the flag's error
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = spec.name
+    return convert
+
+
+def _metavar(spec: SettingSpec) -> str | None:
+    if spec.choices is not None:
+        return None  # argparse shows the choices
+    if spec.name == "rate_limits":
+        return "PROVIDER=RPS,..."
+    return spec.name.upper()
+
+
+def mixture_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What the options set on top of the recipe: models, layers and every setting given."""
+    overrides: dict[str, Any] = {}
+    if args.proposer:
+        overrides["proposers"] = list(args.proposer)
+    for name in ("aggregator", "layers"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    overrides.update({name: value for name, value in vars(args).items() if name in SETTINGS})
+    return overrides
+
+
+def base_recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe the options start from: ``--config``, ``--preset`` or the default preset."""
+    if args.config and args.preset:
+        raise ValueError("give either --config or --preset, not both")
+    if args.config:
+        return load_recipe(args.config)
+    return get_preset(args.preset or default_preset_name())

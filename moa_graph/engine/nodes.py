@@ -1,0 +1,207 @@
+"""The graph's nodes and routes: what each step of a run does (the wiring is in ``graph``).
+
+Every node gets the run's ``RunScope`` from the mixture (``Mixture.scope``), so a per-run choice
+is read once per step and checked before any model call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph import END
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from moa_graph.engine.calls import call_async, call_sync
+from moa_graph.engine.events import emit
+from moa_graph.engine.final_answer import FinalAnswer
+from moa_graph.engine.proposer_call import ProposerCall
+from moa_graph.engine.scope import Mixture, RunScope, latest_layer
+from moa_graph.errors import ProposalsFailedError
+from moa_graph.state import CLEAR_PROPOSALS, MoAState, Proposal, ProposerTask
+from moa_graph.validation import validate_conversation
+
+PREPARE, PROPOSE, COLLECT, AGGREGATE = "prepare", "propose", "collect_layer", "aggregate"
+"""Node names (``AGGREGATE`` streams the final answer)."""
+
+# LangGraph's configurable flag, set during the first step of a resumed thread
+# (``langgraph._internal._constants.CONFIG_KEY_RESUMING``): no public API tells a node that its
+# run resumes, and a resumed layer that had failed must call its failed proposers again.
+_RESUMING = "__pregel_resuming"
+
+
+class MixtureNodes:
+    """The node and routing functions of one mixture."""
+
+    def __init__(self, mixture: Mixture) -> None:
+        self.mixture = mixture
+
+    def prepare(self, state: MoAState, runtime: Runtime) -> dict[str, Any]:
+        scope = self.mixture.scope(runtime)  # a bad per-run choice fails here, before any call
+        scope.check_call_choices()
+        validate_conversation(
+            state.get("messages", []), max_input_chars=scope.options.max_input_chars
+        )
+        return {"proposals": CLEAR_PROPOSALS, "run_id": uuid.uuid4().hex}
+
+    def send_first_layer(self, state: MoAState, runtime: Runtime) -> list[Send]:
+        return _sends(self.mixture.scope(runtime), 1, state, [])
+
+    def propose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
+        call = ProposerCall(self.mixture.scope(runtime), task, config)
+        if call.race is not None and call.race.stopped:
+            return call.outcome()
+        try:
+            message = call_sync(call.attempt_sync, call.slot.policy, race=call.race,
+                                on_retry=call.on_retry)  # fmt: skip
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            return call.outcome(error=error)
+        return call.outcome(message=message)
+
+    async def apropose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
+        call = ProposerCall(self.mixture.scope(runtime), task, config)
+        if call.race is not None and call.race.stopped:
+            return call.outcome()
+        try:
+            message = await call_async(call.attempt_async, call.slot.policy, race=call.race,
+                                       on_retry=call.on_retry)  # fmt: skip
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            return call.outcome(error=error)
+        return call.outcome(message=message)
+
+    def after_propose(self, state: MoAState, runtime: Runtime) -> str:
+        """A proposer's layer is joined by ``collect_layer``; the last layer by the aggregator."""
+        scope = self.mixture.scope(runtime)
+        last = latest_layer(state["proposals"]) == len(scope.plan.proposer_layers)
+        return AGGREGATE if last else COLLECT
+
+    def collect(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> None:
+        scope = self.mixture.scope(runtime)
+        if _finish_layer(scope, state, config) == _DONE:
+            layer = latest_layer(state["proposals"])
+            scope.references(state["proposals"], layer, report=True)  # reports any cut once
+
+    def route_after_layer(
+        self, state: MoAState, config: RunnableConfig, runtime: Runtime
+    ) -> list[Send] | str:
+        scope = self.mixture.scope(runtime)
+        layer = latest_layer(state["proposals"])
+        proposals = [p for p in state["proposals"] if p["layer"] == layer]
+        if _retry_on_resume(scope, proposals, config):
+            return _retry_sends(scope, state, layer)
+        if scope.layer_failed(proposals) or scope.consensus(state["proposals"]):
+            return AGGREGATE
+        return _sends(scope, layer + 1, state, scope.references(state["proposals"], layer))
+
+    def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
+        answer = self._final_answer(state, config, runtime)
+        if answer is None:
+            return {}  # ``after_aggregate`` calls the failed proposers again
+        request = answer.start()
+        while request is not None:
+            with answer.failures_reported():
+                message = call_sync(partial(answer.attempt_sync, request),
+                                    answer.plan.aggregator.policy, on_retry=answer.on_retry,
+                                    can_retry=answer.can_retry)  # fmt: skip
+            request = answer.resume(message)
+        return answer.result()
+
+    async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
+        answer = self._final_answer(state, config, runtime)
+        if answer is None:
+            return {}  # ``after_aggregate`` calls the failed proposers again
+        request = answer.start()
+        while request is not None:
+            with answer.failures_reported():
+                message = await call_async(partial(answer.attempt_async, request),
+                                           answer.plan.aggregator.policy,
+                                           on_retry=answer.on_retry,
+                                           can_retry=answer.can_retry)  # fmt: skip
+            request = answer.resume(message)
+        return answer.result()
+
+    def _final_answer(
+        self, state: MoAState, config: RunnableConfig, runtime: Runtime
+    ) -> FinalAnswer | None:
+        """The run's final answer, once the last layer is joined; ``None`` when a resumed run
+        must first call that layer's failed proposers again."""
+        scope = self.mixture.scope(runtime)
+        if _joins_last_layer(scope, state) and _finish_layer(scope, state, config) == _RETRY:
+            return None
+        return FinalAnswer(scope, state, config)
+
+    def after_aggregate(
+        self, state: MoAState, config: RunnableConfig, runtime: Runtime
+    ) -> list[Send] | str:
+        """The end, unless a resumed run calls its last layer's failed proposers again."""
+        scope = self.mixture.scope(runtime)
+        if _joins_last_layer(scope, state):
+            layer = latest_layer(state["proposals"])
+            proposals = [p for p in state["proposals"] if p["layer"] == layer]
+            if _retry_on_resume(scope, proposals, config):
+                return _retry_sends(scope, state, layer)
+        return END
+
+
+_DONE, _FAILED, _RETRY = "done", "failed", "retry"
+
+
+def _finish_layer(scope: RunScope, state: MoAState, config: RunnableConfig) -> str:
+    """Join the latest layer: report it, then check its quorum. ``_RETRY`` when a resumed run
+    must call its failed proposers again, ``_FAILED`` below quorum with the aggregator's
+    fallback on (without it, ``ProposalsFailedError``), else ``_DONE``."""
+    layer = latest_layer(state["proposals"])
+    proposals = [p for p in state["proposals"] if p["layer"] == layer]
+    counts = {status: sum(p["status"] == status for p in proposals)
+              for status in ("answered", "failed", "cancelled")}  # fmt: skip
+    emit(scope.runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
+         failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
+    if _retry_on_resume(scope, proposals, config):
+        return _RETRY
+    if not scope.layer_failed(proposals):
+        return _DONE
+    if not scope.options.fallback_to_aggregator:
+        raise ProposalsFailedError(layer, proposals, scope.options.min_proposals)
+    return _FAILED
+
+
+def _joins_last_layer(scope: RunScope, state: MoAState) -> bool:
+    """Whether the aggregate step follows the last proposer layer directly (and so joins it)."""
+    return latest_layer(state["proposals"]) == len(scope.plan.proposer_layers)
+
+
+def _retry_sends(scope: RunScope, state: MoAState, layer: int) -> list[Send]:
+    """The failed proposers of ``layer``, sent again with the references they had."""
+    failed = {
+        p["index"] for p in state["proposals"] if p["layer"] == layer and p["status"] == "failed"
+    }
+    refs = scope.references(state["proposals"], layer - 1) if layer > 1 else []
+    return [send for send in _sends(scope, layer, state, refs) if send.arg["index"] in failed]
+
+
+def _sends(scope: RunScope, layer: int, state: MoAState, refs: list[str]) -> list[Send]:
+    return [
+        Send(PROPOSE, ProposerTask(run_id=state["run_id"], layer=layer, index=slot.index,
+                                   messages=state["messages"], references=refs))
+        for slot in scope.layer(layer)
+    ]  # fmt: skip
+
+
+def _retry_on_resume(
+    scope: RunScope, proposals: Sequence[Proposal], config: RunnableConfig
+) -> bool:
+    """Whether this step resumes a thread whose run failed at this layer (``proposals``, the
+    latest layer's): then the failed proposers are called again (LangGraph saved them as
+    finished tasks, so resuming would otherwise only repeat the error)."""
+    if not config.get("configurable", {}).get(_RESUMING):
+        return False
+    return scope.layer_failed(proposals) and any(p["status"] == "failed" for p in proposals)

@@ -1,0 +1,219 @@
+"""What the runs of one mixture share (``Mixture``), and one run's view of it (``RunScope``).
+
+A run's context may narrow the configured mixture (fewer layers, a subset of proposers, another
+strategy...). ``Mixture.scope(runtime)`` gives each node call the run's ``RunScope``: the plan
+narrowed by that context and its proposer runnables (built once per distinct choice), the races
+of the run's layers and the mixture's call limiter, plus what the nodes ask of them (references,
+quorum, consensus).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
+from langgraph.runtime import Runtime
+
+from moa_graph.aggregation import VoteCount, count_votes
+from moa_graph.aggregator import bind_aggregator
+from moa_graph.engine.events import emit, run_name, truncation_record
+from moa_graph.engine.limits import CallLimiter
+from moa_graph.engine.plan import MixturePlan, ProposerSlot
+from moa_graph.engine.race import LayerRace, RaceRegistry
+from moa_graph.engine.references import Truncation, answered, fit_to_budget
+from moa_graph.engine.run_choices import (
+    answer_must_be_written,
+    check_aggregator_kwargs,
+    context_values,
+    run_key,
+    run_plan,
+)
+from moa_graph.redact import redact
+from moa_graph.state import Proposal
+
+Runnables = dict[tuple[int, int], Runnable[Any, BaseMessage]]
+"""Each proposer call's runnable, by ``(layer, index)``."""
+
+_MAX_VARIANTS = 64
+"""Per-run plans kept per mixture (each distinct context choice builds one)."""
+
+
+class Mixture:
+    """What every run of one mixture shares: its plan and the plans its runs chose, the races of
+    the layers being run, and the cap on calls in flight.
+
+    Example:
+        >>> from langchain_core.language_models import GenericFakeChatModel
+        >>> from moa_graph.engine.plan import build_plan
+        >>> fake = GenericFakeChatModel(messages=iter([]))
+        >>> mixture = Mixture(build_plan([fake, fake], aggregator=fake, layers=3))
+        >>> sorted(mixture.scope(None).runnables)
+        [(1, 0), (1, 1), (2, 0), (2, 1)]
+    """
+
+    def __init__(self, plan: MixturePlan) -> None:
+        self.plan = plan
+        self.races = RaceRegistry()
+        self.limiter = CallLimiter(plan.options.max_concurrent_calls)
+        self._variants: dict[tuple[Any, ...], tuple[MixturePlan, Runnables]] = {}
+        self._configured = (plan, _runnables(plan))
+
+    def scope(self, runtime: Runtime | None) -> RunScope:
+        """The run's scope; a bad per-run choice raises ``ValueError`` naming it."""
+        context = runtime.context if runtime is not None else None
+        key = run_key(context)
+        if key is None:
+            plan, runnables = self._configured
+        else:
+            variant = self._variants.get(key)
+            if variant is None:
+                narrowed = run_plan(self.plan, context)
+                variant = (narrowed, _runnables(narrowed))
+                if len(self._variants) >= _MAX_VARIANTS:
+                    self._variants.clear()
+                self._variants[key] = variant
+            plan, runnables = variant
+        return RunScope(self, plan, runnables, context_values(context), runtime)
+
+
+class RunScope:
+    """One run's view of its mixture (see the module docstring)."""
+
+    def __init__(
+        self,
+        mixture: Mixture,
+        plan: MixturePlan,
+        runnables: Runnables,
+        choices: Mapping[str, Any],
+        runtime: Runtime | None,
+    ) -> None:
+        self.plan, self.options, self.runnables = plan, plan.options, runnables
+        self.limiter = mixture.limiter
+        self.choices, self.runtime = choices, runtime
+        self._races = mixture.races
+
+    # -- what the run asked for --------------------------------------------------------------
+
+    @property
+    def aggregator_kwargs(self) -> dict[str, Any]:
+        """Arguments of the final aggregator call (checked: stop words, tools, formats)."""
+        kwargs = dict(self.choices.get("aggregator_kwargs") or {})
+        check_aggregator_kwargs(kwargs)
+        return kwargs
+
+    def check_call_choices(self) -> None:
+        """Refuse the run's call arguments now, before any model is called (``ValueError``)."""
+        check_aggregator_kwargs(self.choices.get("aggregator_kwargs") or {})
+
+    @property
+    def answer_must_be_written(self) -> bool:
+        """Tools or an output format are bound: no reference can be the answer verbatim."""
+        return answer_must_be_written(self.choices)
+
+    @property
+    def proposers_stream(self) -> bool:
+        """Whether proposer calls stream their tokens (``stream_proposers``, default on)."""
+        return self.choices.get("stream_proposers") is not False
+
+    # -- layers ------------------------------------------------------------------------------
+
+    def layer(self, number: int) -> tuple[ProposerSlot, ...]:
+        """The proposer calls of layer ``number`` (from 1)."""
+        return self.plan.proposer_layers[number - 1]
+
+    def race(self, run_id: str, slot: ProposerSlot) -> LayerRace | None:
+        """The race of the slot's layer, when the run may stop waiting early."""
+        rules = self.plan.race_rules
+        if not rules.can_stop_early:
+            return None
+        return self._races.race(run_id, slot.layer, len(self.layer(slot.layer)), rules)
+
+    def layer_failed(self, proposals: Sequence[Proposal]) -> bool:
+        """Whether a layer's answers fall below ``min_proposals`` (or any failed, fail-fast)."""
+        answers = sum(p["status"] == "answered" for p in proposals)
+        failed = any(p["status"] == "failed" for p in proposals)
+        return answers < self.options.min_proposals or (
+            self.options.fail_mode == "fail_fast" and failed
+        )
+
+    def consensus(self, proposals: Sequence[Proposal]) -> tuple[int, VoteCount] | None:
+        """With ``early_exit``: the latest layer and its vote when every proposer of it
+        answered and all state the same final answer (``None`` otherwise, and whenever tools or
+        an output format are bound to the aggregator)."""
+        extractor = self.plan.extractor
+        if not self.options.early_exit or extractor is None or self.answer_must_be_written:
+            return None
+        layer = latest_layer(proposals)
+        latest = [p for p in proposals if p["layer"] == layer]
+        if any(p["status"] != "answered" for p in latest):
+            return None
+        count = count_votes([p["text"] for p in latest], extractor)
+        return (layer, count) if count.unanimous else None
+
+    # -- references --------------------------------------------------------------------------
+
+    def references(
+        self, proposals: Sequence[Proposal], layer: int, *, report: bool = False
+    ) -> list[str]:
+        """The answers of ``layer`` as the next layer's references (cut to the budget)."""
+        return self.fit(answered(proposals, layer), layer, report=report)[0]
+
+    def fit(
+        self, chosen: list[Proposal], layer: int, *, report: bool = False
+    ) -> tuple[list[str], list[Truncation]]:
+        """Fit references to ``max_reference_tokens``; ``report`` emits any cut as an event."""
+        texts, cuts = fit_to_budget(chosen, self.options.max_reference_tokens,
+                                    self.options.token_counter)  # fmt: skip
+        if cuts and report:
+            emit(self.runtime, moa_event="references_truncated", layer=layer,
+                 truncations=[truncation_record(cut) for cut in cuts])  # fmt: skip
+        return texts, cuts
+
+    def final_references(
+        self, proposals: Sequence[Proposal]
+    ) -> tuple[list[str], list[Truncation], str | None]:
+        """References for the aggregator, and why it is a fallback (``None`` when it is not)."""
+        reached = latest_layer(proposals)
+        for layer in range(reached, 0, -1):
+            chosen = answered(proposals, layer)
+            if not chosen:
+                continue
+            texts, cuts = self.fit(chosen, layer, report=True)
+            minimum = self.options.min_proposals
+            complete = layer == len(self.plan.proposer_layers) and len(chosen) >= minimum
+            reason = None if complete else (
+                f"the aggregator used the {len(chosen)} answer(s) of layer {layer} after "
+                f"layer {reached} fell below min_proposals={minimum}"
+            )  # fmt: skip
+            return texts, cuts, reason
+        return [], [], "every proposer failed: the aggregator answered alone"
+
+    def describe(self, error: BaseException) -> str:
+        """The error as recorded: type and message, secrets masked."""
+        return redact(f"{type(error).__name__}: {error}", self.plan.secrets)
+
+
+def latest_layer(proposals: Sequence[Proposal]) -> int:
+    """The highest layer that has proposals."""
+    return max(p["layer"] for p in proposals)
+
+
+def _runnables(plan: MixturePlan) -> Runnables:
+    return {
+        (slot.layer, slot.index): _runnable_for(plan, slot)
+        for layer in plan.proposer_layers
+        for slot in layer
+    }
+
+
+def _runnable_for(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
+    model = slot.model
+    if plan.options.seed is not None:  # sample k of a model draws with seed + k
+        model = model.bind(seed=plan.options.seed + slot.sample)
+    if slot.layer == 1:
+        return model
+    return bind_aggregator(
+        model, prompt=plan.prompt, system_prompt=slot.system_prompt, name=run_name(slot)
+    )

@@ -1,0 +1,30 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moa_graph.local import weights
+
+
+@pytest.fixture
+def local_models_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every registered local model counts as installed, for tests that build mixtures of them
+    without running them: each multi-part model's assembled file is in a fresh cache with its
+    verification record (the file itself is sparse: nothing may load it)."""
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    for spec in weights.MODELS.values():
+        if len(spec.parts) == 1:
+            continue  # the single-part model is installed with the tests
+        target = (tmp_path / spec.filename).resolve()
+        with target.open("wb") as file:
+            file.truncate(spec.size)
+        stat = target.stat()
+        record = {"sha256": spec.sha256, "path": str(target), "size": stat.st_size,
+                  "mtime_ns": stat.st_mtime_ns}  # fmt: skip
+        (tmp_path / f"{spec.filename}.sha256").write_text(json.dumps(record))
+    yield
