@@ -1,5 +1,5 @@
 #!/bin/sh
-# The issue 7/8 experiment on the embedded local models: GSM8K then ARC-Challenge, 60 items each,
+# The experiment on the embedded local models: GSM8K then ARC-Challenge, 60 items each,
 # seed 0. Runs in stages (20, 40, 60 items, alternating data sets; a stage's items include the
 # previous stage's), so an interrupted run leaves complete, reportable subsets of both data sets;
 # rerunning resumes from the caches (answers in cache.jsonl, model calls in calls.sqlite).

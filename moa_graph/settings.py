@@ -81,28 +81,23 @@ def _known_strategy(name: str) -> str:
     return name
 
 
-def _extractor(value: Any) -> Any:
-    if value is None or callable(value) or value in EXTRACTORS:
-        return value
-    if isinstance(value, str) and ":" in value:
-        return _import_object(value, "answer_extractor")
-    raise ValueError(
-        f"answer_extractor: unknown {value!r}; give {', '.join(EXTRACTORS)}, a function or "
-        "'module:function'"
-    )
+def _function(setting: str, names: Mapping[str, Any], *, resolve: bool) -> BeforeValidator:
+    """A function setting's validator: a function, a name of ``names`` (kept as the name unless
+    ``resolve``) or ``"module:function"``."""
 
+    def validate(value: Any) -> Any:
+        if value is None or callable(value):
+            return value
+        if isinstance(value, str) and value in names:
+            return names[value] if resolve else value
+        if isinstance(value, str) and ":" in value:
+            return _import_object(value, setting)
+        raise ValueError(
+            f"{setting}: unknown {value!r}; give {', '.join(names)}, a function or "
+            "'module:function'"
+        )
 
-def _token_counter(value: Any) -> Any:
-    if callable(value):
-        return value
-    if isinstance(value, str) and value in TOKEN_COUNTERS:
-        return TOKEN_COUNTERS[value]
-    if isinstance(value, str) and ":" in value:
-        return _import_object(value, "token_counter")
-    raise ValueError(
-        f"token_counter: unknown {value!r}; give {', '.join(TOKEN_COUNTERS)}, a function "
-        "str -> int or 'module:function'"
-    )
+    return BeforeValidator(validate)
 
 
 def _positive_rates(rates: dict[str, float] | None) -> dict[str, float] | None:
@@ -151,7 +146,7 @@ class MixtureSettings(BaseModel):
         "the Aggregate-and-Synthesize prompt (the paper's Table 1 text)",
     )
     temperature: float | None = setting(
-        0.7, "temperature of models built from strings; per run: of every proposer call",
+        0.7, "temperature of models built from strings (a run's choice: every proposer call)",
         ge=0, le=2, per_run=True, identifying=True,
     )  # fmt: skip
     max_tokens: int | None = setting(
@@ -188,7 +183,9 @@ class MixtureSettings(BaseModel):
     max_reference_tokens: int | None = setting(
         None, "token budget of the references of one call (each cut to an equal share)", ge=1
     )
-    token_counter: Annotated[TokenCounter, BeforeValidator(_token_counter)] = setting(
+    token_counter: Annotated[
+        TokenCounter, _function("token_counter", TOKEN_COUNTERS, resolve=True)
+    ] = setting(
         approximate_tokens,
         "counts tokens for max_reference_tokens: approximate (4 characters a token), a "
         "function or 'module:function'",
@@ -202,7 +199,9 @@ class MixtureSettings(BaseModel):
         "synthesize", "how the final answer is made (a strategy name)",
         per_run=True, identifying=True,
     )  # fmt: skip
-    answer_extractor: Annotated[str | Extractor | None, BeforeValidator(_extractor)] = setting(
+    answer_extractor: Annotated[
+        str | Extractor | None, _function("answer_extractor", EXTRACTORS, resolve=False)
+    ] = setting(
         None,
         "reads final answers for voting and early exit: number, choice, a function or "
         "'module:function' (default: number where needed)",

@@ -24,7 +24,13 @@ from pydantic import ValidationError
 
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.cli.console import ProgressPrinter, RunOutcome, follow_run
-from moa_graph.cli.options import add_mixture_options, base_recipe, mixture_overrides
+from moa_graph.cli.options import (
+    add_mixture_options,
+    base_recipe,
+    mixture_overrides,
+    settings_table,
+    strategies_table,
+)
 
 EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -51,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-name", help="served model id (default: moa:<aggregator model>)")
+    commands.add_parser("settings", help="list every mixture setting (name, flag, default)")
     # ``eval`` has its own parser (``moa-graph eval --help``), loaded only when it runs.
     commands.add_parser("eval", help="evaluate systems on a data set", add_help=False)
     return parser
@@ -127,6 +134,12 @@ def command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_settings(args: argparse.Namespace) -> int:
+    """Print every mixture setting and the aggregation strategies (Markdown tables)."""
+    print(settings_table() + "\n\n" + strategies_table())
+    return 0
+
+
 def _announce(moa: ChatMixtureOfAgents) -> None:
     plan = moa.plan
     names = ", ".join(slot.name for slot in plan.proposer_layers[0])
@@ -144,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return main_eval(arguments[1:])
     args = build_parser().parse_args(arguments)
-    command = {"ask": command_ask, "chat": command_chat, "serve": command_serve}[args.command]
+    commands = {"ask": command_ask, "chat": command_chat, "serve": command_serve,
+                "settings": command_settings}  # fmt: skip
+    command = commands[args.command]
     try:
         return command(args)
     except UsageError as exc:

@@ -94,3 +94,34 @@ def base_recipe(args: argparse.Namespace) -> Recipe:
     if args.config:
         return load_recipe(args.config)
     return get_preset(args.preset or default_preset_name())
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (``moa-graph settings``; the README's reference).
+
+    Example:
+        >>> settings_table().splitlines()[2].startswith("| `prompt` | `--prompt` |")
+        True
+    """
+    rows = ["| setting | flag | default | what it does |", "|---|---|---|---|"]
+    for spec in SETTINGS.values():
+        doc = spec.doc + (" (per run too)" if spec.per_run else "")
+        default = spec.display(spec.default)
+        rows.append(f"| `{spec.name}` | `{spec.flag}` | `{default}` | {_cell(doc)} |")
+    return "\n".join(rows)
+
+
+def strategies_table() -> str:
+    """The aggregation strategies as a Markdown table (from the registry).
+
+    Example:
+        >>> strategies_table().splitlines()[2].startswith("| `synthesize` |")
+        True
+    """
+    rows = ["| `aggregation` | what it does |", "|---|---|"]
+    rows += [f"| `{s.name}` | {_cell(s.summary)} |" for s in strategies.all_strategies()]
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
