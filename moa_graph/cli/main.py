@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import ValidationError
@@ -51,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-name", help="served model id (default: moa:<aggregator model>)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes, each with its own mixture"
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N",
+        help="larger request bodies get 413 (default: 8 MiB)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="a client has this long to send its request body, then 408 (default: 30)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--timeout-keep-alive", type=int, default=5, metavar="SECONDS",
+        help="idle keep-alive connections are closed after this (default: 5)",
+    )  # fmt: skip
     build_eval_parser(commands.add_parser("eval", help="evaluate systems on a data set"))
     return parser
 
@@ -170,18 +185,40 @@ def command_chat(args: argparse.Namespace) -> int:
         history.append(outcome.answer)
 
 
+def mixture_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The options' mixture as JSON (``preset``, ``config``, ``overrides``): what serve's
+    worker processes build their mixtures from (``moa_graph.serve.openai_app.build_mixture``)."""
+    overrides: dict[str, Any] = {"proposers": list(args.proposer)} if args.proposer else {}
+    for option in ("aggregator", "layers", "temperature", "max_tokens", "timeout",
+                   "min_proposals", "aggregation", "answer_extractor", "shuffle_references",
+                   "seed", "aggregation_window", "early_exit"):  # fmt: skip
+        if getattr(args, option) is not None:
+            overrides[option] = getattr(args, option)
+    return {"preset": args.preset, "config": args.config, "overrides": overrides}
+
+
 def command_serve(args: argparse.Namespace) -> int:
     """Serve ``/v1/chat/completions``; ``MOA_GRAPH_API_KEY`` (if set) is the required key."""
-    from moa_graph.serve.openai_app import serve
+    from moa_graph.serve.openai_app import MixtureSource, build_mixture, serve
 
-    moa = build_mixture(args)
+    if args.workers < 1 or args.max_body_bytes < 1 or args.body_timeout <= 0:
+        raise UsageError("--workers, --max-body-bytes and --body-timeout must be positive")
+    source = cast(MixtureSource, mixture_source(args))
+    try:
+        moa = build_mixture(source)  # here once, so a bad option is one line, not N tracebacks
+    except ValueError as exc:
+        raise UsageError(_first_line(exc)) from None
     _announce(moa)
     serve(
-        moa,
+        moa if args.workers == 1 else source,
         host=args.host,
         port=args.port,
-        model_name=args.model_name,
+        model_name=args.model_name or moa.model_name,
         api_key=os.environ.get("MOA_GRAPH_API_KEY") or None,
+        workers=args.workers,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout=args.body_timeout,
+        timeout_keep_alive=args.timeout_keep_alive,
     )
     return 0
 
