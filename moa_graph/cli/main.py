@@ -186,8 +186,10 @@ def command_chat(args: argparse.Namespace) -> int:
 
 
 def mixture_source(args: argparse.Namespace) -> dict[str, Any]:
-    """The options' mixture as JSON (``preset``, ``config``, ``overrides``): what serve's
-    worker processes build their mixtures from (``moa_graph.serve.openai_app.build_mixture``)."""
+    """The options' mixture as JSON (``preset``, ``config``, ``overrides``).
+
+    Serve's worker processes build their mixtures from it (``openai_app.mixture_from_source``).
+    """
     overrides: dict[str, Any] = {"proposers": list(args.proposer)} if args.proposer else {}
     for option in ("aggregator", "layers", "temperature", "max_tokens", "timeout",
                    "min_proposals", "aggregation", "answer_extractor", "shuffle_references",
@@ -199,13 +201,15 @@ def mixture_source(args: argparse.Namespace) -> dict[str, Any]:
 
 def command_serve(args: argparse.Namespace) -> int:
     """Serve ``/v1/chat/completions``; ``MOA_GRAPH_API_KEY`` (if set) is the required key."""
-    from moa_graph.serve.openai_app import MixtureSource, build_mixture, serve
+    from moa_graph.serve.openai_app import MixtureSource, mixture_from_source, serve
 
     if args.workers < 1 or args.max_body_bytes < 1 or args.body_timeout <= 0:
         raise UsageError("--workers, --max-body-bytes and --body-timeout must be positive")
     source = cast(MixtureSource, mixture_source(args))
     try:
-        moa = build_mixture(source)  # here once, so a bad option is one line, not N tracebacks
+        moa = mixture_from_source(
+            source
+        )  # here once, so a bad option is one line, not N tracebacks
     except ValueError as exc:
         raise UsageError(_first_line(exc)) from None
     _announce(moa)

@@ -43,6 +43,18 @@ async def read_body(request: Request, *, max_bytes: int, timeout: float) -> byte
     Raises:
         RequestError: 413 for a body over ``max_bytes``, 408 for one not read in time, 400 for
             a client that left before sending it all.
+
+    Example:
+        >>> async def receive():
+        ...     return {"type": "http.request", "body": b'{"a": 1}', "more_body": False}
+        >>> request = Request({"type": "http", "headers": [(b"content-length", b"8")]}, receive)
+        >>> asyncio.run(read_body(request, max_bytes=100, timeout=1.0))
+        b'{"a": 1}'
+        >>> asyncio.run(read_body(request, max_bytes=4, timeout=1.0))
+        Traceback (most recent call last):
+        ...
+        moa_graph.serve.openai_requests.RequestError: The request body is larger than this \
+server accepts (4 bytes).
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:

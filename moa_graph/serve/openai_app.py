@@ -50,7 +50,7 @@ from moa_graph.serve.openai_requests import (
     openai_usage,
     parse_chat_request,
 )
-from moa_graph.serve.runner import UvicornServer
+from moa_graph.serve.runner import UvicornServer, http_url
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class MixtureSource(TypedDict, total=False):
     overrides: dict[str, Any]
 
 
-def build_mixture(source: MixtureSource) -> ChatMixtureOfAgents:
+def mixture_from_source(source: MixtureSource) -> ChatMixtureOfAgents:
     """Build the mixture ``source`` describes.
 
     Raises:
         ValueError: For an unknown preset, an unreadable recipe or a bad setting.
 
     Example:
-        >>> build_mixture({"preset": "local-tiny", "overrides": {"layers": 2}}).layers
+        >>> mixture_from_source({"preset": "local-tiny", "overrides": {"layers": 2}}).layers
         2
     """
     from moa_graph.presets import default_preset_name, get_preset, load_recipe
@@ -201,6 +201,7 @@ class _RunResponse(Response):
     """Answers a chat request by running the mixture; a client that leaves cancels the run."""
 
     def __init__(self, endpoints: _Endpoints, chat: ChatRequest) -> None:
+        super().__init__()  # what is sent is decided in __call__
         self.endpoints = endpoints
         self.chat = chat
         self.headers_out = {"X-MoA-Ignored-Params": ",".join(chat.ignored)} if chat.ignored else {}
@@ -412,7 +413,7 @@ def app_from_environment() -> Starlette:
     """
     settings = json.loads(os.environ[SERVE_ENV])
     return create_app(
-        build_mixture(settings["mixture"]),
+        mixture_from_source(settings["mixture"]),
         model_name=settings["model_name"],
         api_key=os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=settings["max_body_bytes"],
@@ -476,7 +477,7 @@ def serve(
             os.environ.pop(API_KEY_ENV, None)
         app = APP_FACTORY
     else:
-        moa = mixture if isinstance(mixture, ChatMixtureOfAgents) else build_mixture(mixture)
+        moa = mixture if isinstance(mixture, ChatMixtureOfAgents) else mixture_from_source(mixture)
         model_name = model_name or moa.model_name
         app = create_app(
             moa,
@@ -486,7 +487,7 @@ def serve(
             body_timeout=body_timeout,
         )
     name = repr(model_name) if model_name else "the mixture"
-    url = f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
+    url = http_url(host, port) + "/v1"
     plural = "s" if workers > 1 else ""
     print(f"serving {name} at {url} with {workers} worker{plural} (Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(

@@ -37,6 +37,16 @@ from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 
+def http_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, an IPv6 host in brackets.
+
+    Example:
+        >>> http_url("127.0.0.1", 8000), http_url("::1", 8000)
+        ('http://127.0.0.1:8000', 'http://[::1]:8000')
+    """
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class HTTPAddress:
     """``port``, ``url`` and ``base_url`` of a server listening on ``host``."""
 
@@ -51,8 +61,7 @@ class HTTPAddress:
     @property
     def url(self) -> str:
         """``http://HOST:PORT``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._port}"
+        return http_url(self.host, self._port)
 
     @property
     def base_url(self) -> str:

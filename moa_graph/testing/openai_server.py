@@ -403,6 +403,7 @@ class _ScriptedResponse(Response):
     def __init__(
         self, server: OpenAICompatibleServer, record: RequestRecord, payload: Any, start: float
     ) -> None:
+        super().__init__()  # what is sent is decided in __call__
         self.server, self.record, self.payload, self.start = server, record, payload, start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
