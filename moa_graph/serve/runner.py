@@ -176,8 +176,8 @@ class _Server(uvicorn.Server):
         self.serving.set()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn would wait for in-flight responses (a scripted hang: forever); the old
-        # servers dropped open connections on stop, and so does this one.
+        # Drop open connections first, as stop() promises: uvicorn would wait for in-flight
+        # responses (a scripted hang: until its graceful-shutdown timeout).
         self.connections.abort_all()
         await super().shutdown(sockets)
 
