@@ -169,6 +169,7 @@ def chat_body() -> bytes:
         head(POST, "Host: x", AUTH, "Content-Length: +5") + b"hello",
         head(POST, "Host: x", AUTH, "Transfer-Encoding: xchunked") + b"5\r\nhello\r\n0\r\n\r\n",
         head(POST, "Host: x", AUTH, "Transfer-Encoding: chunked") + b"zz\r\nhello\r\n0\r\n\r\n",
+        head(POST, "Host: x", AUTH, "Transfer-Encoding: chunked") + b"5\r\nhelloXX0\r\n\r\n",
         head(POST, "Host: x", AUTH, "Content-Length : 5") + b"hello",  # space before the colon
         head(POST, AUTH, "Content-Length: 5") + b"hello",  # HTTP/1.1 without Host
     ],
@@ -179,6 +180,7 @@ def chat_body() -> bytes:
         "signed-content-length",
         "xchunked",
         "non-hex-chunk-size",
+        "chunk-without-crlf",  # accepted before h11 0.16 (GHSA-vqfr-h8mv-ghfj)
         "space-before-colon",
         "no-host",
     ],
