@@ -293,14 +293,15 @@ class UvicornServer(HTTPAddress):
     ) -> None:
         """Serve until SIGINT or SIGTERM (or until ``until`` is set), then stop.
 
-        The main thread waits while the server runs on its thread, so a signal ends the wait
-        and the process can exit normally (uvicorn's own handlers would re-raise it).
+        The calling thread waits while the server runs on its own, so a signal ends the wait
+        and the process can exit normally (uvicorn's own handlers would re-raise the signal).
+        Signals are handled only when called on the main thread.
         """
         stop = until or threading.Event()
-        previous = {
-            sig: signal.signal(sig, lambda *_: stop.set())
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
             self.start()
             if on_start is not None:
