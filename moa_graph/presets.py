@@ -265,6 +265,26 @@ def default_preset_name(environ: dict[str, str] | None = None) -> str:
     return "together" if environ.get("TOGETHER_API_KEY") else "local"
 
 
+def choose_recipe(
+    *,
+    preset: str | None = None,
+    config: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Recipe:
+    """The recipe a command or a server is given: a TOML file, a preset, or else the default
+    preset (``default_preset_name`` of ``environ``); both at once is a ``ValueError``.
+
+    Example:
+        >>> choose_recipe(preset="moa-lite").name
+        'moa-lite'
+    """
+    if preset and config:
+        raise ValueError("give either a preset or a config file, not both")
+    if config:
+        return load_recipe(config)
+    return get_preset(preset or default_preset_name(environ))
+
+
 def get_preset(name: str) -> Recipe:
     """The recipe called ``name``; an unknown name is a ``ValueError`` listing the known ones.
 

@@ -8,6 +8,7 @@ server: MoA all the way down, offline.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -405,3 +406,47 @@ async def test_client_that_goes_away_cancels_the_run(
             break
         await asyncio.sleep(0.05)
     assert [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]
+
+
+@pytest.mark.parametrize("when", ["before-the-first-token", "mid-stream"])
+async def test_client_that_leaves_a_stream_cancels_the_run(
+    served: MoAServer, upstream: OpenAICompatibleServer, when: str
+) -> None:
+    if when == "before-the-first-token":
+        upstream.set_script("agg", ModelScript(reply=ANSWER, ttft=5.0))
+    else:
+        upstream.set_script("agg", ModelScript(reply="word " * 50, per_token=0.1))
+    async with openai.AsyncOpenAI(
+        base_url=served.base_url, api_key="x", max_retries=0, timeout=0.5
+    ) as c:
+        if when == "before-the-first-token":
+            with pytest.raises(openai.APITimeoutError):
+                await c.chat.completions.create(model=NAME, messages=USER, stream=True)  # type: ignore[arg-type]
+        else:
+            stream = await c.chat.completions.create(model=NAME, messages=USER, stream=True)  # type: ignore[arg-type]
+            received = 0
+            async for chunk in stream:
+                received += bool(chunk.choices and chunk.choices[0].delta.content)
+                if received == 2:
+                    break
+            await stream.close()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]
+
+
+def test_stream_is_server_sent_events_ending_with_done(served: MoAServer) -> None:
+    body = {"model": NAME, "messages": USER, "stream": True}
+    with httpx.stream("POST", served.base_url + "/chat/completions", json=body) as response:
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["transfer-encoding"] == "chunked"
+        text = response.read().decode()
+    events = text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-2]]
+    assert all(event.startswith("data: {") for event in events[:-2])
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == ANSWER

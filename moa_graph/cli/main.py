@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import ValidationError
@@ -26,8 +26,11 @@ from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.cli.console import ProgressPrinter, RunOutcome, follow_run
 from moa_graph.cli.options import (
     add_mixture_options,
+    add_serve_options,
     base_recipe,
     mixture_overrides,
+    mixture_source,
+    serve_options,
     settings_table,
     strategies_table,
 )
@@ -54,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--show-proposals", action="store_true", help="print every proposal before the answer"
         )
-    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model-name", help="served model id (default: moa:<aggregator model>)")
+    add_serve_options(serve)
     commands.add_parser("settings", help="list every mixture setting (name, flag, default)")
     # ``eval`` has its own parser (``moa-graph eval --help``), loaded only when it runs.
     commands.add_parser("eval", help="evaluate systems on a data set", add_help=False)
@@ -120,17 +121,18 @@ def command_chat(args: argparse.Namespace) -> int:
 
 def command_serve(args: argparse.Namespace) -> int:
     """Serve ``/v1/chat/completions``; ``MOA_GRAPH_API_KEY`` (if set) is the required key."""
-    from moa_graph.serve.openai_app import serve
+    from moa_graph.serve.openai_app import MixtureSource, mixture_from_source, serve
 
-    moa = build_mixture(args)
+    source = cast(MixtureSource, mixture_source(args))
+    try:  # built here once, so a bad option is one line, not a traceback per worker
+        options = serve_options(args)
+        moa = mixture_from_source(source)
+    except ValueError as exc:
+        raise UsageError(_first_line(exc)) from None
     _announce(moa)
-    serve(
-        moa,
-        host=args.host,
-        port=args.port,
-        model_name=args.model_name,
-        api_key=os.environ.get("MOA_GRAPH_API_KEY") or None,
-    )
+    api_key = os.environ.get("MOA_GRAPH_API_KEY") or None
+    serve(moa if options["workers"] == 1 else source, api_key=api_key,
+          **{**options, "model_name": options["model_name"] or moa.model_name})  # fmt: skip
     return 0
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from moa_graph.engine import strategies
-from moa_graph.presets import PRESETS, Recipe, default_preset_name, get_preset, load_recipe
+from moa_graph.presets import PRESETS, Recipe, choose_recipe
+from moa_graph.serve.options import ServeOptions
 from moa_graph.settings import SETTINGS, SettingSpec
 
 
@@ -75,6 +77,28 @@ def _metavar(spec: SettingSpec) -> str | None:
     return spec.name.upper()
 
 
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add the server's options (``moa_graph.serve.options.ServeOptions``) as flags."""
+    group = parser.add_argument_group("server")
+    types = {"int": int, "float": float}  # the fields' annotations, as strings
+    for option in fields(ServeOptions):
+        group.add_argument(
+            "--" + option.name.replace("_", "-"),
+            dest=option.name,
+            type=types.get(str(option.type), str),
+            default=option.default,
+            metavar=option.name.upper(),
+            help=f"{option.metadata['doc']} (default: {option.metadata['shown']})",
+        )
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The server options given (each a ``ServeOptions`` field); a bad one is a ``ValueError``."""
+    options = {option.name: getattr(args, option.name) for option in fields(ServeOptions)}
+    ServeOptions(**options)  # checked now, before a mixture is built
+    return options
+
+
 def mixture_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """What the options set on top of the recipe: models, layers and every setting given."""
     overrides: dict[str, Any] = {}
@@ -89,11 +113,13 @@ def mixture_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def base_recipe(args: argparse.Namespace) -> Recipe:
     """The recipe the options start from: ``--config``, ``--preset`` or the default preset."""
-    if args.config and args.preset:
-        raise ValueError("give either --config or --preset, not both")
-    if args.config:
-        return load_recipe(args.config)
-    return get_preset(args.preset or default_preset_name())
+    return choose_recipe(preset=args.preset, config=args.config)
+
+
+def mixture_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The options' mixture as JSON: ``preset``, ``config`` and the ``overrides`` (what
+    ``moa-graph serve --workers N`` hands each worker to build it again)."""
+    return {"preset": args.preset, "config": args.config, "overrides": mixture_overrides(args)}
 
 
 def settings_table() -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 
-from moa_graph.presets import Recipe, default_preset_name, get_preset, load_recipe
+from moa_graph.presets import Recipe, choose_recipe
 
 __all__ = ["GRAPH_NAME", "build_served_graph", "graph", "served_recipe"]
 
@@ -50,9 +50,7 @@ def served_recipe(environ: Mapping[str, str] | None = None) -> Recipe:
     config, preset = env.get("MOA_GRAPH_CONFIG"), env.get("MOA_GRAPH_PRESET")
     if config and preset:
         raise ValueError("set either MOA_GRAPH_CONFIG or MOA_GRAPH_PRESET, not both")
-    if config:
-        return load_recipe(config)
-    return get_preset(preset or default_preset_name(env))
+    return choose_recipe(preset=preset, config=config, environ=env)
 
 
 def build_served_graph(

@@ -1,9 +1,11 @@
 """Serve a mixture as an OpenAI-compatible endpoint: ``/v1/chat/completions`` and ``/v1/models``.
 
 Any OpenAI client or tool can then use the mixture like one model: answers stream token by token
-as the aggregator writes them, and ``usage`` sums every call of the run. The server is
-dependency-free (asyncio streams, reusing the HTTP/SSE plumbing of ``moa_graph.testing``); what a
-request may change is described in ``moa_graph.serve.openai_requests``.
+as the aggregator writes them, and ``usage`` sums every call of the run. The app is Starlette,
+served by uvicorn: :func:`create_app` for your own ASGI stack, :class:`MoAServer` on a thread,
+:func:`serve` (``moa-graph serve``) in the foreground, with several worker processes if asked.
+What a request may change is described in ``moa_graph.serve.openai_requests``; the limits a
+public server needs (API key before the body, body size and time) in ``moa_graph.serve.guards``.
 
 Example:
     >>> import openai
@@ -16,40 +18,304 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
+import json
 import logging
+import os
 import secrets
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import fields
+from typing import Any, TypedDict
 
-from moa_graph import http_messages
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.errors import MoAError
-from moa_graph.loop_server import LoopServer
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
+from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
+from moa_graph.serve.guards import FramingGuard, read_body
 from moa_graph.serve.openai_requests import (
     ChatRequest,
     RequestError,
-    error_body,
     finish_reason,
     openai_usage,
     parse_chat_request,
 )
+from moa_graph.serve.options import ServeOptions
+from moa_graph.serve.runner import UvicornServer, http_url
+from moa_graph.settings import check_known
 
 logger = logging.getLogger(__name__)
 
-_DISCONNECT_POLL_S = 0.1
-"""How often a running request looks for a client that went away (its run is then cancelled)."""
+DEFAULTS = ServeOptions()
+"""The server options' defaults (``moa_graph.serve.options``)."""
+
+API_KEY_ENV = "MOA_GRAPH_API_KEY"
+"""The environment variable holding the served API key (workers read it; never logged)."""
+
+SERVE_ENV = "MOA_GRAPH_SERVE"
+"""The environment variable carrying :func:`serve`'s settings to its worker processes (JSON)."""
+
+APP_FACTORY = "moa_graph.serve.openai_app:app_from_environment"
+
+# h11: strict framing and request heads bounded to 16 KiB (httptools has no header limit).
+HTTP_IMPLEMENTATION = "h11"
 
 
-class MoAServer(LoopServer):
-    """A ``ChatMixtureOfAgents`` behind OpenAI's chat-completions API.
+class MixtureSource(TypedDict, total=False):
+    """A mixture described in JSON, so every worker process can build its own.
+
+    Keys: ``preset`` (a name in ``moa_graph.presets.PRESETS``), ``config`` (a TOML recipe
+    path; not with ``preset``; neither: the default preset), ``overrides`` (settings
+    replacing the recipe's, as keyword arguments of ``Recipe.chat_model``).
+    """
+
+    preset: str | None
+    config: str | None
+    overrides: dict[str, Any]
+
+
+def mixture_from_source(source: MixtureSource) -> ChatMixtureOfAgents:
+    """Build the mixture ``source`` describes.
+
+    Raises:
+        ValueError: For an unknown preset, an unreadable recipe or a bad setting.
+
+    Example:
+        >>> mixture_from_source({"preset": "local-tiny", "overrides": {"layers": 2}}).layers
+        2
+    """
+    from moa_graph.presets import choose_recipe
+
+    recipe = choose_recipe(preset=source.get("preset"), config=source.get("config"))
+    return recipe.chat_model(**source.get("overrides", {}))
+
+
+class _Endpoints:
+    """The routes of one served mixture, and what they share."""
+
+    def __init__(
+        self,
+        moa: ChatMixtureOfAgents,
+        *,
+        model_name: str | None,
+        api_key: str | None,
+        max_body_bytes: int,
+        body_timeout: float,
+    ) -> None:
+        if api_key is not None and not api_key:
+            raise ValueError("api_key: give a non-empty key, or None for no authentication")
+        if max_body_bytes < 1 or body_timeout <= 0:
+            raise ValueError("max_body_bytes and body_timeout must be positive")
+        self.moa = moa
+        self.model_name = model_name or moa.model_name
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self._api_key = api_key.encode() if api_key else None
+        self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
+
+    def app(self) -> Starlette:
+        routes = [
+            route
+            for prefix in ("/v1", "")
+            for route in (
+                Route(prefix + "/chat/completions", self.chat, methods=["POST"]),
+                Route(prefix + "/models", self.models, methods=["GET"]),
+            )
+        ]
+        return Starlette(
+            routes=routes,
+            middleware=[Middleware(FramingGuard)],
+            exception_handlers={HTTPException: routing_error},
+        )
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        """401 unless the request carries the key (compared in constant time); nothing read."""
+        if self._api_key is None:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        if hmac.compare_digest(given, self._api_key):
+            return None
+        return error_response(_UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+
+    async def models(self, request: Request) -> Response:
+        if denied := self._unauthorized(request):
+            return denied
+        model = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "moa-graph"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def chat(self, request: Request) -> Response:
+        if denied := self._unauthorized(request):
+            return denied
+        try:
+            body = await read_body(
+                request, max_bytes=self.max_body_bytes, timeout=self.body_timeout
+            )
+            chat = parse_chat_request(
+                body, served_name=self.model_name, max_input_chars=self.moa.max_input_chars
+            )
+        except RequestError as exc:
+            return error_response(exc)
+        return _RunResponse(self, chat)
+
+    def run_error(self, exc: BaseException) -> RequestError:
+        """A failed run as an error response: 502 for a mixture failure, else 500; redacted."""
+        text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+        if isinstance(exc, MoAError):
+            logger.warning("mixture run failed: %s", text)
+            return RequestError(502, text, type_="server_error", code="mixture_failed")
+        logger.error("mixture run crashed: %s", text)
+        return RequestError(500, text, type_="server_error", code="internal_error")
+
+
+_UNAUTHORIZED = RequestError(
+    401,
+    "Incorrect or missing API key: send Authorization: Bearer <key>.",
+    code="invalid_api_key",
+)
+
+
+def error_response(error: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OpenAI-style error response."""
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+class _RunResponse(Response):
+    """Answers a chat request by running the mixture; a client that leaves cancels the run."""
+
+    def __init__(self, endpoints: _Endpoints, chat: ChatRequest) -> None:
+        super().__init__()  # what is sent is decided in __call__
+        self.endpoints = endpoints
+        self.chat = chat
+        self.headers_out = {"X-MoA-Ignored-Params": ",".join(chat.ignored)} if chat.ignored else {}
+        self.cid = f"chatcmpl-moa{secrets.token_hex(12)}"
+        self.created = int(time.time())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with ClientWatch(receive, send) as client:
+            answer = self._stream if self.chat.stream else self._complete
+            await client.run(answer(scope, receive, client))
+
+    async def _complete(self, scope: Scope, receive: Receive, client: ClientWatch) -> None:
+        """Answer with one ``chat.completion`` object."""
+        endpoints = self.endpoints
+        try:
+            answer = await endpoints.moa.ainvoke(self.chat.messages, stop=self.chat.stop)
+        except Exception as exc:
+            response = error_response(endpoints.run_error(exc), self.headers_out)
+            await response(scope, receive, client.send)
+            return
+        body = openai_wire.completion_body(
+            self.cid,
+            endpoints.model_name,
+            self.created,
+            answer.text,
+            finish_reason(answer.response_metadata),
+            openai_usage(getattr(answer, "usage_metadata", None)),
+        )
+        await JSONResponse(body, headers=self.headers_out)(scope, receive, client.send)
+
+    async def _stream(self, scope: Scope, receive: Receive, client: ClientWatch) -> None:
+        """Answer with server-sent ``chat.completion.chunk`` events as the aggregator writes.
+
+        The response starts with the first token, so a run that fails before any token
+        (e.g. every proposer failed) is a plain HTTP error; a failure after it is an SSE
+        ``{"error": ...}`` event, which OpenAI clients raise as ``APIError``.
+        """
+        endpoints = self.endpoints
+        fmt = openai_wire.ChunkFormatter(
+            self.cid, endpoints.model_name, self.created, 1, self.chat.include_usage
+        )
+        headers = [*openai_wire.SSE_HEADERS, *self.headers_out.items()]
+        started = False
+        usage, finish = None, "stop"
+        chunks = endpoints.moa.astream(self.chat.messages, stop=self.chat.stop)
+        try:
+            async for chunk in chunks:
+                if chunk.usage_metadata:
+                    usage = chunk.usage_metadata
+                if chunk.chunk_position == "last":
+                    finish = finish_reason(chunk.response_metadata)
+                if not chunk.text:
+                    continue
+                if not started:
+                    await client.send(start_message(200, headers))
+                    await client.send(body_message(fmt.event(openai_wire.ROLE_DELTA), more=True))
+                    started = True
+                await client.send(body_message(fmt.content(chunk.text), more=True))
+        except Exception as exc:
+            error = endpoints.run_error(exc)
+            if not started:
+                await error_response(error, self.headers_out)(scope, receive, client.send)
+                return
+            event = openai_wire.sse(openai_wire.dumps(error.body()))
+            await client.send(body_message(event + openai_wire.SSE_DONE, more=False))
+            return
+        finally:
+            await _aclose(chunks)
+        if not started:
+            await client.send(start_message(200, headers))
+            await client.send(body_message(fmt.event(openai_wire.ROLE_DELTA), more=True))
+        tail = fmt.event({}, finish)
+        if self.chat.include_usage:
+            tail += fmt.usage(openai_usage(usage))
+        await client.send(body_message(tail + openai_wire.SSE_DONE, more=False))
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator early, so an abandoned run is cancelled at once."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def create_app(
+    moa: ChatMixtureOfAgents,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULTS.max_body_bytes,
+    body_timeout: float = DEFAULTS.body_timeout,
+) -> Starlette:
+    """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
+
+    Args:
+        moa: The mixture to serve.
+        model_name: The served model id (default ``moa.model_name``); requests must name it.
+        api_key: If given, every request needs ``Authorization: Bearer <api_key>``, checked
+            before any byte of the body is read.
+        max_body_bytes: Larger request bodies are refused with 413.
+        body_timeout: Seconds a client has to send its body (then 408).
+
+    Example:
+        >>> from moa_graph.presets import local_tiny
+        >>> app = create_app(local_tiny().chat_model(), model_name="moa", api_key="k")
+        >>> [route.path for route in app.routes]
+        ['/v1/chat/completions', '/v1/models', '/chat/completions', '/models']
+    """
+    endpoints = _Endpoints(
+        moa,
+        model_name=model_name,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+    )
+    return endpoints.app()
+
+
+class MoAServer(UvicornServer):
+    """A ``ChatMixtureOfAgents`` behind OpenAI's chat-completions API, on a uvicorn thread.
 
     Use :meth:`start`/:meth:`stop` (or ``with``) to run it on a daemon thread, e.g. in tests,
     or :meth:`serve_forever` to serve on the current thread until SIGINT/SIGTERM.
@@ -60,6 +326,9 @@ class MoAServer(LoopServer):
         port: TCP port; 0 picks a free one (see :attr:`port` after starting).
         model_name: The served model id (default ``moa.model_name``); requests must name it.
         api_key: If given, every request needs ``Authorization: Bearer <api_key>``.
+        max_body_bytes: Larger request bodies are refused with 413.
+        body_timeout: Seconds a client has to send its body (then 408).
+        timeout_keep_alive: Seconds an idle keep-alive connection stays open.
 
     Example:
         >>> import openai
@@ -88,258 +357,136 @@ class MoAServer(LoopServer):
         port: int = 0,
         model_name: str | None = None,
         api_key: str | None = None,
+        max_body_bytes: int = DEFAULTS.max_body_bytes,
+        body_timeout: float = DEFAULTS.body_timeout,
+        timeout_keep_alive: int = DEFAULTS.timeout_keep_alive,
     ) -> None:
-        if api_key is not None and not api_key:
-            raise ValueError("api_key: give a non-empty key, or None for no authentication")
-        self.moa = moa
-        super().__init__(host, port)
-        self.model_name = model_name or moa.model_name
-        self._api_key = api_key
-        self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
+        self._endpoints = _Endpoints(
+            moa,
+            model_name=model_name,
+            api_key=api_key,
+            max_body_bytes=max_body_bytes,
+            body_timeout=body_timeout,
+        )
+        super().__init__(
+            self._endpoints.app(),
+            host,
+            port,
+            timeout_keep_alive=timeout_keep_alive,
+            http=HTTP_IMPLEMENTATION,
+        )
+
+    @property
+    def moa(self) -> ChatMixtureOfAgents:
+        """The served mixture (may be replaced while serving)."""
+        return self._endpoints.moa
+
+    @moa.setter
+    def moa(self, moa: ChatMixtureOfAgents) -> None:
+        self._endpoints.moa = moa
+
+    @property
+    def model_name(self) -> str:
+        """The served model id."""
+        return self._endpoints.model_name
 
     def serve_forever(self) -> None:
         """Serve on the current thread until SIGINT or SIGTERM."""
-        asyncio.run(self._serve_until_signal())
 
-    async def _serve_until_signal(self) -> None:
-        await self._open()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        print(f"serving {self.model_name!r} at {self.base_url} (Ctrl-C stops)", file=sys.stderr)
-        try:
-            await stop.wait()
-        finally:
-            await self._close()
+        def announce() -> None:
+            print(f"serving {self.model_name!r} at {self.base_url} (Ctrl-C stops)", file=sys.stderr)
 
-    # -- HTTP ----------------------------------------------------------------------------------
-
-    def _reject(self, writer: asyncio.StreamWriter, message: str) -> None:
-        _send(writer, RequestError(400, message), keep=False)
-
-    async def _dispatch(
-        self,
-        request: http_messages.Request,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        """Answer one request; return whether the connection may be reused."""
-        keep = request.keep_alive
-        path = request.path.rstrip("/")
-        routes: dict[str, tuple[str, Callable[[], Awaitable[bool]]]] = {
-            "/v1/chat/completions": ("POST", lambda: self._chat(request, reader, writer)),
-            "/v1/models": ("GET", lambda: self._models(writer, keep)),
-        }
-        route = routes.get(path) or routes.get("/v1" + path)
-        if route is None:
-            return _send(writer, RequestError(404, f"No route for {request.method} {path}."), keep)
-        method, handler = route
-        if request.method != method:
-            return _send(writer, RequestError(405, f"Use {method} for {path}."), keep)
-        if not self._authorized(request):
-            return _send(writer, _UNAUTHORIZED, keep, headers=[("WWW-Authenticate", "Bearer")])
-        return await handler()
-
-    def _authorized(self, request: http_messages.Request) -> bool:
-        if self._api_key is None:
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        return hmac.compare_digest(given, self._api_key.encode())
-
-    async def _models(self, writer: asyncio.StreamWriter, keep: bool) -> bool:
-        model = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "moa-graph"}
-        writer.write(
-            http_messages.json_response(200, {"object": "list", "data": [model]}, keep_alive=keep)
-        )
-        return keep
-
-    # -- chat completions ----------------------------------------------------------------------
-
-    async def _chat(
-        self,
-        request: http_messages.Request,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        keep = request.keep_alive
-        try:
-            chat = parse_chat_request(
-                request.body, served_name=self.model_name, max_input_chars=self.moa.max_input_chars
-            )
-        except RequestError as exc:
-            return _send(writer, exc, keep)
-        headers = [("X-MoA-Ignored-Params", ",".join(chat.ignored))] if chat.ignored else []
-        exchange = _Exchange(self, chat, writer, keep, headers)
-        run = exchange.stream() if chat.stream else exchange.complete()
-        return await _unless_disconnected(reader, run)
-
-    def run_error(self, exc: BaseException) -> RequestError:
-        """A failed run as an error response: 502 for a mixture failure, else 500; redacted."""
-        text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
-        if isinstance(exc, MoAError):
-            logger.warning("mixture run failed: %s", text)
-            return RequestError(502, text, type_="server_error", code="mixture_failed")
-        logger.error("mixture run crashed: %s", text)
-        return RequestError(500, text, type_="server_error", code="internal_error")
+        self.serve_until_signal(on_start=announce)
 
 
-_UNAUTHORIZED = RequestError(
-    401,
-    "Incorrect or missing API key: send Authorization: Bearer <key>.",
-    code="invalid_api_key",
-)
+def app_from_environment() -> Starlette:
+    """The app of one ``serve`` worker process: it builds the mixture :data:`SERVE_ENV` describes.
 
-
-class _Exchange:
-    """One chat-completion request being answered."""
-
-    def __init__(
-        self,
-        server: MoAServer,
-        chat: ChatRequest,
-        writer: asyncio.StreamWriter,
-        keep: bool,
-        headers: list[tuple[str, str]],
-    ) -> None:
-        self.server, self.chat, self.writer, self.keep = server, chat, writer, keep
-        self.headers = headers
-        self.cid = f"chatcmpl-moa{secrets.token_hex(12)}"
-        self.created = int(time.time())
-
-    async def complete(self) -> bool:
-        """Answer with one ``chat.completion`` object."""
-        moa = self.server.moa
-        try:
-            answer = await moa.ainvoke(self.chat.messages, stop=self.chat.stop)
-        except Exception as exc:
-            return _send(self.writer, self.server.run_error(exc), self.keep, headers=self.headers)
-        body = openai_wire.completion_body(
-            self.cid,
-            self.server.model_name,
-            self.created,
-            answer.text,
-            finish_reason(answer.response_metadata),
-            openai_usage(getattr(answer, "usage_metadata", None)),
-        )
-        self.writer.write(
-            http_messages.json_response(200, body, keep_alive=self.keep, headers=self.headers)
-        )
-        return self.keep
-
-    async def stream(self) -> bool:
-        """Answer with server-sent ``chat.completion.chunk`` events as the aggregator writes.
-
-        The response head is sent with the first token, so a run that fails before any token
-        (e.g. every proposer failed) is a plain HTTP error; a failure after it is an SSE
-        ``{"error": ...}`` event, which OpenAI clients raise as ``APIError``.
-        """
-        fmt = openai_wire.ChunkFormatter(
-            self.cid, self.server.model_name, self.created, 1, self.chat.include_usage
-        )
-        started = False
-        usage, finish = None, "stop"
-        chunks = self.server.moa.astream(self.chat.messages, stop=self.chat.stop)
-        try:
-            async for chunk in chunks:
-                if chunk.usage_metadata:
-                    usage = chunk.usage_metadata
-                if chunk.chunk_position == "last":
-                    finish = finish_reason(chunk.response_metadata)
-                if not chunk.text:
-                    continue
-                if not started:
-                    self.writer.write(self._head(fmt))
-                    started = True
-                self.writer.write(fmt.content(chunk.text))
-                await self.writer.drain()
-        except ConnectionError:
-            raise  # the client went away: nothing to answer
-        except Exception as exc:
-            error = self.server.run_error(exc)
-            if not started:
-                return _send(self.writer, error, self.keep, headers=self.headers)
-            self.writer.write(
-                openai_wire.sse(openai_wire.dumps(error.body())) + openai_wire.SSE_DONE
-            )
-            return False
-        finally:
-            await _aclose(chunks)
-        tail = b"" if started else self._head(fmt)
-        tail += fmt.event({}, finish)
-        if self.chat.include_usage:
-            tail += fmt.usage(openai_usage(usage))
-        self.writer.write(tail + openai_wire.SSE_DONE)
-        return self.keep
-
-    def _head(self, fmt: openai_wire.ChunkFormatter) -> bytes:
-        head = http_messages.head_bytes(
-            200, [*openai_wire.SSE_HEADERS, *self.headers], keep_alive=self.keep
-        )
-        return head + fmt.event(openai_wire.ROLE_DELTA)
-
-
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    """Close an async generator early, so an abandoned run is cancelled at once."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-async def _unless_disconnected(reader: asyncio.StreamReader, run: Awaitable[bool]) -> bool:
-    """Await ``run``, cancelling it (and its paid model calls) if the client goes away."""
-    task = asyncio.ensure_future(run)
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
-            if not task.done() and reader.at_eof():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return False
-        return task.result()
-    finally:
-        if not task.done():
-            task.cancel()
-
-
-def _send(
-    writer: asyncio.StreamWriter,
-    error: RequestError,
-    keep: bool,
-    headers: list[tuple[str, str]] | None = None,
-) -> bool:
-    body = error_body(error.message, error.type, error.code, error.param)
-    writer.write(
-        http_messages.json_response(error.status, body, keep_alive=keep, headers=headers or ())
+    uvicorn calls it in each worker (``factory=True``); the API key comes from
+    :data:`API_KEY_ENV`.
+    """
+    settings = json.loads(os.environ[SERVE_ENV])
+    return create_app(
+        mixture_from_source(settings["mixture"]),
+        model_name=settings["model_name"],
+        api_key=os.environ.get(API_KEY_ENV) or None,
+        max_body_bytes=settings["max_body_bytes"],
+        body_timeout=settings["body_timeout"],
     )
-    return keep
 
 
 def serve(
-    moa: ChatMixtureOfAgents,
+    mixture: ChatMixtureOfAgents | MixtureSource,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    model_name: str | None = None,
     api_key: str | None = None,
+    **options: Any,
 ) -> None:
-    """Serve ``moa`` as an OpenAI-compatible API until SIGINT or SIGTERM.
+    """Serve a mixture as an OpenAI-compatible API with uvicorn until SIGINT or SIGTERM.
 
     Args:
-        moa: The mixture to serve.
-        host: Interface to bind (loopback by default; set ``api_key`` before exposing it).
-        port: TCP port.
-        model_name: The served model id (default ``moa.model_name``).
-        api_key: Require ``Authorization: Bearer <api_key>`` on every request.
+        mixture: The mixture, or its description (needed for ``workers > 1``: each worker
+            process builds its own from it).
+        api_key: Require ``Authorization: Bearer <api_key>`` on every request. With workers it
+            reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
+        **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
+            ``max_body_bytes``, ``body_timeout``, ``timeout_keep_alive``).
+
+    Raises:
+        ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
 
     Example:
-        >>> from moa_graph.presets import local_tiny
-        >>> serve(local_tiny().chat_model(), port=8000)  # doctest: +SKIP
-        serving 'moa:smollm2-135m' at http://127.0.0.1:8000/v1 (Ctrl-C stops)
+        >>> source: MixtureSource = {"preset": "local-tiny", "overrides": {"temperature": 0.2}}
+        >>> json.loads(json.dumps(source)) == source  # what the workers receive
+        True
+        >>> serve(source, port=8000, workers=2)  # doctest: +SKIP
+        serving the mixture at http://127.0.0.1:8000/v1 with 2 workers (Ctrl-C stops)
     """
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s without an api_key: anyone who reaches it can spend", host)
-    MoAServer(moa, host=host, port=port, model_name=model_name, api_key=api_key).serve_forever()
+    check_known(options, [f.name for f in fields(ServeOptions)], what="server option")
+    opts = ServeOptions(**options)
+    if api_key is None and opts.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "serving on %s without an api_key: anyone who reaches it can spend", opts.host
+        )
+    model_name = opts.model_name
+    app: Starlette | str
+    if opts.workers > 1:
+        if isinstance(mixture, ChatMixtureOfAgents):
+            raise ValueError("workers > 1 need the mixture's description: each builds its own")
+        settings = {
+            "mixture": mixture,
+            "model_name": model_name,
+            "max_body_bytes": opts.max_body_bytes,
+            "body_timeout": opts.body_timeout,
+        }
+        os.environ[SERVE_ENV] = json.dumps(settings)
+        if api_key:
+            os.environ[API_KEY_ENV] = api_key
+        else:
+            os.environ.pop(API_KEY_ENV, None)
+        app = APP_FACTORY
+    else:
+        moa = mixture if isinstance(mixture, ChatMixtureOfAgents) else mixture_from_source(mixture)
+        model_name = model_name or moa.model_name
+        app = create_app(
+            moa,
+            model_name=model_name,
+            api_key=api_key,
+            max_body_bytes=opts.max_body_bytes,
+            body_timeout=opts.body_timeout,
+        )
+    name = repr(model_name) if model_name else "the mixture"
+    url = http_url(opts.host, opts.port) + "/v1"
+    plural = "s" if opts.workers > 1 else ""
+    print(f"serving {name} at {url} with {opts.workers} worker{plural} (Ctrl-C stops)",
+          file=sys.stderr)  # fmt: skip
+    uvicorn.run(
+        app,
+        factory=opts.workers > 1,
+        host=opts.host,
+        port=opts.port,
+        workers=opts.workers,
+        http=HTTP_IMPLEMENTATION,
+        ws="none",
+        lifespan="off",
+        timeout_keep_alive=opts.timeout_keep_alive,
+    )

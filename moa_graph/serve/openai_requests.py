@@ -33,6 +33,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 
+from moa_graph.serve.openai_wire import error_body
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
 
 HONOURED = frozenset({"model", "messages", "stream", "stream_options", "stop"})
@@ -82,18 +83,6 @@ class RequestError(Exception):
     def body(self) -> dict[str, Any]:
         """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
         return error_body(self.message, self.type, self.code, self.param)
-
-
-def error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error JSON shape.
-
-    Example:
-        >>> error_body("nope", "invalid_request_error")["error"]["message"]
-        'nope'
-    """
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 @dataclass(frozen=True)

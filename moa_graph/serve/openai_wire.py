@@ -1,24 +1,40 @@
-"""OpenAI chat-completion wire format: response bodies and SSE chunks."""
+"""OpenAI chat-completion wire format: response bodies and SSE events.
+
+The HTTP framing (chunked transfer encoding of a stream) is the server's business.
+
+Example:
+    >>> sse(b'{"x":1}')
+    b'data: {"x":1}\\n\\n'
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from moa_graph import http_messages
-
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
-    ("Transfer-Encoding", "chunked"),
 )
-SSE_DONE = http_messages.chunk(b"data: [DONE]\n\n") + http_messages.LAST_CHUNK
+SSE_DONE = b"data: [DONE]\n\n"
 ROLE_DELTA = {"role": "assistant", "content": "", "refusal": None}
 
 
 def dumps(obj: Any) -> bytes:
     """Compact JSON bytes."""
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error JSON shape.
+
+    Example:
+        >>> error_body("nope", "invalid_request_error")["error"]["message"]
+        'nope'
+    """
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def completion_body(
@@ -85,7 +101,7 @@ class ChunkFormatter:
         return dumps(obj)
 
     def event(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        """One chunk with the same ``delta`` for every choice, as an HTTP chunk."""
+        """One chunk with the same ``delta`` for every choice, as an SSE event."""
         return sse(self._json(delta, finish))
 
     def content(self, piece: str) -> bytes:
@@ -109,5 +125,5 @@ class ChunkFormatter:
 
 
 def sse(data: bytes) -> bytes:
-    """One ``data:`` SSE event wrapped in an HTTP chunk."""
-    return http_messages.chunk(b"data: " + data + b"\n\n")
+    """One ``data:`` SSE event."""
+    return b"data: " + data + b"\n\n"

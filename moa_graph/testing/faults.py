@@ -127,10 +127,3 @@ HTTP_ERRORS: dict[Fault, tuple[int, str, str | None, str]] = {
         "resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
     ),
 }
-
-
-def error_body(
-    message: str, type_: str, code: str | None, param: str | None = None
-) -> dict[str, Any]:
-    """An OpenAI-style error body."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

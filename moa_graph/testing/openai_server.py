@@ -1,4 +1,4 @@
-"""A scripted, dependency-free OpenAI-compatible HTTP server for offline tests.
+"""A scripted OpenAI-compatible HTTP server for offline tests (Starlette on uvicorn).
 
 Serves ``POST /v1/chat/completions`` (plain and SSE streaming) and
 ``GET /v1/models`` on 127.0.0.1 with per-model scripted replies, latencies and
@@ -21,21 +21,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import secrets
-import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from moa_graph import http_messages
-from moa_graph.loop_server import LoopServer
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
 from moa_graph.serve import openai_wire
+from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
+from moa_graph.serve.runner import Connections, UvicornServer, reset_connection
 from moa_graph.testing import _wire
-from moa_graph.testing.faults import HTTP_ERRORS, Fault, FaultLike, FaultSpec, error_body
+from moa_graph.testing.faults import HTTP_ERRORS, Fault, FaultLike, FaultSpec
 from moa_graph.testing.records import RequestLogQueries, RequestRecord
 from moa_graph.testing.scripts import (
     ModelScript,
@@ -48,9 +57,10 @@ from moa_graph.testing.scripts import (
 
 _SECRET_PARAMS = frozenset({"api_key", "apikey", "api-key", "authorization", "x-api-key"})
 _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
+_JSON = (("Content-Type", "application/json"),)
 
 
-class OpenAICompatibleServer(LoopServer, RequestLogQueries):
+class OpenAICompatibleServer(UvicornServer, RequestLogQueries):
     """Scripted OpenAI-compatible server on 127.0.0.1, run on its own loop thread.
 
     Args:
@@ -73,7 +83,6 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
     """
 
     thread_name = "openai-test-server"
-    backlog = 2048
 
     def __init__(
         self,
@@ -86,12 +95,12 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
     ) -> None:
         self.scripts: dict[str, ModelScript] = dict(scripts or {})
         self.default: ModelScript = default if default is not None else ModelScript()
-        super().__init__(host, port)
         self.record_messages = record_messages
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
+        super().__init__(self._app(), host, port)
 
     # ------------------------------------------------------------------ public API
 
@@ -128,101 +137,71 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             exit_on_stdin_eof: Also stop when stdin closes (parent process died).
             announce: Print ``{"port": ..., "base_url": ...}`` on stdout once listening.
         """
-        asyncio.run(self._serve_forever(exit_on_stdin_eof, announce))
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def _serve_forever(self, exit_on_stdin_eof: bool, announce: bool) -> None:
-        await self._open()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = threading.Event()
         if exit_on_stdin_eof:
-            await loop.connect_read_pipe(lambda: _EofProtocol(stop), sys.stdin)
-        if announce:
-            print(json.dumps({"port": self._port, "base_url": self.base_url}), flush=True)
-        await stop.wait()
-        await self._close()
+            threading.Thread(target=_set_at_stdin_eof, args=(stop,), daemon=True).start()
+
+        def print_address() -> None:
+            print(json.dumps({"port": self.port, "base_url": self.base_url}), flush=True)
+
+        self.serve_until_signal(until=stop, on_start=print_address if announce else None)
 
     # ------------------------------------------------------------------ HTTP
 
-    def _reject(self, writer: asyncio.StreamWriter, message: str) -> None:
-        body = error_body(message, "invalid_request_error", None)
-        writer.write(http_messages.json_response(400, body, keep_alive=False))
+    def _app(self) -> Starlette:
+        routes = [
+            *(Route(p, self._chat, methods=["POST"]) for p in _both("/chat/completions")),
+            *(Route(p, self._models, methods=["GET"]) for p in _both("/models")),
+            Route("/_log", self._get_log, methods=["GET"]),
+            Route("/_reset", self._reset, methods=["POST"]),
+            Route("/_scripts", self._set_scripts, methods=["POST"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: routing_error})
 
-    async def _dispatch(
-        self,
-        request: http_messages.Request,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        """Handle one request; return whether the connection may be reused."""
-        path = request.path.rstrip("/")
-        keep = request.keep_alive
-        if path in ("/v1/chat/completions", "/chat/completions"):
-            if request.method != "POST":
-                return self._send_error(writer, 405, "Use POST.", keep)
-            return await self._chat(request, reader, writer)
-        if request.method == "GET" and path in ("/v1/models", "/models"):
-            writer.write(http_messages.json_response(200, self._models(), keep_alive=keep))
-            return True
-        if request.method == "GET" and path == "/_log":
-            log = {"requests": [r.to_dict() for r in self.requests()]}
-            writer.write(http_messages.json_response(200, log, keep_alive=keep))
-            return True
-        if request.method == "POST" and path == "/_reset":
-            self.reset()
-            writer.write(http_messages.json_response(200, {"ok": True}, keep_alive=keep))
-            return True
-        if request.method == "POST" and path == "/_scripts":
-            try:
-                self._load_scripts(json.loads(request.body or b"{}"))
-            except (ValueError, TypeError, KeyError) as exc:
-                return self._send_error(writer, 400, f"bad scripts: {exc}", keep)
-            models = sorted(self.scripts)
-            writer.write(http_messages.json_response(200, {"models": models}, keep_alive=keep))
-            return True
-        return self._send_error(writer, 404, f"No route for {request.method} {path}.", keep)
-
-    @staticmethod
-    def _send_error(writer: asyncio.StreamWriter, status: int, message: str, keep: bool) -> bool:
-        body = error_body(message, "invalid_request_error", None)
-        writer.write(http_messages.json_response(status, body, keep_alive=keep))
-        return keep
-
-    def _models(self) -> dict[str, Any]:
+    async def _models(self, request: Request) -> Response:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "moa-graph-test"}
             for name in sorted(self.scripts)
         ]
-        return {"object": "list", "data": data}
+        return JSONResponse({"object": "list", "data": data})
 
-    def _load_scripts(self, config: dict[str, Any]) -> None:
-        scripts = {m: ModelScript.from_dict(s) for m, s in config.get("scripts", {}).items()}
+    async def _get_log(self, request: Request) -> Response:
+        return JSONResponse({"requests": [r.to_dict() for r in self.requests()]})
+
+    async def _reset(self, request: Request) -> Response:
+        self.reset()
+        return JSONResponse({"ok": True})
+
+    async def _set_scripts(self, request: Request) -> Response:
+        try:
+            config = json.loads(await request.body() or b"{}")
+            scripts = {m: ModelScript.from_dict(s) for m, s in config.get("scripts", {}).items()}
+            default = config.get("default")
+            default = None if default is None else ModelScript.from_dict(default)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return _error_response(400, f"bad scripts: {exc}")
         if config.get("replace"):
             self.scripts = scripts
         else:
             self.scripts.update(scripts)
-        if config.get("default") is not None:
-            self.default = ModelScript.from_dict(config["default"])
+        if default is not None:
+            self.default = default
+        return JSONResponse({"models": sorted(self.scripts)})
 
     # ------------------------------------------------------------------ chat
 
-    async def _chat(
-        self,
-        request: http_messages.Request,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        start = asyncio.get_running_loop().time()
-        keep = request.keep_alive
+    async def _chat(self, request: Request) -> Response:
         try:
-            payload = json.loads(request.body)
+            body = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        start = asyncio.get_running_loop().time()
+        try:
+            payload = json.loads(body)
             if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
                 raise ValueError("expected a JSON object with a 'messages' list")
         except ValueError as exc:
-            return self._send_error(writer, 400, f"Invalid request body: {exc}", keep)
+            return _error_response(400, f"Invalid request body: {exc}")
         messages: list[dict[str, Any]] = payload["messages"]
         record = RequestRecord(
             id=next(self._ids),
@@ -240,17 +219,19 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
         )
         with self._log_lock:
             self._log.append(record)
+        return _ScriptedResponse(self, record, payload, start)
+
+    async def _respond(self, ex: _Exchange) -> None:
+        """Answer one recorded request: its script's next fault, or a normal answer."""
+        record = ex.record
         script = self.script_for(record.model)
-        exchange = _Exchange(record, payload, reader, writer, keep, start)
         try:
             fault = script.next_fault()
             if fault is not None:
                 record.outcome = fault.kind.value
-                return await self._fault(fault, script, exchange)
-            return await self._answer(script, exchange)
-        except (ConnectionError, OSError):
-            record.outcome = "client_disconnected"
-            raise
+                await self._fault(fault, script, ex)
+            else:
+                await self._answer(script, ex)
         except asyncio.CancelledError:
             if record.outcome == "pending":
                 record.outcome = "cancelled"
@@ -259,16 +240,16 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             if record.answered_at is None:
                 record.answered_at = time.time()
 
-    async def _answer(self, script: ModelScript, ex: _Exchange, outcome: str | None = None) -> bool:
+    async def _answer(self, script: ModelScript, ex: _Exchange, outcome: str | None = None) -> None:
         """Answer normally (after the scripted latency)."""
         record, payload = ex.record, ex.payload
         try:
             reply = script.respond(payload)
         except Exception as exc:
             message = f"reply callable failed: {type(exc).__name__}: {exc}"
-            body = error_body(message, "server_error", None)
-            response = http_messages.json_response(500, body, keep_alive=ex.keep)
-            return ex.finish(response, 500, "reply_error")
+            ex.complete(500, "reply_error")
+            await ex.respond(500, openai_wire.error_body(message, "server_error"))
+            return
         text, finish = _wire.apply_limits(reply.content, payload)
         cid = self._completion_id(record)
         calls = _wire.tool_calls_json(cid, reply.tool_calls)
@@ -287,76 +268,74 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
         }
         n = payload.get("n")
         n_choices = n if isinstance(n, int) and n > 1 else 1
-        if record.stream:
-            options = payload.get("stream_options")
-            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            created = int(time.time())
-            fmt = openai_wire.ChunkFormatter(cid, record.model, created, n_choices, include_usage)
-            pending = await self._stream(ex, fmt, pieces, latency)
-            if pending is None:
-                return False
-            if latency.per_token > 0 and pieces:  # last token now, finish chunk after a beat
-                ex.writer.write(pending)
-                pending = b""
-                await ex.writer.drain()
-                await _sleep_until(ex.start + total)
-            data = pending + fmt.tool_calls(calls) + fmt.event({}, finish)
-            if include_usage:
-                data += fmt.usage(usage)
-            data += openai_wire.SSE_DONE
-        else:
-            await _sleep_until(ex.start + total, ex.reader)
-            if ex.reader.at_eof():
+        if not record.stream:
+            if not await ex.client.sleep_until(ex.start + total):
                 record.outcome = "client_disconnected"
-                return False
+                return
             body = openai_wire.completion_body(
                 cid, record.model, int(time.time()), text, finish, usage, n_choices, calls
             )
-            data = http_messages.json_response(200, body, keep_alive=ex.keep)
-        return ex.finish(data, 200, outcome or finish, response=text)
+            ex.complete(200, outcome or finish, response=text)
+            await ex.respond(200, body)
+            return
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        fmt = openai_wire.ChunkFormatter(
+            cid, record.model, int(time.time()), n_choices, include_usage
+        )
+        pending = await self._stream(ex, fmt, pieces, latency)
+        if pending is None:
+            return
+        if latency.per_token > 0 and pieces:  # last token now, finish chunk after a beat
+            await ex.write(pending)
+            pending = b""
+            await ex.client.sleep_until(ex.start + total)
+        data = pending + fmt.tool_calls(calls) + fmt.event({}, finish)
+        if include_usage:
+            data += fmt.usage(usage)
+        ex.complete(200, outcome or finish, response=text)
+        await ex.end(data + openai_wire.SSE_DONE)
 
     @staticmethod
     async def _stream(
         ex: _Exchange, fmt: openai_wire.ChunkFormatter, pieces: list[str], latency: ScriptedLatency
     ) -> bytes | None:
-        """Send the stream head and content chunks paced by ``latency``.
+        """Start the stream and send content chunks paced by ``latency``.
 
         Returns:
-            Bytes not yet written (to send with the stream's tail), or ``None``
+            Bytes not yet sent (to send with the stream's tail), or ``None``
             if the client has gone away.
         """
-        await _sleep_until(ex.start + latency.ttft, ex.reader)
-        if ex.reader.at_eof():
+        if not await ex.client.sleep_until(ex.start + latency.ttft):
             ex.record.outcome = "client_disconnected"
             return None
         ex.record.status = 200
         ex.record.first_token_at = time.time()
-        pending = http_messages.head_bytes(200, openai_wire.SSE_HEADERS, keep_alive=ex.keep)
-        pending += fmt.event(openai_wire.ROLE_DELTA)
+        await ex.begin(200, openai_wire.SSE_HEADERS)
+        pending = fmt.event(openai_wire.ROLE_DELTA)
         for i, piece in enumerate(pieces):
             if i and latency.per_token > 0:
-                ex.writer.write(pending)
+                await ex.write(pending)
                 pending = b""
-                await ex.writer.drain()
-                await _sleep_until(ex.start + latency.ttft + i * latency.per_token, ex.reader)
-                if ex.reader.at_eof():
+                deadline = ex.start + latency.ttft + i * latency.per_token
+                if not await ex.client.sleep_until(deadline):
                     ex.record.outcome = "client_disconnected"
                     return None
             pending += fmt.content(piece)
         return pending
 
-    async def _fault(self, fault: FaultSpec, script: ModelScript, ex: _Exchange) -> bool:
+    async def _fault(self, fault: FaultSpec, script: ModelScript, ex: _Exchange) -> None:
         """Inject ``fault`` instead of a normal answer."""
         kind, record = fault.kind, ex.record
         if kind is Fault.HANG:
-            while await ex.reader.read(65536):  # until the client gives up
-                pass
-            return False
+            await ex.client.wait_gone()  # until the client gives up or the server stops
+            return
         if kind is Fault.EMPTY:
             empty = ModelScript(reply="", ttft=fault.delay)
-            return await self._answer(empty, ex, outcome=kind.value)
+            await self._answer(empty, ex, outcome=kind.value)
+            return
         record.scripted_latency = fault.delay
-        await _sleep_until(ex.start + fault.delay)
+        await ex.client.sleep_until(ex.start + fault.delay)
         if kind in HTTP_ERRORS:
             status, type_, code, message = HTTP_ERRORS[kind]
             message = fault.message or message.format(prompt_tokens=record.prompt_tokens)
@@ -364,24 +343,28 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             headers = [("x-request-id", f"req-{record.id}")]
             if kind is Fault.HTTP_429:
                 headers.append(("Retry-After", f"{fault.retry_after:g}"))
-            body = error_body(message, type_, code, param)
-            response = http_messages.json_response(
-                status, body, keep_alive=ex.keep, headers=headers
-            )
-            return ex.finish(response, status, kind.value)
+            ex.complete(status, kind.value)
+            await ex.respond(status, openai_wire.error_body(message, type_, code, param), headers)
+            return
         if kind is Fault.RESET:
             record.answered_at = time.time()
-            http_messages.abort_with_reset(ex.writer)
-            return False
+            await ex.drop(reset=True)
+            return
         if kind is Fault.MALFORMED_JSON:
             broken = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{'
+            ex.complete(200, kind.value)
             if record.stream:
-                head = http_messages.head_bytes(200, openai_wire.SSE_HEADERS, keep_alive=ex.keep)
-                data = head + openai_wire.sse(broken) + openai_wire.SSE_DONE
+                await ex.begin(200, openai_wire.SSE_HEADERS)
+                await ex.end(openai_wire.sse(broken) + openai_wire.SSE_DONE)
             else:
-                data = http_messages.response_bytes(200, broken, keep_alive=ex.keep)
-            return ex.finish(data, 200, kind.value)
-        # CUT_STREAM: a stream drops after a few chunks, a plain body half way.
+                await ex.begin(200, [*_JSON, ("Content-Length", str(len(broken)))])
+                await ex.end(broken)
+            return
+        await self._cut(fault, script, ex)
+
+    async def _cut(self, fault: FaultSpec, script: ModelScript, ex: _Exchange) -> None:
+        """``cut_stream``: a stream drops after a few chunks, a plain body half way."""
+        record = ex.record
         cid = self._completion_id(record)
         if record.stream:
             try:
@@ -392,15 +375,43 @@ class OpenAICompatibleServer(LoopServer, RequestLogQueries):
             fmt = openai_wire.ChunkFormatter(cid, record.model, int(time.time()), 1, False)
             pending = await self._stream(ex, fmt, pieces, ScriptedLatency(0.0, 0.0))
             if pending is None:
-                return False
-            return ex.finish(pending, 200, kind.value, close=True)
-        full = openai_wire.dumps({"id": cid, "object": "chat.completion", "choices": []})
-        half = full[: len(full) // 2]
-        data = http_messages.response_bytes(200, half, keep_alive=ex.keep, content_length=len(full))
-        return ex.finish(data, 200, kind.value, close=True)
+                return
+        else:
+            full = openai_wire.dumps({"id": cid, "object": "chat.completion", "choices": []})
+            await ex.begin(200, [*_JSON, ("Content-Length", str(len(full)))])
+            pending = full[: len(full) // 2]
+        ex.complete(200, fault.kind.value)
+        await ex.write(pending)
+        await ex.drop()
 
     def _completion_id(self, record: RequestRecord) -> str:
         return f"chatcmpl-{self._id_prefix}{record.id:06d}"
+
+
+def _both(path: str) -> tuple[str, str]:
+    """A route with and without the ``/v1`` prefix."""
+    return "/v1" + path, path
+
+
+def _error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse(openai_wire.error_body(message, "invalid_request_error"), status)
+
+
+class _ScriptedResponse(Response):
+    """The scripted answer to one recorded chat request, sent when uvicorn sends the response."""
+
+    def __init__(
+        self, server: OpenAICompatibleServer, record: RequestRecord, payload: Any, start: float
+    ) -> None:
+        super().__init__()  # what is sent is decided in __call__
+        self.server, self.record, self.payload, self.start = server, record, payload, start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with ClientWatch(receive, send) as client:
+            exchange = _Exchange(
+                self.record, self.payload, self.start, scope, client, self.server.connections
+            )
+            await self.server._respond(exchange)
 
 
 @dataclass
@@ -409,58 +420,57 @@ class _Exchange:
 
     record: RequestRecord
     payload: dict[str, Any]
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    keep: bool
     start: float
+    scope: Scope
+    client: ClientWatch
+    connections: Connections
 
-    def finish(
-        self,
-        data: bytes,
-        status: int,
-        outcome: str,
-        *,
-        response: str | None = None,
-        close: bool = False,
-    ) -> bool:
-        """Complete the record, then send the response's last bytes.
-
-        The record is completed first so a client that reads the log right
-        after its response sees it. ``close`` ends the connection (FIN) after
-        ``data``. Returns whether the connection may be reused.
-        """
+    def complete(self, status: int, outcome: str, *, response: str | None = None) -> None:
+        """Complete the record; before the response's last bytes, so that a client that reads
+        the log right after its response sees it."""
         record = self.record
         record.status, record.outcome, record.response = status, outcome, response
         record.answered_at = time.time()
-        self.writer.write(data)
-        if close:
-            self.writer.close()
-            return False
-        return self.keep
+
+    async def begin(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """Send the status line and headers."""
+        await self.client.send(start_message(status, headers))
+
+    async def write(self, data: bytes) -> None:
+        """Send part of the body."""
+        await self.client.send(body_message(data, more=True))
+
+    async def end(self, data: bytes = b"") -> None:
+        """Send the last part of the body."""
+        await self.client.send(body_message(data, more=False))
+
+    async def respond(self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """A complete JSON response."""
+        body = openai_wire.dumps(obj)
+        await self.begin(status, [*_JSON, ("Content-Length", str(len(body))), *headers])
+        await self.end(body)
+
+    async def drop(self, *, reset: bool = False) -> None:
+        """End the connection mid-response: FIN after what was sent, or a TCP reset.
+
+        Wire faults need the socket, which ASGI does not expose: the server's
+        :class:`~moa_graph.serve.runner.Connections` finds the request's transport.
+        """
+        with contextlib.suppress(LookupError):  # the client has gone already
+            transport = self.connections.transport_for(self.scope)
+            if reset:
+                reset_connection(transport)
+            else:
+                transport.close()
+        await self.client.wait_gone()  # then uvicorn knows it too: no "incomplete response" log
 
 
-async def _sleep_until(deadline: float, reader: asyncio.StreamReader | None = None) -> None:
-    """Sleep until ``deadline`` (loop time), or until ``reader``'s client has gone away."""
-    loop = asyncio.get_running_loop()
-    while (delay := deadline - loop.time()) > 0:
-        if reader is not None and reader.at_eof():
-            return
-        await asyncio.sleep(delay if reader is None else min(delay, _EOF_POLL_S))
-
-
-_EOF_POLL_S = 0.05  # how often a scripted wait looks for a client that went away
-
-
-class _EofProtocol(asyncio.Protocol):
-    def __init__(self, event: asyncio.Event) -> None:
-        self._event = event
-
-    def eof_received(self) -> bool | None:
-        self._event.set()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._event.set()
+def _set_at_stdin_eof(event: threading.Event) -> None:
+    """Set ``event`` once stdin reaches EOF (the parent process closed it, or died)."""
+    with contextlib.suppress(OSError):
+        while os.read(sys.stdin.fileno(), 65536):
+            pass
+    event.set()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from moa_graph.loop_server import HTTPAddress
+from moa_graph.serve.runner import HTTPAddress
 from moa_graph.testing.records import RequestLogQueries, RequestRecord
 from moa_graph.testing.scripts import ModelScript
 
 # Runs ``openai_server.main`` without executing ``moa_graph/__init__.py``: the
-# server needs only the stdlib, so the child starts fast and stays lean (no
-# LangChain/LangGraph imports competing for the benchmark's CPU).
+# server needs only Starlette and uvicorn, so the child starts fast and stays lean
+# (no LangChain/LangGraph imports competing for the benchmark's CPU).
 _BOOTSTRAP = """
 import sys, types
 package = types.ModuleType("moa_graph")

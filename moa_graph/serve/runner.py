@@ -1,0 +1,324 @@
+"""Run an ASGI app with uvicorn on a daemon thread (tests, notebooks) or until SIGINT/SIGTERM.
+
+:class:`UvicornServer` is the base of ``MoAServer`` and of the scripted test server:
+``start()`` binds the port (``port=0`` picks a free one) and returns once uvicorn serves;
+``stop()`` drops the open connections and stops; ``serve_until_signal()`` serves in the
+foreground.
+It counts the TCP connections it accepted and can reach each one's transport (see
+:class:`Connections`). Only the standard library and uvicorn are imported (the test server runs
+in a lean child process).
+
+Example:
+    >>> from starlette.applications import Starlette
+    >>> from starlette.responses import PlainTextResponse
+    >>> from starlette.routing import Route
+    >>> import urllib.request
+    >>> app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("hi"))])
+    >>> with UvicornServer(app) as server:
+    ...     urllib.request.urlopen(server.url).read()
+    b'hi'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, cast
+
+import uvicorn
+from starlette.types import ASGIApp, Scope
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.importer import import_from_string
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, an IPv6 host in brackets.
+
+    Example:
+        >>> http_url("127.0.0.1", 8000), http_url("::1", 8000)
+        ('http://127.0.0.1:8000', 'http://[::1]:8000')
+    """
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class HTTPAddress:
+    """``port``, ``url`` and ``base_url`` of a server listening on ``host``."""
+
+    host: str = "127.0.0.1"
+    _port: int = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (after starting)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``."""
+        return http_url(self.host, self._port)
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v1``: the ``base_url`` of an OpenAI client."""
+        return self.url + "/v1"
+
+
+Peer = tuple[str, int]
+
+
+class Connections:
+    """The TCP connections of one uvicorn server: counted, and open ones reachable by peer.
+
+    uvicorn's ASGI interface has no public way to reach a connection's socket, which the test
+    server needs to inject wire faults (a TCP reset, a response cut short) and ``stop()`` needs
+    to drop open connections at once. uvicorn does let the caller choose its HTTP protocol
+    class (``uvicorn.Config(http=...)``), so :meth:`protocol_factory` wraps uvicorn's own one in
+    :class:`_TrackedProtocol`, which sees each transport come and go; an ASGI ``scope["client"]``
+    is the transport's peer address, which finds it again.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self._open: dict[Peer, asyncio.BaseTransport] = {}
+
+    def protocol_factory(self, http: str) -> Callable[..., asyncio.Protocol]:
+        """A factory for ``uvicorn.Config(http=...)``: uvicorn's ``http`` protocol, tracked."""
+        inner: Callable[..., asyncio.Protocol] = import_from_string(HTTP_PROTOCOLS[http])
+
+        def factory(**kwargs: Any) -> asyncio.Protocol:
+            return _TrackedProtocol(inner(**kwargs), self)
+
+        return factory
+
+    def transport_for(self, scope: Scope) -> asyncio.BaseTransport:
+        """The transport of the connection that carried the request of ``scope``.
+
+        Raises:
+            LookupError: If that connection is closed (or ``scope`` has no client).
+        """
+        client = scope.get("client")
+        transport = self._open.get((client[0], client[1])) if client else None
+        if transport is None:
+            raise LookupError(f"no open connection from {client}")
+        return transport
+
+    def abort_all(self) -> None:
+        """Close every open connection at once (their in-flight requests see a disconnect)."""
+        for transport in list(self._open.values()):
+            transport.abort()  # type: ignore[attr-defined]
+
+    def _opened(self, peer: Peer | None, transport: asyncio.BaseTransport) -> None:
+        self.accepted += 1
+        if peer is not None:
+            self._open[peer] = transport
+
+    def _closed(self, peer: Peer | None) -> None:
+        if peer is not None:
+            self._open.pop(peer, None)
+
+
+def reset_connection(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` abruptly so the peer sees a TCP RST (``SO_LINGER`` 0, then abort)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()  # type: ignore[attr-defined]
+
+
+class _TrackedProtocol(asyncio.Protocol):
+    """Forwards every protocol event to uvicorn's protocol, telling :class:`Connections` too."""
+
+    def __init__(self, inner: asyncio.Protocol, connections: Connections) -> None:
+        self._inner = inner
+        self._connections = connections
+        self._peer: Peer | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self._connections._opened(self._peer, transport)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections._closed(self._peer)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling when it serves and dropping open connections when it stops."""
+
+    def __init__(self, config: uvicorn.Config, connections: Connections) -> None:
+        super().__init__(config)
+        self.connections = connections
+        self.serving = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.serving.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Drop open connections first, as stop() promises: uvicorn would wait for in-flight
+        # responses (a scripted hang: until its graceful-shutdown timeout).
+        self.connections.abort_all()
+        await super().shutdown(sockets)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``port=0``: a free one), for uvicorn to listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UvicornServer(HTTPAddress):
+    """An ASGI app served by uvicorn on a daemon thread with its own event loop.
+
+    Args:
+        app: The ASGI application.
+        host: Interface to bind.
+        port: TCP port; 0 picks a free one (see :attr:`port` after starting).
+        timeout_keep_alive: Seconds an idle keep-alive connection stays open (uvicorn's).
+        http: uvicorn's HTTP implementation (``"h11"``: strict parsing, bounded request heads).
+    """
+
+    thread_name = "moa-uvicorn"
+    stop_timeout = 5.0
+    backlog = 2048
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        timeout_keep_alive: int = 5,
+        http: str = "h11",
+    ) -> None:
+        self.app = app
+        self.host = host
+        self._port = port
+        self.timeout_keep_alive = timeout_keep_alive
+        self.http = http
+        self.connections = Connections()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def connections_accepted(self) -> int:
+        """Total TCP connections accepted (shows keep-alive reuse)."""
+        return self.connections.accepted
+
+    def _config(self) -> uvicorn.Config:
+        return uvicorn.Config(
+            self.app,
+            # uvicorn calls this with its protocol's keyword arguments, as it would the class
+            http=cast(Any, self.connections.protocol_factory(self.http)),
+            ws="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,  # scope["client"] must be the TCP peer (see Connections)
+            backlog=self.backlog,
+            timeout_keep_alive=self.timeout_keep_alive,
+            timeout_graceful_shutdown=max(1, int(self.stop_timeout / 2)),
+        )
+
+    def start(self) -> Self:
+        """Serve on a daemon thread; returns once serving, or raises the bind/startup error."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        sock = bind_socket(self.host, self._port)
+        self._port = sock.getsockname()[1]
+        server = _Server(self._config(), self.connections)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(server.serve(sockets=[sock]))
+            except BaseException as exc:  # SystemExit too: uvicorn exits on startup failures
+                errors.append(exc)
+            finally:
+                sock.close()
+                server.serving.set()
+
+        self._thread = threading.Thread(target=run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        server.serving.wait()
+        if errors or not server.started:
+            self._thread.join(self.stop_timeout)
+            self._thread = None
+            cause = errors[0] if errors else None
+            if cause is not None and not isinstance(cause, SystemExit):
+                raise cause
+            raise RuntimeError("uvicorn did not start (see its log)") from cause
+        self._server = server
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop serving: open connections are dropped."""
+        thread, server = self._thread, self._server
+        if thread is None or server is None:
+            return
+        server.should_exit = True  # uvicorn's main loop checks it every 0.1 s
+        thread.join(self.stop_timeout if timeout is None else timeout)
+        self._thread = self._server = None
+
+    def serve_until_signal(
+        self, *, until: threading.Event | None = None, on_start: Callable[[], None] | None = None
+    ) -> None:
+        """Serve until SIGINT or SIGTERM (or until ``until`` is set), then stop.
+
+        The calling thread waits while the server runs on its own, so a signal ends the wait
+        and the process can exit normally (uvicorn's own handlers would re-raise the signal).
+        Signals are handled only when called on the main thread.
+        """
+        stop = until or threading.Event()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        try:
+            self.start()
+            if on_start is not None:
+                on_start()
+            stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
