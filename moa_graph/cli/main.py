@@ -31,6 +31,7 @@ from moa_graph.cli.options import (
     mixture_overrides,
     mixture_source,
     serve_options,
+    serve_options_table,
     settings_table,
     strategies_table,
 )
@@ -137,8 +138,8 @@ def command_serve(args: argparse.Namespace) -> int:
 
 
 def command_settings(args: argparse.Namespace) -> int:
-    """Print every mixture setting and the aggregation strategies (Markdown tables)."""
-    print(settings_table() + "\n\n" + strategies_table())
+    """Print every mixture setting, the aggregation strategies and the server's options."""
+    print("\n\n".join((settings_table(), strategies_table(), serve_options_table())))
     return 0
 
 

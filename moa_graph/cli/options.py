@@ -151,3 +151,18 @@ def strategies_table() -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def serve_options_table() -> str:
+    """The server's options as a Markdown table (``moa-graph serve`` flags).
+
+    Example:
+        >>> serve_options_table().splitlines()[2]
+        '| `--host` | `127.0.0.1` | interface to bind (set MOA_GRAPH_API_KEY before exposing it) |'
+    """
+    rows = ["| flag | default | what it does |", "|---|---|---|"]
+    for option in fields(ServeOptions):
+        flag = "--" + option.name.replace("_", "-")
+        doc, shown = option.metadata["doc"], option.metadata["shown"]
+        rows.append(f"| `{flag}` | `{shown}` | {_cell(doc)} |")
+    return "\n".join(rows)
