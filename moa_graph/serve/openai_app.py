@@ -52,7 +52,7 @@ from moa_graph.serve.openai_requests import (
     parse_chat_request,
 )
 from moa_graph.serve.options import ServeOptions
-from moa_graph.serve.runner import UvicornServer, http_url
+from moa_graph.serve.runner import NoDelayH11Protocol, UvicornServer, http_url
 from moa_graph.settings import check_known
 
 logger = logging.getLogger(__name__)
@@ -485,7 +485,7 @@ def serve(
         host=opts.host,
         port=opts.port,
         workers=opts.workers,
-        http=HTTP_IMPLEMENTATION,
+        http=NoDelayH11Protocol,  # h11, with Nagle off in worker processes too
         ws="none",
         lifespan="off",
         timeout_keep_alive=opts.timeout_keep_alive,
