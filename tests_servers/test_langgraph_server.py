@@ -188,7 +188,11 @@ async def test_threads_keep_the_conversation(client: LangGraphClient) -> None:
     assert len(values["proposals"]) == 2  # the last run's proposals only
 
 
-def test_served_recipe_docstring_examples() -> None:
+def test_served_recipe_docstring_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The module builds its graph at import; this environment has no local model installed (a
+    # local mixture now fails at construction), so it serves a remote preset, never called.
+    monkeypatch.setenv("MOA_GRAPH_PRESET", "together")
+    monkeypatch.setenv("TOGETHER_API_KEY", "placeholder-never-sent")
     import moa_graph.serve.langgraph_app as app
 
     result = doctest.testmod(app, verbose=False)
