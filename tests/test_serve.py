@@ -400,12 +400,7 @@ async def test_client_that_goes_away_cancels_the_run(
     ) as c:
         with pytest.raises(openai.APITimeoutError):
             await c.chat.completions.create(model=NAME, messages=USER)  # type: ignore[arg-type]
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        if [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]
+    assert await outcomes(upstream, "agg", ["client_disconnected"]) == ["client_disconnected"]
 
 
 @pytest.mark.parametrize("when", ["before-the-first-token", "mid-stream"])
@@ -430,12 +425,7 @@ async def test_client_that_leaves_a_stream_cancels_the_run(
                 if received == 2:
                     break
             await stream.close()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        if [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.outcome for r in upstream.requests_for("agg")] == ["client_disconnected"]
+    assert await outcomes(upstream, "agg", ["client_disconnected"]) == ["client_disconnected"]
 
 
 def test_stream_is_server_sent_events_ending_with_done(served: MoAServer) -> None:
@@ -450,3 +440,13 @@ def test_stream_is_server_sent_events_ending_with_done(served: MoAServer) -> Non
     assert all(event.startswith("data: {") for event in events[:-2])
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == ANSWER
+
+
+async def outcomes(upstream: OpenAICompatibleServer, model: str, expected: list[str]) -> list[str]:
+    """``model``'s request outcomes, once they are ``expected`` (or after 3 s)."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if [r.outcome for r in upstream.requests_for(model)] == expected:
+            break
+        await asyncio.sleep(0.05)
+    return [r.outcome for r in upstream.requests_for(model)]

@@ -49,7 +49,8 @@ def http_url(host: str, port: int) -> str:
 
 
 class HTTPAddress:
-    """``port``, ``url`` and ``base_url`` of a server listening on ``host``."""
+    """``port``, ``url`` and ``base_url`` of a server listening on ``host``; ``with server:``
+    starts it and stops it."""
 
     host: str = "127.0.0.1"
     _port: int = 0
@@ -68,6 +69,23 @@ class HTTPAddress:
     def base_url(self) -> str:
         """``http://HOST:PORT/v1``: the ``base_url`` of an OpenAI client."""
         return self.url + "/v1"
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 Peer = tuple[str, int]
@@ -338,14 +356,3 @@ class UvicornServer(HTTPAddress):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
