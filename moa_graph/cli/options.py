@@ -37,7 +37,9 @@ def add_mixture_options(parser: argparse.ArgumentParser) -> None:
         "--proposer", action="append", metavar="MODEL", help="proposer model spec (repeatable)"
     )
     recipe.add_argument("--aggregator", metavar="MODEL", help="aggregator model spec")
-    recipe.add_argument("--layers", type=int, help="layers, aggregator included (3 = paper MoA)")
+    recipe.add_argument(
+        "--layers", type=int, metavar="N", help="layers, aggregator included (3 = paper MoA)"
+    )
     settings = parser.add_argument_group("settings (default: the recipe's, else the one shown)")
     for spec in SETTINGS.values():
         _add_setting(settings, spec)
@@ -74,7 +76,7 @@ def _metavar(spec: SettingSpec) -> str | None:
         return None  # argparse shows the choices
     if spec.name == "rate_limits":
         return "PROVIDER=RPS,..."
-    return spec.name.upper()
+    return {int: "N", float: "NUMBER"}.get(spec.base_type, "TEXT")
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
