@@ -34,11 +34,11 @@ from langchain_core.tracers.base import BaseTracer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from moa_graph.engine.graph import build_graph, is_answer_token, settings_help
+from moa_graph.engine.graph import build_graph, is_answer_token
 from moa_graph.engine.nodes import AGGREGATE
 from moa_graph.engine.plan import MixturePlan, build_plan
 from moa_graph.engine.run_choices import RUN_KEYS, RunChoices, run_plan
-from moa_graph.settings import SETTINGS, MixtureSettings, suggestion
+from moa_graph.settings import SETTINGS, MixtureSettings, settings_help, suggestion
 from moa_graph.state import Proposal, merge_proposals
 
 CONFIG_KEY = "moa"
@@ -468,6 +468,15 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         }
 
 
+ChatMixtureOfAgents.__doc__ = (ChatMixtureOfAgents.__doc__ or "") + (
+    "\n    Per-run keys: "
+    + ", ".join(RUN_KEYS)
+    + ".\n\n    Settings:\n"
+    + settings_help("        ")
+    + "\n"
+)
+
+
 class _StreamCollector:
     """Turns the inner graph's stream into the chat model's chunks.
 
@@ -612,12 +621,3 @@ def total_usage(proposals: Sequence[Proposal], final: BaseMessage) -> UsageMetad
         if usage:
             total = add_usage(total, UsageMetadata(**usage))  # type: ignore[typeddict-item]
     return total
-
-
-ChatMixtureOfAgents.__doc__ = (ChatMixtureOfAgents.__doc__ or "") + (
-    "\n    Per-run keys: "
-    + ", ".join(RUN_KEYS)
-    + ".\n\n    Settings:\n"
-    + settings_help("        ")
-    + "\n"
-)

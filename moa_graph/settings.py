@@ -458,6 +458,14 @@ def per_run_keys() -> tuple[str, ...]:
     return (*RUN_CHOICES, *(name for name, spec in SETTINGS.items() if spec.per_run))
 
 
+def settings_help(indent: str = "") -> str:
+    """Every setting with its default and one-line doc, as docstrings and help list them."""
+    return "\n".join(
+        f"{indent}{name} (default {spec.display(spec.default)}): {spec.doc}"
+        for name, spec in SETTINGS.items()
+    )
+
+
 # -- checking ------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@
 - ``scope``: a mixture's shared parts and the per-run scope (the run's plan, races, limiter);
 - ``plan``: the validated shape of a mixture, ``run_choices``: its per-run narrowing;
 - ``proposer_call`` / ``final_answer``: one proposer's call, the final answer's call(s);
-- ``calls`` (deadlines, retries), ``race`` (straggler cut-off), ``limits``, ``references``;
+- ``calls`` (deadlines, retries), ``race`` (straggler cut-off), ``limits``, ``references``
+  (token budget), ``events`` (progress events, trace labels);
 - ``strategies``: one module per aggregation strategy, behind a registry.
 
 Nothing is imported here, so that importing one part (the strategies' registry, say) does not

@@ -29,7 +29,7 @@ from moa_graph.engine.plan import MixturePlan, build_plan
 from moa_graph.engine.run_choices import CALL_KEYS, RUN_KEYS, RunChoices
 from moa_graph.engine.scope import Mixture
 from moa_graph.models import ModelLike
-from moa_graph.settings import SETTINGS, settings_from
+from moa_graph.settings import SETTINGS, settings_from, settings_help
 from moa_graph.state import MoAInput, MoAOutput, MoAState
 
 __all__ = ["MoAContext", "build_graph", "create_moa_graph", "is_answer_token"]
@@ -143,14 +143,6 @@ def _settings_signature() -> inspect.Signature:
         for name, spec in SETTINGS.items()
     ]  # fmt: skip
     return base.replace(parameters=parameters)
-
-
-def settings_help(indent: str = "") -> str:
-    """Every setting with its default and one-line doc, as docstrings and help list them."""
-    return "\n".join(
-        f"{indent}{name} (default {spec.display(spec.default)}): {spec.doc}"
-        for name, spec in SETTINGS.items()
-    )
 
 
 create_moa_graph.__signature__ = _settings_signature()  # type: ignore[attr-defined]
