@@ -12,12 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.rate_limiters import BaseRateLimiter
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableBinding
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from moa_graph.engine.calls import CallPolicy
@@ -25,6 +25,11 @@ from moa_graph.settings import DEFAULTS, MixtureSettings
 
 ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
 LOCAL_PROVIDER = "local"
+Continuation: TypeAlias = Literal["prefill", "vllm"]
+"""How a model continues a partial answer of its own (see ``ProposerSpec.continuation``)."""
+CONTINUATION_ATTRIBUTE = "moa_continuation"
+"""A chat model class may declare its ``Continuation`` in this attribute (``ChatLocalModel``
+does)."""
 
 
 class ProposerSpec(BaseModel):
@@ -42,6 +47,11 @@ class ProposerSpec(BaseModel):
         timeout: seconds one call of this model may take (default: the mixture's ``timeout``).
         max_retries: retries of transient errors for this model (default: the mixture's).
         model_kwargs: any further keyword arguments for the model's constructor.
+        continuation: how the model continues a partial answer of its own, which staircase
+            streaming needs of every model that reads references: ``"prefill"`` (its server
+            continues a final assistant message as it is: llama.cpp, the embedded models) or
+            ``"vllm"`` (vLLM's ``continue_final_message``). Default: ``"prefill"`` for the
+            embedded models, otherwise unknown (a staircase refuses the model).
 
     Example:
         >>> spec = ProposerSpec(model="openai:llama3.1", base_url="http://localhost:11434/v1",
@@ -63,6 +73,7 @@ class ProposerSpec(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     max_retries: int | None = Field(default=None, ge=0, le=20)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    continuation: Continuation | None = None
 
     @field_validator("model")
     @classmethod
@@ -94,6 +105,9 @@ class ResolvedModel:
     samples: int
     policy: CallPolicy
     secret: str | None = dataclass_field(default=None, repr=False)
+    continuation: Continuation | None = None
+    max_tokens: int | None = None
+    """The model's answer budget, where known (staircase rounds share it)."""
 
 
 def to_spec(value: ModelLike, *, field: str) -> ProposerSpec:
@@ -161,7 +175,21 @@ def resolve_model(
         samples=spec.samples,
         policy=policy,
         secret=spec.api_key.get_secret_value() if spec.api_key else None,
+        continuation=spec.continuation or _declared_continuation(model),
+        max_tokens=_first(
+            spec.max_tokens,
+            getattr(spec.model, "max_tokens", None)
+            if isinstance(spec.model, BaseChatModel)
+            else defaults.max_tokens,
+        ),
     )
+
+
+def _declared_continuation(model: ChatRunnable) -> Continuation | None:
+    """The continuation a chat model class declares (under any binding), if any."""
+    while isinstance(model, RunnableBinding):
+        model = model.bound
+    return getattr(model, CONTINUATION_ATTRIBUTE, None)
 
 
 def _bind_explicit_settings(spec: ProposerSpec) -> ChatRunnable:

@@ -224,6 +224,10 @@ class MixtureSettings(BaseModel):
         False, "skip the remaining layers when every proposer of a layer gives one final answer",
         identifying=True,
     )  # fmt: skip
+    staircase: int | None = setting(
+        None, "staircase streaming, tokens per chunk: each layer and the aggregator start on "
+        "the first chunk of every reference (none: off)", ge=1, per_run=True,
+    )  # fmt: skip
 
     @field_validator("prompt")
     @classmethod
@@ -453,7 +457,7 @@ def per_run_keys() -> tuple[str, ...]:
     Example:
         >>> per_run_keys()
         ('layers', 'proposers', 'aggregator', 'aggregator_temperature', 'temperature', \
-'aggregation')
+'aggregation', 'staircase')
     """
     return (*RUN_CHOICES, *(name for name, spec in SETTINGS.items() if spec.per_run))
 

@@ -37,6 +37,8 @@ class Proposal(TypedDict):
     attempts: int
     reference_order: NotRequired[list[int]]
     shuffle_seed: NotRequired[int]
+    rounds: NotRequired[int]
+    """With ``staircase``: the model calls (rounds) the answer took."""
 
 
 def merge_proposals(
@@ -104,6 +106,8 @@ class ProgressEvent(TypedDict):
         "proposal_retrying",
         "references_truncated",
         "early_exit",
+        "round_started",
+        "round_finished",
     ]
     layer: int
     index: NotRequired[int]
@@ -118,3 +122,5 @@ class ProgressEvent(TypedDict):
     cancelled: NotRequired[int]
     truncations: NotRequired[list[dict[str, int]]]
     calls_saved: NotRequired[int]
+    round: NotRequired[int]
+    final: NotRequired[bool]

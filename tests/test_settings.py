@@ -23,7 +23,14 @@ from moa_graph.evaluation.systems import parse_system
 from moa_graph.settings import SETTINGS, MixtureSettings, SettingSpec, per_run_keys
 from tests.fakes import ScriptedChatModel
 
-PROPOSERS = ["openai:p1", "openai:p2", "openai:p3"]
+# Models whose servers continue a partial answer, so that every setting (staircase too) applies.
+PROPOSERS = [{"model": f"openai:{name}", "continuation": "prefill"} for name in ("p1", "p2", "p3")]
+AGGREGATOR = {"model": "openai:agg", "continuation": "prefill"}
+TOML_MODELS = (
+    'aggregator = { model = "openai:agg", continuation = "prefill" }\n'
+    'proposers = [{ model = "openai:p1", continuation = "prefill" },'
+    ' { model = "openai:p2", continuation = "prefill" }]\n'
+)
 
 
 def count_words(text: str) -> int:
@@ -79,9 +86,9 @@ def test_every_setting_reaches_python_recipes_toml_flags_and_eval(
     value, text, toml = sample(spec)
     assert value != spec.default
     # Python: the graph factory and the chat model
-    graph = create_moa_graph(PROPOSERS, aggregator="openai:agg", layers=2, **{name: value})
+    graph = create_moa_graph(PROPOSERS, aggregator=AGGREGATOR, layers=2, **{name: value})
     assert graph is not None
-    moa = ChatMixtureOfAgents(proposers=PROPOSERS, aggregator="openai:agg", layers=2,
+    moa = ChatMixtureOfAgents(proposers=PROPOSERS, aggregator=AGGREGATOR, layers=2,
                               **{name: value})  # fmt: skip
     assert getattr(moa.plan.options, name) == value
     assert moa._identifying_params[name] == spec.identity(value)
@@ -89,8 +96,7 @@ def test_every_setting_reaches_python_recipes_toml_flags_and_eval(
     recipe = presets.together_quickstart().with_options(**{name: value})
     assert recipe.options[name] == value
     path = tmp_path / "recipe.toml"
-    path.write_text(f'aggregator = "openai:agg"\nproposers = ["openai:p1", "openai:p2"]\n'
-                    f"{name} = {toml}\n")  # fmt: skip
+    path.write_text(f"{TOML_MODELS}{name} = {toml}\n")
     assert getattr(presets.load_recipe(path).chat_model().plan.options, name) == value
     # the command line: --name-with-dashes, its help naming the default
     parser = build_parser()
@@ -98,8 +104,8 @@ def test_every_setting_reaches_python_recipes_toml_flags_and_eval(
     assert getattr(build_mixture(args).plan.options, name) == value
     ask_help = _subcommand_help(parser, "ask")
     assert spec.flag in ask_help and f"(default: {spec.display(spec.default)})" in ask_help
-    # an eval system option
-    system = parse_system(f"self-moa:openai:p1,n=3,{name}={text}")
+    # an eval system option (an embedded model: it continues partial answers)
+    system = parse_system(f"self-moa:local:smollm2-135m,n=3,{name}={text}")
     assert system.config[name] == spec.identity(value)
 
 

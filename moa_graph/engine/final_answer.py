@@ -27,6 +27,7 @@ from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
 from moa_graph.engine import strategies
 from moa_graph.engine.events import AGGREGATOR_TAG, emit, truncation_record
+from moa_graph.engine.plan import MixturePlan
 from moa_graph.engine.scope import RunScope
 from moa_graph.engine.strategies.base import AggregationFlow
 from moa_graph.engine.strategies.rank import instruction_text
@@ -81,7 +82,7 @@ class FinalAnswer:
             self.model = self.model.bind(**aggregator_kwargs)
         if options.seed is not None:
             self.model = self.model.bind(seed=options.seed)
-        self.watcher = _TokenWatcher()
+        self.watcher = TokenWatcher()
         self.base_config = config
         self.extra: dict[str, Any] = {"moa_aggregation": options.aggregation}
         self.usage: list[UsageMetadata] = []
@@ -146,19 +147,13 @@ class FinalAnswer:
         if not self.calls:
             emit(self.runtime, moa_event="aggregation_started", **self.identity)
         self.calls += 1
-        metadata: dict[str, Any] = {"moa_layer": self.plan.layers,
-                                    "moa_proposer": self.plan.aggregator.name,
-                                    "moa_model": self.plan.aggregator.model_name}  # fmt: skip
+        metadata: dict[str, Any] = {}
         if step is not None:
             metadata["moa_step"] = step
         if self.shuffle_seed is not None:
             metadata.update(moa_reference_order=self.order, moa_shuffle_seed=self.shuffle_seed)
-        config = merge_configs(
-            self.base_config,
-            {"callbacks": [self.watcher] if step is None else [],
-             "tags": [AGGREGATOR_TAG, f"moa:layer:{self.plan.layers}"], "metadata": metadata},
-        )  # fmt: skip
-        config["callbacks"] = redacting_callbacks(config.get("callbacks"), self.plan.secrets)
+        watchers = [self.watcher] if step is None else []
+        config = aggregator_config(self.plan, self.base_config, metadata, watchers)
         return ModelRequest(runnable, call_input, config)
 
     # -- driving the flow ----------------------------------------------------------------------
@@ -230,7 +225,26 @@ class FinalAnswer:
         return {"messages": [message.model_copy(update=update)]}
 
 
-class _TokenWatcher(BaseCallbackHandler):
+def aggregator_config(
+    plan: MixturePlan,
+    config: RunnableConfig,
+    metadata: dict[str, Any],
+    callbacks: Sequence[BaseCallbackHandler],
+) -> RunnableConfig:
+    """An aggregator call's traced config: tags and metadata, ``callbacks`` added, secrets
+    masked."""
+    labels = {"moa_layer": plan.layers, "moa_proposer": plan.aggregator.name,
+              "moa_model": plan.aggregator.model_name, **metadata}  # fmt: skip
+    traced = merge_configs(
+        config,
+        {"callbacks": list(callbacks), "tags": [AGGREGATOR_TAG, f"moa:layer:{plan.layers}"],
+         "metadata": labels},
+    )  # fmt: skip
+    traced["callbacks"] = redacting_callbacks(traced.get("callbacks"), plan.secrets)
+    return traced
+
+
+class TokenWatcher(BaseCallbackHandler):
     """Notices whether a call already streamed tokens."""
 
     run_inline = True

@@ -113,7 +113,9 @@ def build_graph(plan: MixturePlan) -> StateGraph[MoAState, Any, MoAInput, MoAOut
     graph.add_node(AGGREGATE, node(nodes.aggregate, nodes.aaggregate, AGGREGATE), defer=True)
     graph.add_edge(START, PREPARE)
     # Routing runs inline: a plain function would hop to a worker thread under ``ainvoke``.
-    graph.add_conditional_edges(PREPARE, node(nodes.send_first_layer, None, "route"), [PROPOSE])
+    graph.add_conditional_edges(
+        PREPARE, node(nodes.send_first_layer, None, "route"), [PROPOSE, AGGREGATE]
+    )
     graph.add_conditional_edges(
         PROPOSE, node(nodes.after_propose, None, "route"), [COLLECT, AGGREGATE]
     )

@@ -17,6 +17,7 @@ from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from moa_graph.engine import staircase_run
 from moa_graph.engine.calls import call_async, call_sync
 from moa_graph.engine.events import emit
 from moa_graph.engine.final_answer import FinalAnswer
@@ -49,8 +50,11 @@ class MixtureNodes:
         )
         return {"proposals": CLEAR_PROPOSALS, "run_id": uuid.uuid4().hex}
 
-    def send_first_layer(self, state: MoAState, runtime: Runtime) -> list[Send]:
-        return _sends(self.mixture.scope(runtime), 1, state, [])
+    def send_first_layer(self, state: MoAState, runtime: Runtime) -> list[Send] | str:
+        scope = self.mixture.scope(runtime)
+        if scope.options.staircase:  # every proposer runs inside the aggregate step
+            return AGGREGATE
+        return _sends(scope, 1, state, [])
 
     def propose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
         call = ProposerCall(self.mixture.scope(runtime), task, config)
@@ -103,6 +107,9 @@ class MixtureNodes:
         return _sends(scope, layer + 1, state, scope.references(state["proposals"], layer))
 
     def aggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
+        scope = self.mixture.scope(runtime)
+        if scope.options.staircase:
+            return staircase_run.run_sync(scope, state, config)
         answer = self._final_answer(state, config, runtime)
         if answer is None:
             return {}  # ``after_aggregate`` calls the failed proposers again
@@ -116,6 +123,9 @@ class MixtureNodes:
         return answer.result()
 
     async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
+        scope = self.mixture.scope(runtime)
+        if scope.options.staircase:
+            return await staircase_run.run_async(scope, state, config)
         answer = self._final_answer(state, config, runtime)
         if answer is None:
             return {}  # ``after_aggregate`` calls the failed proposers again
@@ -144,7 +154,7 @@ class MixtureNodes:
     ) -> list[Send] | str:
         """The end, unless a resumed run calls its last layer's failed proposers again."""
         scope = self.mixture.scope(runtime)
-        if _joins_last_layer(scope, state):
+        if not scope.options.staircase and _joins_last_layer(scope, state):
             layer = latest_layer(state["proposals"])
             proposals = [p for p in state["proposals"] if p["layer"] == layer]
             if _retry_on_resume(scope, proposals, config):

@@ -13,7 +13,7 @@ from moa_graph.engine import strategies
 from moa_graph.engine.calls import CallPolicy
 from moa_graph.engine.race import RaceRules
 from moa_graph.engine.strategies import Strategy
-from moa_graph.models import ChatRunnable, ModelLike, ResolvedModel, resolve_model
+from moa_graph.models import ChatRunnable, Continuation, ModelLike, ResolvedModel, resolve_model
 from moa_graph.settings import DEFAULTS, MixtureSettings
 
 
@@ -33,6 +33,10 @@ class ProposerSlot:
     policy: CallPolicy
     sample: int = 0
     """Which sample of its configured model this slot is (0 for a model sampled once)."""
+    continuation: Continuation | None = None
+    """How the model continues a partial answer (staircase streaming)."""
+    max_tokens: int | None = None
+    """The model's answer budget, where known."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,11 @@ class MixturePlan:
         LangGraph's synchronous runner uses a thread pool of ``max_concurrency`` workers (by
         default ``cpu_count + 4``), one of which waits on the output stream while streaming.
         """
-        return RunnableConfig(
-            max_concurrency=self.max_width + 2, recursion_limit=2 * self.layers + 10
+        # a staircase runs every proposer at once, each a task of the aggregate step
+        width = (
+            self.max_width if not self.options.staircase else sum(map(len, self.proposer_layers))
         )
+        return RunnableConfig(max_concurrency=width + 2, recursion_limit=2 * self.layers + 10)
 
 
 def build_plan(
@@ -138,6 +144,7 @@ def build_plan(
         models=tuple(resolved_models.values()),
     )
     check_against_shape(settings, smallest_layer=min(len(layer) for layer in proposer_layers))
+    check_staircase(plan)
     return plan
 
 
@@ -195,6 +202,39 @@ def check_strategy(settings: MixtureSettings) -> None:
         )
 
 
+STAIRCASE_STRATEGY = "synthesize"
+"""The one strategy a staircase streams: the others decide on whole answers."""
+
+
+def check_staircase(plan: MixturePlan) -> None:
+    """Raise ``ValueError`` when ``staircase`` is on and the mixture cannot stream that way:
+    another strategy, a window or early exit (they need whole answers), or a model that reads
+    references but cannot continue a partial answer of its own (named, with the fix).
+    """
+    options = plan.options
+    if options.staircase is None:
+        return
+    if options.aggregation != STAIRCASE_STRATEGY:
+        raise ValueError(
+            f"staircase: streams aggregation='{STAIRCASE_STRATEGY}' only; "
+            f"aggregation={options.aggregation!r} decides on whole answers"
+        )
+    for name in ("aggregation_window", "early_exit"):
+        if getattr(options, name):
+            raise ValueError(f"staircase: cannot be combined with {name} (it needs whole answers)")
+    readers = [(s.name, s.model_name, s.continuation) for layer in plan.proposer_layers[1:]
+               for s in layer]  # fmt: skip
+    aggregator = plan.aggregator
+    readers.append((aggregator.name, aggregator.model_name, aggregator.continuation))
+    for name, model_name, continuation in readers:
+        if continuation is None:
+            raise ValueError(
+                f"staircase: {name} ({model_name}) reads references but is not known to continue "
+                "a partial answer of its own; if its server does, say how with "
+                "ProposerSpec(continuation='prefill' or 'vllm'), else turn staircase off"
+            )
+
+
 def _layer_specs(
     proposers: Sequence[ModelLike] | Sequence[Sequence[ModelLike]], layers: int | None
 ) -> list[list[ModelLike]]:
@@ -242,6 +282,8 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             system_prompt=resolved.system_prompt,
             policy=resolved.policy,
             sample=sample,
+            continuation=resolved.continuation,
+            max_tokens=resolved.max_tokens,
         )
         for sample in range(resolved.samples)
     ]

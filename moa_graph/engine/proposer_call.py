@@ -24,6 +24,7 @@ from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from moa_graph.aggregation import call_seed, shuffled
 from moa_graph.engine.calls import CallCancelled, cancel_requested
 from moa_graph.engine.events import PROPOSER_TAG, emit, identity, run_name
+from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.scope import RunScope
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
@@ -53,21 +54,8 @@ class ProposerCall:
             if slot.layer == 1
             else {"messages": conversation, "references": references}
         )
-        metadata = {"moa_layer": slot.layer, "moa_index": slot.index, "moa_proposer": slot.name,
-                    "moa_model": slot.model_name}  # fmt: skip
-        metadata.update({f"moa_{key}": value for key, value in self.shuffle.items()})
-        self.config = merge_configs(
-            config,
-            {
-                "run_name": run_name(slot),
-                "tags": [PROPOSER_TAG, f"moa:layer:{slot.layer}"],
-                "metadata": metadata,
-            },
-        )
-        callbacks = self.config.get("callbacks")
-        if not scope.proposers_stream:
-            callbacks = without_token_streaming(callbacks)
-        self.config["callbacks"] = redacting_callbacks(callbacks, scope.plan.secrets)
+        shuffle = {f"moa_{key}": value for key, value in self.shuffle.items()}
+        self.config = proposer_config(scope, slot, config, shuffle)
         self.attempts = 0
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
@@ -132,6 +120,25 @@ class ProposerCall:
         )  # fmt: skip
         proposal.update(self.shuffle)  # type: ignore[typeddict-item]
         return proposal
+
+
+def proposer_config(
+    scope: RunScope, slot: ProposerSlot, config: RunnableConfig, metadata: dict[str, Any]
+) -> RunnableConfig:
+    """A proposer call's traced config: its run name, tags and metadata, its callbacks without
+    token streaming when nobody reads the proposers' tokens, and secrets masked."""
+    labels = {"moa_layer": slot.layer, "moa_index": slot.index, "moa_proposer": slot.name,
+              "moa_model": slot.model_name, **metadata}  # fmt: skip
+    traced = merge_configs(
+        config,
+        {"run_name": run_name(slot), "tags": [PROPOSER_TAG, f"moa:layer:{slot.layer}"],
+         "metadata": labels},
+    )  # fmt: skip
+    callbacks = traced.get("callbacks")
+    if not scope.proposers_stream:
+        callbacks = without_token_streaming(callbacks)
+    traced["callbacks"] = redacting_callbacks(callbacks, scope.plan.secrets)
+    return traced
 
 
 def invoke_until_cancelled(

@@ -13,7 +13,7 @@ from typing import Any, Final, TypeVar
 
 from typing_extensions import TypedDict
 
-from moa_graph.engine.plan import MixturePlan, ProposerSlot, check_against_shape
+from moa_graph.engine.plan import MixturePlan, ProposerSlot, check_against_shape, check_staircase
 from moa_graph.models import ResolvedModel
 from moa_graph.settings import RUN_CHOICES, SETTINGS, check_value, per_run_keys
 
@@ -183,9 +183,11 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     if chosen_settings:
         options = options.model_copy(update=chosen_settings)
         check_against_shape(options, smallest_layer=_smallest(proposer_layers))
-    return dataclasses.replace(
+    narrowed = dataclasses.replace(
         plan, proposer_layers=proposer_layers, aggregator=aggregator, options=options
     )
+    check_staircase(narrowed)
+    return narrowed
 
 
 def _smallest(layers: tuple[tuple[ProposerSlot, ...], ...]) -> int:

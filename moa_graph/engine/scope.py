@@ -106,6 +106,11 @@ class RunScope:
     def check_call_choices(self) -> None:
         """Refuse the run's call arguments now, before any model is called (``ValueError``)."""
         check_aggregator_kwargs(self.choices.get("aggregator_kwargs") or {})
+        if self.options.staircase and self.answer_must_be_written:
+            raise ValueError(
+                "staircase: tools or an output format bound to the aggregator need one whole "
+                "answer of it; turn staircase off for this run (staircase=None)"
+            )
 
     @property
     def answer_must_be_written(self) -> bool:
@@ -208,10 +213,15 @@ def _runnables(plan: MixturePlan) -> Runnables:
     }
 
 
+def seeded(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
+    """The slot's model, drawing with ``seed + k`` for sample k when the mixture has a seed."""
+    if plan.options.seed is None:
+        return slot.model
+    return slot.model.bind(seed=plan.options.seed + slot.sample)
+
+
 def _runnable_for(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
-    model = slot.model
-    if plan.options.seed is not None:  # sample k of a model draws with seed + k
-        model = model.bind(seed=plan.options.seed + slot.sample)
+    model = seeded(plan, slot)
     if slot.layer == 1:
         return model
     return bind_aggregator(

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -257,6 +257,9 @@ class ChatLocalModel(BaseChatModel):
         >>> for chunk in llm.stream("Write a haiku about CPUs"):  # doctest: +SKIP
         ...     print(chunk.content, end="")
     """
+
+    moa_continuation: ClassVar[str] = "prefill"
+    """llama.cpp continues a final assistant message (staircase streaming needs it)."""
 
     model: str
     """Registered name (see ``moa_graph.local.weights.MODELS``) or path to a ``.gguf`` file."""

@@ -5,7 +5,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from moa_graph.testing.scripts import ScriptedToolCall, tokenize
+from moa_graph.testing.scripts import ScriptedToolCall, message_text, tokenize
+
+
+def final_assistant_text(payload: dict[str, Any]) -> str | None:
+    """The text of a final assistant message, which the server continues (as llama.cpp does);
+    ``None`` when the conversation ends with another role."""
+    messages = payload.get("messages") or []
+    last = messages[-1] if messages else None
+    if isinstance(last, dict) and last.get("role") == "assistant":
+        return message_text(last)
+    return None
+
+
+def continuation(reply: str, prefix: str | None) -> str:
+    """What the model writes after ``prefix``: the rest of ``reply`` when it starts with the
+    prefix, else the whole ``reply`` (the script's answer follows what was given).
+
+    Example:
+        >>> continuation("1. Apple 2. Banana", "1. Apple"), continuation("Banana", "1.")
+        (' 2. Banana', 'Banana')
+    """
+    if prefix is None:
+        return reply
+    return reply[len(prefix) :] if reply.startswith(prefix) else reply
 
 
 def apply_limits(text: str, payload: dict[str, Any]) -> tuple[str, str]:

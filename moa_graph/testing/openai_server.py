@@ -250,7 +250,10 @@ class OpenAICompatibleServer(UvicornServer, RequestLogQueries):
             ex.complete(500, "reply_error")
             await ex.respond(500, openai_wire.error_body(message, "server_error"))
             return
-        text, finish = _wire.apply_limits(reply.content, payload)
+        # A final assistant message is continued, as llama.cpp does: the script's reply goes on
+        # from it, limits apply to the new text, and a whole answer repeats the prefix.
+        prefix = _wire.final_assistant_text(payload)
+        text, finish = _wire.apply_limits(_wire.continuation(reply.content, prefix), payload)
         cid = self._completion_id(record)
         calls = _wire.tool_calls_json(cid, reply.tool_calls)
         if calls:
@@ -272,8 +275,9 @@ class OpenAICompatibleServer(UvicornServer, RequestLogQueries):
             if not await ex.client.sleep_until(ex.start + total):
                 record.outcome = "client_disconnected"
                 return
+            content = text if prefix is None else prefix + text
             body = openai_wire.completion_body(
-                cid, record.model, int(time.time()), text, finish, usage, n_choices, calls
+                cid, record.model, int(time.time()), content, finish, usage, n_choices, calls
             )
             ex.complete(200, outcome or finish, response=text)
             await ex.respond(200, body)

@@ -1,0 +1,383 @@
+"""Staircase streaming (Wang et al., arXiv 2510.05059): readers start on the first chunk.
+
+With ``staircase=N`` every proposer streams, and every model that reads references (each proposer
+of layer 2 and later, and the aggregator) writes its answer in *rounds*. Round r starts once every
+reference has written its r-th chunk (N tokens, counted with the mixture's ``token_counter``) or
+has ended. The reader is shown each reference up to that chunk, with a mark where more follows
+(``MORE_MARK``) or where it stopped early (``STOPPED_MARK``), and writes up to N tokens more of
+its own answer, continuing it as a final assistant message. Once every reference is shown whole,
+it writes to the end. With three layers the staircase cascades.
+
+Rounds stay in step: round r shows r chunks of each reference even when more has arrived. So a
+run does not depend on timing: a seed reproduces it, cached calls answer it again, and a resumed
+run asks the same questions. A reference that fails or is cut off after some chunks keeps what it
+wrote (marked as stopped; its proposal is ``failed`` or ``cancelled`` with that ``text``); one
+that ends without a word is left out from the first round on, so numbering never changes.
+
+The graph runs a staircase in its ``aggregate`` step: each proposer is a LangGraph task (so a
+resumed run pays no finished proposer again), the aggregator writes in the step itself, and all
+of them talk through a ``Board``, the texts being written in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    BaseMessageChunk,
+    UsageMetadata,
+    message_chunk_to_message,
+)
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
+
+from moa_graph.engine.calls import CallCancelled, cancel_requested
+from moa_graph.engine.events import emit
+from moa_graph.engine.references import TokenCounter
+from moa_graph.prompts import inject_references, with_system_prompt
+
+MORE_MARK = " [...continues]"
+"""Ends a reference shown in part while its model goes on writing."""
+STOPPED_MARK = " [...stopped early]"
+"""Ends a reference whose model failed or was cut off after some chunks."""
+
+VLLM_CONTINUATION = {"continue_final_message": True, "add_generation_prompt": False}
+"""vLLM's request fields that continue a final assistant message."""
+
+Key = tuple[int, int]
+"""A writer's ``(layer, index)``; the aggregator's layer is the plan's ``layers``."""
+Status = Literal["writing", "answered", "failed", "cancelled"]
+
+
+@dataclass
+class Entry:
+    """What one writer has written so far, and whether (and how) it ended."""
+
+    text: str = ""
+    status: Status = "writing"
+
+    @property
+    def ended(self) -> bool:
+        return self.status != "writing"
+
+
+class Board:
+    """The texts being written in one staircase run, shared by its writers and readers.
+
+    Writers append text and end; readers wait until their references are ready. Waits work
+    from threads (``invoke``) and from asyncio tasks (``ainvoke``) alike.
+
+    Example:
+        >>> board = Board()
+        >>> board.write((1, 0), "Paris is")
+        >>> board.end((1, 0), "answered")
+        >>> board.entry((1, 0))
+        Entry(text='Paris is', status='answered')
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Key, Entry] = {}
+        self._changed = threading.Condition()
+        self._waiters: set[Callable[[], object]] = set()
+        self.aborted: str | None = None
+        """Why the run stopped (every writer stops at its next token)."""
+
+    def entry(self, key: Key) -> Entry:
+        with self._changed:
+            entry = self._entries.setdefault(key, Entry())
+            return Entry(entry.text, entry.status)
+
+    def write(self, key: Key, text: str) -> None:
+        if text:
+            self._update(key, lambda entry: setattr(entry, "text", entry.text + text))
+
+    def end(self, key: Key, status: Status) -> None:
+        self._update(key, lambda entry: setattr(entry, "status", status))
+
+    def poke(self) -> None:
+        """Wake every waiter to check again (something outside the board changed)."""
+        self._update(None, lambda entry: None)
+
+    def abort(self, reason: str) -> None:
+        """Stop every writer of the run (the aggregator failed, or a layer fell short)."""
+        self.aborted = reason
+        self.poke()
+
+    def _update(self, key: Key | None, change: Callable[[Entry], object]) -> None:
+        with self._changed:
+            if key is not None:
+                change(self._entries.setdefault(key, Entry()))
+            self._changed.notify_all()
+            waiters, self._waiters = self._waiters, set()
+        for notify in waiters:
+            notify()
+
+    def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until ``ready()`` (checked after every change); ``False`` after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not ready():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    async def await_ready(self, ready: Callable[[], bool]) -> None:
+        """Wait on the running loop until ``ready()`` (checked after every change)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            changed = loop.create_future()
+
+            def notify(future: asyncio.Future[None] = changed) -> None:
+                loop.call_soon_threadsafe(_resolve, future)
+
+            with self._changed:
+                if ready():
+                    return
+                self._waiters.add(notify)
+            await changed
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def cut_to_tokens(text: str, tokens: int, count: TokenCounter) -> str:
+    """The longest prefix of ``text`` that ends at a word boundary and counts at most
+    ``tokens`` (the whole text when it fits).
+
+    Example:
+        >>> cut_to_tokens("one two three four", 3, lambda t: len(t.split()))
+        'one two three'
+    """
+    if count(text) <= tokens:
+        return text
+    bounds = [
+        i for i, char in enumerate(text) if char.isspace() and i and not text[i - 1].isspace()
+    ]
+    low, high, best = 0, len(bounds) - 1, ""
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = text[: bounds[middle]]
+        if count(candidate) <= tokens:
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    return best
+
+
+@dataclass
+class Round:
+    """One model call of a writer: its number, the references it was shown and its limit."""
+
+    number: int
+    references: list[str]
+    max_tokens: int | None
+    """Tokens this call may write (``None``: the model's own limit)."""
+    final: bool
+    """Every reference is shown whole: the writer goes on to the end."""
+
+
+@dataclass
+class Writer:
+    """One model writing its answer in rounds: a proposer, or the aggregator.
+
+    ``sources`` are the keys of the references it reads, in configured order (none for a
+    proposer of layer 1, which writes in one call). ``next_round()`` says what the next call is
+    once ``ready()``; ``finish_round(message)`` takes its answer.
+    """
+
+    key: Key
+    board: Board
+    chunk: int
+    count: TokenCounter
+    sources: list[Key]
+    budget: int | None
+    """The writer's whole answer limit in tokens, where known."""
+    text: str = ""
+    tokens: int = 0
+    rounds: int = 0
+    usage: list[UsageMetadata] = field(default_factory=list)
+    done: bool = False
+    shown: list[Key] | None = None
+    """The references in its prompt, fixed at the first round (numbering never changes)."""
+    last_id: str | None = None
+    """The id of its last round's message (the whole answer takes it: already streamed)."""
+
+    def ready(self) -> bool:
+        """Whether every source has its next chunk, or has ended."""
+        if self.board.aborted is not None:
+            return True
+        wanted = (self.rounds + 1) * self.chunk
+        return all(
+            entry.ended or self.count(entry.text) >= wanted
+            for entry in map(self.board.entry, self.sources)
+        )
+
+    def next_round(self) -> Round:
+        """The next call: the references in step with it, and how much it may write."""
+        number, shown_tokens = self.rounds + 1, (self.rounds + 1) * self.chunk
+        entries = {key: self.board.entry(key) for key in self.sources}
+        if self.shown is None:  # a reference that ended without a word is left out for good
+            self.shown = [key for key in self.sources if entries[key].text.strip()]
+        references, whole = [], True
+        for key in self.shown:
+            entry = entries[key]
+            part = cut_to_tokens(entry.text, shown_tokens, self.count)
+            if len(part) < len(entry.text.rstrip()) or not entry.ended:
+                references.append(part.strip() + MORE_MARK)
+                whole = False
+            elif entry.status != "answered":
+                references.append(part.strip() + STOPPED_MARK)
+            else:
+                references.append(part.strip())
+        remaining = None if self.budget is None else max(self.budget - self.tokens, 1)
+        limit = remaining if whole or remaining is None else min(self.chunk, remaining)
+        return Round(number, references, limit, whole)
+
+    def finish_round(self, round_: Round, message: BaseMessage) -> None:
+        """Take a round's answer; the writer is done when the model stopped on its own, its
+        budget is spent, or it wrote its last round."""
+        self.rounds = round_.number
+        self.last_id = message.id
+        written = message.text
+        self.text += written
+        usage = getattr(message, "usage_metadata", None)
+        if usage:
+            self.usage.append(usage)
+        tokens = usage["output_tokens"] if usage else self.count(written)
+        self.tokens += tokens
+        finish = message.response_metadata.get("finish_reason")
+        limit = round_.max_tokens
+        ended = finish == "stop" or (finish is None and limit is not None and tokens < limit)
+        spent = self.budget is not None and self.tokens >= self.budget
+        self.done = round_.final or spent or ended or not written
+
+
+def round_messages(
+    conversation: Sequence[BaseMessage],
+    round_: Round,
+    written: str,
+    *,
+    prompt: str,
+    system_prompt: str | None,
+) -> list[BaseMessage]:
+    """A round's prompt: the conversation with the references, then the answer so far.
+
+    Example:
+        >>> from langchain_core.messages import HumanMessage
+        >>> messages = round_messages([HumanMessage("Fruit?")], Round(2, ["Apple" + MORE_MARK],
+        ...                           16, False), "An apple", prompt="Responses:",
+        ...                           system_prompt=None)
+        >>> [m.type for m in messages], messages[0].content, messages[-1].content
+        (['system', 'human', 'ai'], 'Responses:\\n1. Apple [...continues]', 'An apple')
+    """
+    messages = with_system_prompt(conversation, system_prompt)
+    if round_.references:  # a writer without references (layer 1, or left alone) gets none
+        messages = inject_references(messages, round_.references, prompt)
+    return [*messages, AIMessage(written)] if written else messages
+
+
+def continuing(model: Runnable[Any, BaseMessage], continuation: str | None, written: str
+               ) -> Runnable[Any, BaseMessage]:  # fmt: skip
+    """``model`` asked to continue a partial answer the way its server does."""
+    if written and continuation == "vllm":
+        return model.bind(extra_body=VLLM_CONTINUATION)
+    return model
+
+
+def round_config(
+    config: RunnableConfig, *, run_name: str, tags: list[str], metadata: Mapping[str, Any],
+    round_number: int,
+) -> RunnableConfig:  # fmt: skip
+    """A round call's traced config: a run per round, tagged and named with its round."""
+    return merge_configs(
+        config,
+        {
+            "run_name": f"{run_name} (round {round_number})",
+            "tags": [*tags, f"moa:round:{round_number}"],
+            "metadata": {**metadata, "moa_round": round_number},
+        },
+    )
+
+
+def stream_merged(
+    runnable: Runnable[Any, BaseMessage],
+    call_input: Any,
+    config: RunnableConfig,
+    on_text: Callable[[str], object],
+    stopped: Callable[[], str | None],
+) -> BaseMessage:
+    """Stream a call, handing each piece of text on; stop reading once ``stopped()`` says why
+    (or the caller gave up), closing the connection."""
+    merged: BaseMessageChunk | None = None
+    chunks: Iterator[BaseMessageChunk] = runnable.stream(call_input, config)  # type: ignore[assignment]
+    try:
+        for chunk in chunks:
+            reason = stopped() or ("the layer stopped waiting" if cancel_requested() else None)
+            if reason:
+                raise CallCancelled(reason)
+            merged = chunk if merged is None else merged + chunk
+            on_text(chunk.text)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if merged is None:
+        raise RuntimeError("the model streamed nothing")
+    return message_chunk_to_message(merged)
+
+
+async def astream_merged(
+    runnable: Runnable[Any, BaseMessage],
+    call_input: Any,
+    config: RunnableConfig,
+    on_text: Callable[[str], object],
+    stopped: Callable[[], str | None],
+) -> BaseMessage:
+    """The async twin of ``stream_merged``."""
+    merged: BaseMessageChunk | None = None
+    chunks: AsyncIterator[BaseMessageChunk] = runnable.astream(call_input, config)  # type: ignore[assignment]
+    try:
+        async for chunk in chunks:
+            reason = stopped()
+            if reason:
+                raise CallCancelled(reason)
+            merged = chunk if merged is None else merged + chunk
+            on_text(chunk.text)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if merged is None:
+        raise RuntimeError("the model streamed nothing")
+    return message_chunk_to_message(merged)
+
+
+_RUNS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+"""Staircase runs in progress, by run id: how a proposer task finds its run's board."""
+
+
+def register(run_id: str, run: Any) -> None:
+    """Make ``run`` findable by its proposer tasks (while the run object lives)."""
+    _RUNS[run_id] = run
+
+
+def registered(run_id: str) -> Any:
+    """The staircase run ``run_id`` (its tasks run inside its step, so it exists)."""
+    return _RUNS[run_id]
+
+
+def emit_round(runtime: Any, kind: str, identity: Mapping[str, Any], round_: Round) -> None:
+    """A ``round_started`` / ``round_finished`` progress event."""
+    emit(runtime, moa_event=kind, round=round_.number, final=round_.final, **identity)

@@ -1,0 +1,447 @@
+"""One staircase run: its proposers as LangGraph tasks, the aggregator in the graph's step.
+
+``StaircaseRun`` owns the run's ``Board`` and turns every writer's rounds into model calls (with
+the mixture's deadlines, retries, races and call limiter), progress events and traced runs, and
+the proposers' outcomes into ``Proposal`` records. The graph's aggregate step creates it, starts a
+``propose`` task per proposer (``propose_task`` / ``apropose_task``) and writes the aggregator's
+answer itself (see ``moa_graph.engine.staircase`` for how the rounds go).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.config import get_config
+from langgraph.errors import GraphBubbleUp
+from langgraph.func import task
+
+from moa_graph.engine.calls import CallCancelled, CallPolicy, call_async, call_sync
+from moa_graph.engine.events import emit, identity
+from moa_graph.engine.final_answer import TokenWatcher, aggregator_config, sum_usage
+from moa_graph.engine.plan import ProposerSlot
+from moa_graph.engine.proposer_call import proposer_config
+from moa_graph.engine.race import LayerRace
+from moa_graph.engine.scope import RunScope, seeded
+from moa_graph.engine.staircase import (
+    Board,
+    Key,
+    Round,
+    Status,
+    Writer,
+    astream_merged,
+    continuing,
+    emit_round,
+    register,
+    registered,
+    round_config,
+    round_messages,
+    stream_merged,
+)
+from moa_graph.errors import AggregatorError, ProposalsFailedError
+from moa_graph.state import MoAState, Proposal
+from moa_graph.tool_rendering import render_tool_turns
+
+
+@dataclass(frozen=True)
+class _Model:
+    """What a writer's calls need: the model and how it continues, its prompt and labels."""
+
+    runnable: Runnable[Any, BaseMessage]
+    continuation: str | None
+    system_prompt: str | None
+    config: RunnableConfig
+    run_name: str
+    policy: CallPolicy
+    who: dict[str, Any]
+
+
+class StaircaseRun:
+    """The staircase of one run (see the module docstring)."""
+
+    def __init__(self, scope: RunScope, state: MoAState, config: RunnableConfig) -> None:
+        self.scope, self.plan = scope, scope.plan
+        self.chunk = scope.options.staircase or 1
+        self.run_id: str = state["run_id"]
+        self.messages = state["messages"]
+        self.config = config
+        self.board = Board()
+        self.records: dict[Key, Proposal] = {}
+        self.failure: ProposalsFailedError | None = None
+        self.failed: str | None = None
+        """Why the run failed, once it did."""
+        self._lock = threading.Lock()
+        self._reported: set[int] = set()
+        register(self.run_id, self)
+
+    # -- the shape ---------------------------------------------------------------------------
+
+    @property
+    def slots(self) -> list[ProposerSlot]:
+        """Every proposer of the run, layer by layer, in configured order."""
+        return [slot for layer in self.plan.proposer_layers for slot in layer]
+
+    def _sources(self, layer: int) -> list[Key]:
+        """The keys of the references layer ``layer`` reads (the layer before it)."""
+        if layer == 1:
+            return []
+        return [(slot.layer, slot.index) for slot in self.scope.layer(layer - 1)]
+
+    def _writer(self, key: Key, budget: int | None) -> Writer:
+        return Writer(key, self.board, self.chunk, self.scope.options.token_counter,
+                      self._sources(key[0]), budget)  # fmt: skip
+
+    def _slot(self, layer: int, index: int) -> ProposerSlot:
+        return next(slot for slot in self.scope.layer(layer) if slot.index == index)
+
+    # -- proposers ---------------------------------------------------------------------------
+
+    def _proposer_model(self, slot: ProposerSlot, config: RunnableConfig) -> _Model:
+        config = proposer_config(self.scope, slot, config, {})
+        return _Model(seeded(self.plan, slot), slot.continuation, slot.system_prompt, config,
+                      str(config.get("run_name")), slot.policy, identity(slot))  # fmt: skip
+
+    def propose(self, layer: int, index: int, config: RunnableConfig) -> Proposal:
+        """Write one proposer's answer, round by round (blocking: under ``invoke``)."""
+        slot, started = self._slot(layer, index), time.perf_counter()
+        model = self._proposer_model(slot, config)
+        writer = self._writer((layer, index), slot.max_tokens)
+        race = self.scope.race(self.run_id, slot)
+        if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
+            race.subscribe(self.board.poke)
+        emit(self.scope.runtime, moa_event="proposal_started", **model.who)
+        status: Status = "answered"
+        error: str | None = None
+        try:
+            while not writer.done:
+                self.board.wait(partial(self._ready, writer, race))
+                self._stop_if_stopped(race)
+                round_ = writer.next_round()
+                emit_round(self.scope.runtime, "round_started", model.who, round_)
+                message = call_sync(partial(self._round_sync, model, writer, round_),
+                                    model.policy, race=race,
+                                    can_retry=self._no_text_since(writer))  # fmt: skip
+                writer.finish_round(round_, message)
+                emit_round(self.scope.runtime, "round_finished", model.who, round_)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            status, error = self._failure_of(exc, race)
+        return self._ended(slot, writer, status, error, started, race)
+
+    async def apropose(self, layer: int, index: int, config: RunnableConfig) -> Proposal:
+        """The async twin of ``propose`` (under ``ainvoke``)."""
+        slot, started = self._slot(layer, index), time.perf_counter()
+        model = self._proposer_model(slot, config)
+        writer = self._writer((layer, index), slot.max_tokens)
+        race = self.scope.race(self.run_id, slot)
+        if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
+            race.subscribe(self.board.poke)
+        emit(self.scope.runtime, moa_event="proposal_started", **model.who)
+        status: Status = "answered"
+        error: str | None = None
+        try:
+            while not writer.done:
+                await self.board.await_ready(partial(self._ready, writer, race))
+                self._stop_if_stopped(race)
+                round_ = writer.next_round()
+                emit_round(self.scope.runtime, "round_started", model.who, round_)
+                message = await call_async(partial(self._round_async, model, writer, round_),
+                                           model.policy, race=race,
+                                           can_retry=self._no_text_since(writer))  # fmt: skip
+                writer.finish_round(round_, message)
+                emit_round(self.scope.runtime, "round_finished", model.who, round_)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            status, error = self._failure_of(exc, race)
+        return self._ended(slot, writer, status, error, started, race)
+
+    def _failure_of(self, exc: Exception, race: LayerRace | None) -> tuple[Status, str]:
+        """A proposer's end by ``exc``: cut off or failed. When the whole run failed, the
+        proposer is not done: its task fails too, so that a resumed run calls it again."""
+        if self.failed is not None:
+            raise RunStopped(self.failed) from None
+        if isinstance(exc, CallCancelled):
+            return "cancelled", f"cancelled: {exc.reason}"
+        return "failed", self.scope.describe(exc)
+
+    def _ended(
+        self, slot: ProposerSlot, writer: Writer, status: Status, error: str | None,
+        started: float, race: LayerRace | None,
+    ) -> Proposal:  # fmt: skip
+        """Record a proposer's outcome, tell its readers and its layer's race."""
+        latency = round(time.perf_counter() - started, 6)
+        proposal = Proposal(
+            layer=slot.layer, index=slot.index, proposer=slot.name, model=slot.model_name,
+            status=status,  # type: ignore[typeddict-item]  # never "writing" here
+            text=self.board.entry(writer.key).text,  # all it wrote, a failed round's part too
+            error=error,
+            usage=dict(sum_usage(writer.usage)) if writer.usage else None,
+            latency_s=latency, attempts=max(writer.rounds, 1), rounds=writer.rounds,
+        )  # fmt: skip
+        self.publish(proposal)
+        event = "proposal_finished" if status == "answered" else "proposal_failed"
+        details = {"error": error} if error else {}
+        emit(self.scope.runtime, moa_event=event, latency_s=latency, **identity(slot), **details)
+        if race is not None:
+            {"answered": race.answered, "failed": race.failed}.get(status, race.cancelled)()
+        return proposal
+
+    def publish(self, proposal: Proposal) -> None:
+        """Put a proposer's final outcome on the board (also one a resumed run found saved),
+        and judge its layer once every proposer of it has ended."""
+        key = (proposal["layer"], proposal["index"])
+        with self._lock:
+            if key in self.records:
+                return
+            self.records[key] = proposal
+        if not self.board.entry(key).text and proposal["text"]:
+            self.board.write(key, proposal["text"])  # saved by an earlier, interrupted run
+        self.board.end(key, proposal["status"])
+        self._judge_layer(proposal["layer"])
+
+    def _judge_layer(self, layer: int) -> None:
+        slots = self.scope.layer(layer)
+        with self._lock:
+            records = [self.records.get((layer, slot.index)) for slot in slots]
+            if any(record is None for record in records) or layer in self._reported:
+                return
+            self._reported.add(layer)
+        proposals = [record for record in records if record is not None]
+        counts = {status: sum(p["status"] == status for p in proposals)
+                  for status in ("answered", "failed", "cancelled")}  # fmt: skip
+        emit(self.scope.runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
+             failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
+        if self.scope.layer_failed(proposals) and not self.scope.options.fallback_to_aggregator:
+            self.failure = ProposalsFailedError(layer, proposals, self.scope.options.min_proposals)
+            self.stop(f"layer {layer} fell below min_proposals", failed=True)
+
+    def _ready(self, writer: Writer, race: LayerRace | None) -> bool:
+        return writer.ready() or (race is not None and race.stopped)
+
+    def _stop_if_stopped(self, race: LayerRace | None) -> None:
+        """Between rounds: stop when the run stopped or the layer stopped waiting."""
+        if self.board.aborted is not None:
+            raise CallCancelled(self.board.aborted)
+        if race is not None and race.stopped:
+            raise CallCancelled(race.reason)
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def _request(
+        self, model: _Model, writer: Writer, round_: Round, conversation: Sequence[BaseMessage]
+    ) -> tuple[Runnable[Any, BaseMessage], list[BaseMessage], RunnableConfig]:
+        """A round's call: the model bound to the round's limit, its prompt and its config."""
+        runnable = continuing(model.runnable, model.continuation, writer.text)
+        if round_.max_tokens is not None:
+            runnable = runnable.bind(max_tokens=round_.max_tokens)
+        messages = round_messages(conversation, round_, writer.text, prompt=self.plan.prompt,
+                                  system_prompt=model.system_prompt)  # fmt: skip
+        config = round_config(model.config, run_name=model.run_name, tags=[], metadata={},
+                              round_number=round_.number)  # fmt: skip
+        return runnable, messages, config
+
+    def _proposer_conversation(self) -> list[BaseMessage]:
+        return render_tool_turns(self.messages)  # proposers never see tool turns
+
+    def _round_sync(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
+        runnable, messages, config = self._request(model, writer, round_,
+                                                   self._proposer_conversation())  # fmt: skip
+        publish = partial(self.board.write, writer.key)
+        with self.scope.limiter.sync_slot():
+            return stream_merged(runnable, messages, config, publish, self._aborted)
+
+    async def _round_async(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
+        runnable, messages, config = self._request(model, writer, round_,
+                                                   self._proposer_conversation())  # fmt: skip
+        publish = partial(self.board.write, writer.key)
+        async with self.scope.limiter.async_slot():
+            return await astream_merged(runnable, messages, config, publish, self._aborted)
+
+    def _aborted(self) -> str | None:
+        return self.board.aborted
+
+    def _no_text_since(self, writer: Writer) -> Callable[[], bool]:
+        """A retry is allowed while the round has not written anything (its readers and the
+        user would see it twice)."""
+        before = len(self.board.entry(writer.key).text)
+        return lambda: len(self.board.entry(writer.key).text) == before
+
+    # -- the aggregator ----------------------------------------------------------------------
+
+    def _aggregator_model(self, watcher: TokenWatcher) -> _Model:
+        aggregator = self.plan.aggregator
+        runnable = aggregator.model
+        if self.scope.aggregator_kwargs:
+            runnable = runnable.bind(**self.scope.aggregator_kwargs)
+        if self.scope.options.seed is not None:
+            runnable = runnable.bind(seed=self.scope.options.seed)
+        config = aggregator_config(self.plan, self.config, {}, [watcher])
+        return _Model(runnable, aggregator.continuation, aggregator.system_prompt, config,
+                      f"aggregator: {aggregator.name}", aggregator.policy,
+                      {"layer": self.plan.layers, "proposer": aggregator.name,
+                       "model": aggregator.model_name})  # fmt: skip
+
+    def aggregate(self) -> AIMessage:
+        """Write the final answer, round by round, streaming it (blocking: under ``invoke``)."""
+        watcher = TokenWatcher()
+        model, writer = self._aggregator_model(watcher), self._aggregator_writer()
+        emit(self.scope.runtime, moa_event="aggregation_started", **model.who)
+        while not writer.done:
+            self.board.wait(writer.ready)
+            self._raise_if_failed()
+            round_ = writer.next_round()
+            emit_round(self.scope.runtime, "round_started", model.who, round_)
+            with self._reported_as_aggregator_failure():
+                message = call_sync(
+                    partial(self._aggregator_round_sync, model, writer, round_), model.policy,
+                    can_retry=lambda: not watcher.streamed,
+                )  # fmt: skip
+            writer.finish_round(round_, message)
+            emit_round(self.scope.runtime, "round_finished", model.who, round_)
+        return self._final(model, writer)
+
+    async def aaggregate(self) -> AIMessage:
+        """The async twin of ``aggregate``."""
+        watcher = TokenWatcher()
+        model, writer = self._aggregator_model(watcher), self._aggregator_writer()
+        emit(self.scope.runtime, moa_event="aggregation_started", **model.who)
+        while not writer.done:
+            await self.board.await_ready(writer.ready)
+            self._raise_if_failed()
+            round_ = writer.next_round()
+            emit_round(self.scope.runtime, "round_started", model.who, round_)
+            with self._reported_as_aggregator_failure():
+                message = await call_async(
+                    partial(self._aggregator_round_async, model, writer, round_), model.policy,
+                    can_retry=lambda: not watcher.streamed,
+                )  # fmt: skip
+            writer.finish_round(round_, message)
+            emit_round(self.scope.runtime, "round_finished", model.who, round_)
+        return self._final(model, writer)
+
+    def _aggregator_writer(self) -> Writer:
+        return self._writer((self.plan.layers, 0), self.plan.aggregator.max_tokens)
+
+    def _aggregator_round_sync(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
+        runnable, messages, config = self._request(model, writer, round_, self.messages)
+        with self.scope.limiter.sync_slot():
+            return stream_merged(runnable, messages, config, _ignore, lambda: None)
+
+    async def _aggregator_round_async(
+        self, model: _Model, writer: Writer, round_: Round
+    ) -> BaseMessage:
+        runnable, messages, config = self._request(model, writer, round_, self.messages)
+        async with self.scope.limiter.async_slot():
+            return await astream_merged(runnable, messages, config, _ignore, lambda: None)
+
+    def _raise_if_failed(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    @contextmanager
+    def _reported_as_aggregator_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            aggregator = self.plan.aggregator
+            raise AggregatorError(aggregator.name, aggregator.model_name,
+                                  self.scope.describe(error)) from None  # fmt: skip
+
+    def _final(self, model: _Model, writer: Writer) -> AIMessage:
+        emit(self.scope.runtime, moa_event="aggregation_finished", **model.who)
+        metadata = {
+            "moa_aggregation": self.scope.options.aggregation,
+            "moa_aggregator_calls": writer.rounds,
+            "moa_staircase": {"chunk_tokens": self.chunk, "rounds": writer.rounds},
+        }
+        usage = sum_usage(writer.usage) if writer.usage else None
+        # The last round's id: LangGraph then knows the answer's tokens were streamed already.
+        return AIMessage(writer.text, id=writer.last_id, response_metadata=metadata,
+                         usage_metadata=usage)  # fmt: skip
+
+    def stop(self, reason: str, *, failed: bool = False) -> None:
+        """Stop every proposer still writing: the answer is written (they end ``cancelled``), or
+        the run ``failed`` (their tasks fail, to be called again when the run resumes)."""
+        if failed and self.failed is None:
+            self.failed = reason
+        if self.board.aborted is None:
+            self.board.abort(reason)
+
+
+class RunStopped(RuntimeError):
+    """A proposer's task ends with this when its run failed: the task is not saved as done."""
+
+
+def _ignore(text: str) -> None:
+    """The aggregator's text reaches the user through the call's own streaming callbacks."""
+
+
+def _propose(run_id: str, layer: int, index: int) -> Proposal:
+    """One proposer of a staircase run, as a LangGraph task (saved when it ends). Its calls
+    use the task's config, so traces and token streams name the ``propose`` step."""
+    run: StaircaseRun = registered(run_id)
+    return run.propose(layer, index, get_config())
+
+
+async def _apropose(run_id: str, layer: int, index: int) -> Proposal:
+    """The async twin of ``propose_task``."""
+    run: StaircaseRun = registered(run_id)
+    return await run.apropose(layer, index, get_config())
+
+
+# LangGraph tasks: each proposer's outcome is saved as it ends, so a resumed run pays no finished
+# proposer again; both are named ``propose``, like the graph's proposer step.
+propose_task: Callable[..., Any] = task(name="propose")(_propose)  # type: ignore[arg-type]
+apropose_task: Callable[..., Any] = task(name="propose")(_apropose)  # type: ignore[arg-type]
+
+
+def run_sync(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[str, Any]:
+    """The aggregate step of a staircase run under ``invoke``: start every proposer, write the
+    answer, gather the proposals."""
+    run = StaircaseRun(scope, state, config)
+    futures = [propose_task(run.run_id, slot.layer, slot.index) for slot in run.slots]
+    for future in futures:  # a resumed run's saved proposers answer at once
+        future.add_done_callback(partial(_published, run))
+    try:
+        final = run.aggregate()
+    except BaseException:
+        run.stop("the run failed", failed=True)
+        raise
+    run.stop("the final answer is written")
+    proposals = [future.result() for future in futures]
+    return {"messages": [final], "proposals": proposals}
+
+
+async def run_async(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[str, Any]:
+    """The aggregate step of a staircase run under ``ainvoke``."""
+    import asyncio
+
+    run = StaircaseRun(scope, state, config)
+    futures = [asyncio.ensure_future(apropose_task(run.run_id, slot.layer, slot.index))
+               for slot in run.slots]  # fmt: skip
+    for future in futures:
+        future.add_done_callback(partial(_published, run))
+    try:
+        final = await run.aaggregate()
+    except BaseException:
+        run.stop("the run failed", failed=True)
+        raise
+    run.stop("the final answer is written")
+    proposals = list(await asyncio.gather(*futures))
+    return {"messages": [final], "proposals": proposals}
+
+
+def _published(run: StaircaseRun, future: Any) -> None:
+    if not future.cancelled() and future.exception() is None:
+        run.publish(future.result())
