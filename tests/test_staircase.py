@@ -186,8 +186,8 @@ def test_a_resumed_run_pays_no_finished_proposer_again(server: OpenAICompatibleS
 def test_every_round_is_a_progress_event(server: OpenAICompatibleServer) -> None:
     moa = mixture(server)
     graph = moa.graph
-    events = [part for part in graph.stream({"messages": [("user", QUESTION)]},
-                                            moa.plan.run_config(), stream_mode="custom")]  # fmt: skip
+    question = {"messages": [("user", QUESTION)]}
+    events = list(graph.stream(question, moa.plan.run_config(), stream_mode="custom"))
     rounds = [e for e in events if e["moa_event"] == "round_started" and e["layer"] == 2]
     assert [e["round"] for e in rounds] == [1, 2, 3, 4, 5]
     assert sum(e["moa_event"] == "layer_done" for e in events) == 1
@@ -204,8 +204,8 @@ def test_round_runs_carry_their_round(server: OpenAICompatibleServer) -> None:
         run = todo.pop()
         runs.append(run)
         todo.extend(run.child_runs)
-    aggregator = sorted((r for r in runs if r.run_type == "llm" and r.name.startswith("aggregator")),
-                        key=lambda r: r.extra["metadata"]["moa_round"])  # fmt: skip
+    calls = [r for r in runs if r.run_type == "llm" and r.name.startswith("aggregator")]
+    aggregator = sorted(calls, key=lambda r: r.extra["metadata"]["moa_round"])
     assert [r.name for r in aggregator] == [f"aggregator: agg (round {n})" for n in range(1, 6)]
     assert all(f"moa:round:{r.extra['metadata']['moa_round']}" in r.tags for r in aggregator)
 
