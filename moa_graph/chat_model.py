@@ -131,8 +131,9 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        """The mixture's shape, the identifying settings, and any other setting not at its
-        default (the evaluation cache keys results on these)."""
+        """The mixture's shape, the identifying settings, any other setting not at its default,
+        and the refinements of a setting that is on (the evaluation cache keys results on
+        these)."""
         params: dict[str, Any] = {
             "layers": self._plan.layers,
             "proposers": [[slot.name for slot in layer] for layer in self._plan.proposer_layers],
@@ -140,7 +141,8 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         }
         changed = self._plan.options.changed()
         for name, spec in SETTINGS.items():
-            if spec.identifying or name in changed:
+            refined = spec.refines is not None and getattr(self, spec.refines) is not None
+            if spec.identifying or name in changed or refined:
                 params[name] = spec.identity(getattr(self, name))
         return params
 

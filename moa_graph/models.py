@@ -30,6 +30,9 @@ Continuation: TypeAlias = Literal["prefill", "vllm"]
 CONTINUATION_ATTRIBUTE = "moa_continuation"
 """A chat model class may declare its ``Continuation`` in this attribute (``ChatLocalModel``
 does)."""
+TAKES_TURNS_ATTRIBUTE = "moa_takes_turns"
+"""A chat model class whose generations take turns on shared cores says so here: a staircase
+then writes with it one chunk a call (``ChatLocalModel`` does)."""
 
 
 class ProposerSpec(BaseModel):
@@ -108,6 +111,8 @@ class ResolvedModel:
     continuation: Continuation | None = None
     max_tokens: int | None = None
     """The model's answer budget, where known (staircase rounds share it)."""
+    takes_turns: bool = False
+    """Its generations take turns on shared cores (see ``TAKES_TURNS_ATTRIBUTE``)."""
 
 
 def to_spec(value: ModelLike, *, field: str) -> ProposerSpec:
@@ -175,7 +180,8 @@ def resolve_model(
         samples=spec.samples,
         policy=policy,
         secret=spec.api_key.get_secret_value() if spec.api_key else None,
-        continuation=spec.continuation or _declared_continuation(model),
+        continuation=spec.continuation or _declared(model, CONTINUATION_ATTRIBUTE),
+        takes_turns=bool(_declared(model, TAKES_TURNS_ATTRIBUTE)),
         max_tokens=_first(
             spec.max_tokens,
             getattr(spec.model, "max_tokens", None)
@@ -185,11 +191,11 @@ def resolve_model(
     )
 
 
-def _declared_continuation(model: ChatRunnable) -> Continuation | None:
-    """The continuation a chat model class declares (under any binding), if any."""
+def _declared(model: ChatRunnable, attribute: str) -> Any:
+    """What a chat model class declares in ``attribute`` (under any binding), if anything."""
     while isinstance(model, RunnableBinding):
         model = model.bound
-    return getattr(model, CONTINUATION_ATTRIBUTE, None)
+    return getattr(model, attribute, None)
 
 
 def _bind_explicit_settings(spec: ProposerSpec) -> ChatRunnable:

@@ -116,17 +116,19 @@ def setting(
     le: float | None = None,
     per_run: bool = False,
     identifying: bool = False,
+    refines: str | None = None,
     strict: bool = True,
 ) -> Any:
     """Declare one setting: its default, a one-line doc and bounds.
 
     ``per_run``: a run may choose it too (``context`` / ``configurable["moa"]``).
     ``identifying``: always part of a mixture's identity (``_identifying_params``, and so of
-    the evaluation cache's keys); other settings join it only when not at their default.
+    the evaluation cache's keys); other settings join it only when not at their default, or,
+    when they ``refine`` another setting, whenever that one is set.
     ``strict``: no conversion (``"7"`` is not an integer); off for ``Literal`` types (checked
     exactly anyway) and functions.
     """
-    extra: dict[str, Any] = {"per_run": per_run, "identifying": identifying}
+    extra: dict[str, Any] = {"per_run": per_run, "identifying": identifying, "refines": refines}
     return Field(default, description=doc, ge=ge, gt=gt, le=le, strict=strict or None,
                  json_schema_extra=extra)  # fmt: skip
 
@@ -228,6 +230,10 @@ class MixtureSettings(BaseModel):
         None, "staircase streaming, tokens per chunk: each layer and the aggregator start on "
         "the first chunk of every reference (none: off)", ge=1, per_run=True,
     )  # fmt: skip
+    staircase_growth: float = setting(
+        2.0, "each staircase chunk is this many times the one before (1: all alike)",
+        ge=1, le=4, refines="staircase",
+    )  # fmt: skip
 
     @field_validator("prompt")
     @classmethod
@@ -273,6 +279,7 @@ class SettingSpec:
     doc: str
     per_run: bool
     identifying: bool
+    refines: str | None
     bounds: tuple[tuple[str, float], ...]
 
     @property
@@ -423,6 +430,7 @@ def _spec(name: str) -> SettingSpec:
         doc=field.description or "",
         per_run=bool(extra.get("per_run")),
         identifying=bool(extra.get("identifying")),
+        refines=str(extra["refines"]) if extra.get("refines") else None,
         bounds=tuple(bounds),
     )
 

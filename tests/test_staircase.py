@@ -9,10 +9,18 @@ from typing import Any
 
 import openai
 import pytest
+from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from moa_graph import ChatMixtureOfAgents, ProposalsFailedError, ProposerSpec, create_moa_graph
-from moa_graph.engine.staircase import MORE_MARK, STOPPED_MARK, Board, Round, Writer
+from moa_graph.engine.staircase import (
+    MORE_MARK,
+    STOPPED_MARK,
+    Board,
+    Round,
+    Schedule,
+    Writer,
+)
 from moa_graph.serve.openai_app import MoAServer
 from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
 from tests.fakes import ScriptedChatModel
@@ -44,7 +52,8 @@ def spec(server: OpenAICompatibleServer, model: str, **options: Any) -> Proposer
 
 def mixture(server: OpenAICompatibleServer, *, layers: int = 2, **settings: Any
             ) -> ChatMixtureOfAgents:  # fmt: skip
-    settings = {"staircase": CHUNK, "token_counter": count_words, "max_tokens": 20, **settings}
+    settings = {"staircase": CHUNK, "staircase_growth": 1.0, "token_counter": count_words,
+                "max_tokens": 20, **settings}  # fmt: skip
     return ChatMixtureOfAgents(
         proposers=[spec(server, "p1"), spec(server, "p2"), spec(server, "p3")],
         aggregator=spec(server, "agg"), layers=layers, **settings,
@@ -76,7 +85,8 @@ def test_the_aggregator_writes_in_rounds_in_step_with_its_references(
         # a chunk a round, and the rest of the 20-token budget once the references are whole
         assert record.params["max_completion_tokens"] == (CHUNK if number < 5 else 20 - 4 * CHUNK)
     assert answer.content == words("agg")
-    assert answer.response_metadata["moa_staircase"] == {"chunk_tokens": CHUNK, "rounds": 5}
+    staircase = answer.response_metadata["moa_staircase"]
+    assert staircase == {"chunk_tokens": CHUNK, "growth": 1.0, "rounds": 5}
 
 
 def test_readers_start_before_the_proposers_finish(server: OpenAICompatibleServer) -> None:
@@ -168,7 +178,8 @@ def test_a_resumed_run_pays_no_finished_proposer_again(server: OpenAICompatibleS
     server.set_script("agg", ModelScript(reply=aggregator))
     graph = create_moa_graph(
         [spec(server, "p1"), spec(server, "p2")], aggregator=spec(server, "agg"), layers=2,
-        staircase=CHUNK, token_counter=count_words, max_tokens=20, max_retries=0,
+        staircase=CHUNK, staircase_growth=1.0, token_counter=count_words, max_tokens=20,
+        max_retries=0,
     ).compile(checkpointer=InMemorySaver())  # fmt: skip
     config: Any = {"configurable": {"thread_id": "t"}, "max_concurrency": 8}
     with pytest.raises(Exception, match="aggregator agg"):
@@ -269,7 +280,7 @@ def test_a_writer_reads_in_step_and_a_reference_that_ended_empty_is_left_out() -
     board = Board()
     board.write((1, 0), "a b c d e f")
     board.end((1, 1), "failed")
-    writer = Writer((2, 0), board, 2, count_words, [(1, 0), (1, 1)], budget=6)
+    writer = Writer((2, 0), board, Schedule(2), count_words, [(1, 0), (1, 1)], budget=6)
     assert writer.ready()
     first = writer.next_round()
     assert first == Round(1, ["a b" + MORE_MARK], 2, False)
@@ -285,3 +296,31 @@ async def test_the_board_wakes_async_and_thread_waiters() -> None:
     board.write((1, 0), "hello")
     await asyncio.wait_for(waiting, 5)
     assert board.wait(lambda: board.entry((1, 0)).text == "hello", timeout=1)
+
+
+def test_growing_chunks_show_more_each_round(server: OpenAICompatibleServer) -> None:
+    mixture(server, staircase_growth=2.0).invoke(QUESTION)
+    rounds = server.requests_for("agg")
+    assert [r.params["max_completion_tokens"] for r in rounds] == [4, 8, 8]  # then the budget
+    shown = [4, 12, 20]
+    for record, words_shown in zip(rounds, shown, strict=True):
+        reference = " ".join(words("p1").split()[:words_shown])
+        assert reference + (MORE_MARK if words_shown < 20 else "") in system_text(record)
+
+
+def test_a_model_that_takes_turns_writes_a_chunk_a_call() -> None:
+    board = Board()
+    writer = Writer((1, 0), board, Schedule(4), count_words, [], budget=10, in_chunks=True)
+    first = writer.next_round()
+    assert (first.references, first.max_tokens, first.final) == ([], 4, True)
+    writer.finish_round(first, AIMessage("a b c d", response_metadata={"finish_reason": "length"}))
+    assert not writer.done and writer.next_round().max_tokens == 4
+
+
+def test_the_chunk_schedule_is_part_of_a_staircase_mixtures_identity(
+    server: OpenAICompatibleServer,
+) -> None:
+    on = mixture(server, staircase_growth=2.0)._identifying_params
+    assert (on["staircase"], on["staircase_growth"]) == (CHUNK, 2.0)  # at its default, still in
+    off = mixture(server, staircase=None, staircase_growth=2.0)._identifying_params
+    assert "staircase" not in off and "staircase_growth" not in off

@@ -37,6 +37,8 @@ class ProposerSlot:
     """How the model continues a partial answer (staircase streaming)."""
     max_tokens: int | None = None
     """The model's answer budget, where known."""
+    takes_turns: bool = False
+    """Its generations take turns on shared cores (a staircase writes it a chunk a call)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             sample=sample,
             continuation=resolved.continuation,
             max_tokens=resolved.max_tokens,
+            takes_turns=resolved.takes_turns,
         )
         for sample in range(resolved.samples)
     ]

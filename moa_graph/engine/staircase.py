@@ -176,6 +176,29 @@ def cut_to_tokens(text: str, tokens: int, count: TokenCounter) -> str:
     return best
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The chunk sizes of a staircase: ``first`` tokens, each next chunk ``growth`` times the
+    one before (``growth`` 1: every chunk the same).
+
+    Example:
+        >>> schedule = Schedule(16, 2.0)
+        >>> [schedule.size(r) for r in (1, 2, 3)], schedule.shown(3)
+        ([16, 32, 64], 112)
+    """
+
+    first: int
+    growth: float = 1.0
+
+    def size(self, round_number: int) -> int:
+        """Tokens of chunk ``round_number`` (from 1)."""
+        return max(1, round(self.first * self.growth ** (round_number - 1)))
+
+    def shown(self, round_number: int) -> int:
+        """Tokens of chunks 1 to ``round_number``, what round ``round_number`` shows."""
+        return sum(self.size(r) for r in range(1, round_number + 1))
+
+
 @dataclass
 class Round:
     """One model call of a writer: its number, the references it was shown and its limit."""
@@ -199,11 +222,14 @@ class Writer:
 
     key: Key
     board: Board
-    chunk: int
+    schedule: Schedule
     count: TokenCounter
     sources: list[Key]
     budget: int | None
     """The writer's whole answer limit in tokens, where known."""
+    in_chunks: bool = False
+    """Write one chunk a call even with nothing (more) to read: its model takes turns with
+    the other writers on the machine's cores."""
     text: str = ""
     tokens: int = 0
     rounds: int = 0
@@ -218,7 +244,7 @@ class Writer:
         """Whether every source has its next chunk, or has ended."""
         if self.board.aborted is not None:
             return True
-        wanted = (self.rounds + 1) * self.chunk
+        wanted = self.schedule.shown(self.rounds + 1)
         return all(
             entry.ended or self.count(entry.text) >= wanted
             for entry in map(self.board.entry, self.sources)
@@ -226,7 +252,8 @@ class Writer:
 
     def next_round(self) -> Round:
         """The next call: the references in step with it, and how much it may write."""
-        number, shown_tokens = self.rounds + 1, (self.rounds + 1) * self.chunk
+        number = self.rounds + 1
+        shown_tokens, chunk = self.schedule.shown(number), self.schedule.size(number)
         entries = {key: self.board.entry(key) for key in self.sources}
         if self.shown is None:  # a reference that ended without a word is left out for good
             self.shown = [key for key in self.sources if entries[key].text.strip()]
@@ -242,7 +269,10 @@ class Writer:
             else:
                 references.append(part.strip())
         remaining = None if self.budget is None else max(self.budget - self.tokens, 1)
-        limit = remaining if whole or remaining is None else min(self.chunk, remaining)
+        if whole and not self.in_chunks:
+            limit = remaining
+        else:
+            limit = chunk if remaining is None else min(chunk, remaining)
         return Round(number, references, limit, whole)
 
     def finish_round(self, round_: Round, message: BaseMessage) -> None:
@@ -261,7 +291,7 @@ class Writer:
         limit = round_.max_tokens
         ended = finish == "stop" or (finish is None and limit is not None and tokens < limit)
         spent = self.budget is not None and self.tokens >= self.budget
-        self.done = round_.final or spent or ended or not written
+        self.done = (round_.final and not self.in_chunks) or spent or ended or not written
 
 
 def round_messages(

@@ -34,6 +34,7 @@ from moa_graph.engine.staircase import (
     Board,
     Key,
     Round,
+    Schedule,
     Status,
     Writer,
     astream_merged,
@@ -61,6 +62,16 @@ class _Model:
     run_name: str
     policy: CallPolicy
     who: dict[str, Any]
+    seed: int | None = None
+    """Its first round's sampling seed (later rounds derive theirs from it)."""
+    priority: int | None = None
+    """Its turn priority on shared cores (its layer: readers nearer the answer go first), for
+    models that take turns; ``None`` for the others."""
+
+
+ROUND_SEED_STRIDE = 1_000_003
+"""Round r of a writer seeded s draws with ``s + (r - 1) * ROUND_SEED_STRIDE``: never another
+sample's seed (sample k of a model draws with the mixture's seed plus k)."""
 
 
 class StaircaseRun:
@@ -68,7 +79,8 @@ class StaircaseRun:
 
     def __init__(self, scope: RunScope, state: MoAState, config: RunnableConfig) -> None:
         self.scope, self.plan = scope, scope.plan
-        self.chunk = scope.options.staircase or 1
+        options = scope.options
+        self.schedule = Schedule(options.staircase or 1, options.staircase_growth)
         self.run_id: str = state["run_id"]
         self.messages = state["messages"]
         self.config = config
@@ -94,9 +106,9 @@ class StaircaseRun:
             return []
         return [(slot.layer, slot.index) for slot in self.scope.layer(layer - 1)]
 
-    def _writer(self, key: Key, budget: int | None) -> Writer:
-        return Writer(key, self.board, self.chunk, self.scope.options.token_counter,
-                      self._sources(key[0]), budget)  # fmt: skip
+    def _writer(self, key: Key, budget: int | None, in_chunks: bool) -> Writer:
+        return Writer(key, self.board, self.schedule, self.scope.options.token_counter,
+                      self._sources(key[0]), budget, in_chunks=in_chunks)  # fmt: skip
 
     def _slot(self, layer: int, index: int) -> ProposerSlot:
         return next(slot for slot in self.scope.layer(layer) if slot.index == index)
@@ -105,14 +117,17 @@ class StaircaseRun:
 
     def _proposer_model(self, slot: ProposerSlot, config: RunnableConfig) -> _Model:
         config = proposer_config(self.scope, slot, config, {})
+        seed = self.scope.options.seed
         return _Model(seeded(self.plan, slot), slot.continuation, slot.system_prompt, config,
-                      str(config.get("run_name")), slot.policy, identity(slot))  # fmt: skip
+                      str(config.get("run_name")), slot.policy, identity(slot),
+                      None if seed is None else seed + slot.sample,
+                      slot.layer if slot.takes_turns else None)  # fmt: skip
 
     def propose(self, layer: int, index: int, config: RunnableConfig) -> Proposal:
         """Write one proposer's answer, round by round (blocking: under ``invoke``)."""
         slot, started = self._slot(layer, index), time.perf_counter()
         model = self._proposer_model(slot, config)
-        writer = self._writer((layer, index), slot.max_tokens)
+        writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
         race = self.scope.race(self.run_id, slot)
         if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
             race.subscribe(self.board.poke)
@@ -140,7 +155,7 @@ class StaircaseRun:
         """The async twin of ``propose`` (under ``ainvoke``)."""
         slot, started = self._slot(layer, index), time.perf_counter()
         model = self._proposer_model(slot, config)
-        writer = self._writer((layer, index), slot.max_tokens)
+        writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
         race = self.scope.race(self.run_id, slot)
         if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
             race.subscribe(self.board.poke)
@@ -243,6 +258,10 @@ class StaircaseRun:
         runnable = continuing(model.runnable, model.continuation, writer.text)
         if round_.max_tokens is not None:
             runnable = runnable.bind(max_tokens=round_.max_tokens)
+        if model.priority is not None:
+            runnable = runnable.bind(priority=model.priority)
+        if model.seed is not None and round_.number > 1:  # each round draws afresh, reproducibly
+            runnable = runnable.bind(seed=model.seed + ROUND_SEED_STRIDE * (round_.number - 1))
         messages = round_messages(conversation, round_, writer.text, prompt=self.plan.prompt,
                                   system_prompt=model.system_prompt)  # fmt: skip
         config = round_config(model.config, run_name=model.run_name, tags=[], metadata={},
@@ -288,7 +307,8 @@ class StaircaseRun:
         return _Model(runnable, aggregator.continuation, aggregator.system_prompt, config,
                       f"aggregator: {aggregator.name}", aggregator.policy,
                       {"layer": self.plan.layers, "proposer": aggregator.name,
-                       "model": aggregator.model_name})  # fmt: skip
+                       "model": aggregator.model_name}, self.scope.options.seed,
+                      self.plan.layers if aggregator.takes_turns else None)  # fmt: skip
 
     def aggregate(self) -> AIMessage:
         """Write the final answer, round by round, streaming it (blocking: under ``invoke``)."""
@@ -329,7 +349,8 @@ class StaircaseRun:
         return self._final(model, writer)
 
     def _aggregator_writer(self) -> Writer:
-        return self._writer((self.plan.layers, 0), self.plan.aggregator.max_tokens)
+        aggregator = self.plan.aggregator
+        return self._writer((self.plan.layers, 0), aggregator.max_tokens, aggregator.takes_turns)
 
     def _aggregator_round_sync(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
         runnable, messages, config = self._request(model, writer, round_, self.messages)
@@ -363,7 +384,11 @@ class StaircaseRun:
         metadata = {
             "moa_aggregation": self.scope.options.aggregation,
             "moa_aggregator_calls": writer.rounds,
-            "moa_staircase": {"chunk_tokens": self.chunk, "rounds": writer.rounds},
+            "moa_staircase": {
+                "chunk_tokens": self.schedule.first,
+                "growth": self.schedule.growth,
+                "rounds": writer.rounds,
+            },
         }
         usage = sum_usage(writer.usage) if writer.usage else None
         # The last round's id: LangGraph then knows the answer's tokens were streamed already.

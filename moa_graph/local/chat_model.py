@@ -38,6 +38,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, field_validator, model_validator
 
+from moa_graph.local.turns import Turns
 from moa_graph.local.weights import (
     LocalModelError,
     LocalModelSpec,
@@ -62,6 +63,9 @@ _REQUEST_KWARGS = frozenset(
         "frequency_penalty",
     }
 )
+PROMPT_CACHE_MIB = 1024
+"""Host RAM for llama.cpp's prompt cache, per loaded model (at most; about 29 KB a token of
+context for Qwen2.5-Coder-1.5B)."""
 _NON_TEXT_BLOCKS = frozenset({"image", "image_url", "audio", "input_audio", "file", "video"})
 _DONE = object()
 
@@ -74,14 +78,14 @@ def _default_threads() -> int:
 
 
 _slots_guard = threading.Lock()
-_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots: dict[int, Turns] = {}
 
 
-def _compute_slots(n_threads: int) -> threading.BoundedSemaphore:
-    """How many generations using ``n_threads`` threads may run at once: cores // n_threads."""
+def _compute_slots(n_threads: int) -> Turns:
+    """Turns of the models using ``n_threads`` threads: cores // n_threads generations at once."""
     with _slots_guard:
         if n_threads not in _slots:
-            _slots[n_threads] = threading.BoundedSemaphore(max(1, _default_threads() // n_threads))
+            _slots[n_threads] = Turns(max(1, _default_threads() // n_threads))
         return _slots[n_threads]
 
 
@@ -104,7 +108,9 @@ class _Engine:
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
         params.verbosity = 0  # llama.cpp logs off
-        params.cache_ram_mib = 0  # no extra host-RAM prompt cache per model
+        # llama.cpp's host-RAM prompt cache: a prompt evicted from the slot by another request
+        # is restored, not prefilled again (staircase rounds alternate between prompts).
+        params.cache_ram_mib = PROMPT_CACHE_MIB
         params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
         # xllamacpp always opens a loopback HTTP port; a random key keeps other processes out
         # (in-process calls do not need it).
@@ -117,7 +123,8 @@ class _Engine:
         self.load_seconds = time.perf_counter() - started
         self.path = path
         self.n_threads = n_threads
-        self.lock = threading.Lock()
+        # one request at a time on this model, a core slot free, by priority
+        self.lock = _compute_slots(n_threads).lock(self)
 
     def run(
         self,
@@ -125,14 +132,16 @@ class _Engine:
         on_chunk: Callable[[Any], bool] | None = None,
         cancel: threading.Event | None = None,
         timing: dict[str, float] | None = None,
+        priority: int = 0,
     ) -> Any:
         """Run one chat completion; with ``on_chunk`` it streams (return True to stop).
 
         Generations of all models share the CPU through ``_compute_slots``: on 2 cores, two
         models each using 2 threads would run several times slower side by side than in turn.
+        Waiting requests go by ``priority`` (higher first), then in order of arrival.
         ``timing["compute_seconds"]`` is set to the time spent generating, queueing excluded.
         """
-        with self.lock, _compute_slots(self.n_threads):
+        with self.lock.turn(priority):
             if cancel is not None and cancel.is_set():  # given up while queued
                 return None
             started = time.perf_counter()
@@ -237,6 +246,14 @@ def _usage(raw: dict[str, Any] | None) -> UsageMetadata | None:
     return usage
 
 
+PRIORITY_KWARG = "priority"
+"""Call keyword of a request's turn priority on the cores (higher goes first; default 0)."""
+
+
+def _priority(kwargs: dict[str, Any]) -> int:
+    return int(kwargs.get(PRIORITY_KWARG) or 0)
+
+
 def _raise_if_error(raw: Any) -> None:
     if not isinstance(raw, dict):
         raise LocalModelError(f"Unexpected reply from llama.cpp: {raw!r}")
@@ -260,6 +277,9 @@ class ChatLocalModel(BaseChatModel):
 
     moa_continuation: ClassVar[str] = "prefill"
     """llama.cpp continues a final assistant message (staircase streaming needs it)."""
+    moa_takes_turns: ClassVar[bool] = True
+    """Generations share this machine's cores and take turns: a staircase writes with it one
+    chunk a call, so that the other writers get their turn between chunks."""
 
     model: str
     """Registered name (see ``moa_graph.local.weights.MODELS``) or path to a ``.gguf`` file."""
@@ -373,7 +393,7 @@ class ChatLocalModel(BaseChatModel):
         model = self._model_for(kwargs)
         timing: dict[str, float] = {}
         request = self._request(messages, stop, kwargs, stream=False)
-        raw = self._engine(model).run(request, timing=timing)
+        raw = self._engine(model).run(request, timing=timing, priority=_priority(kwargs))
         _raise_if_error(raw)
         choice = raw["choices"][0]
         finish_reason = choice.get("finish_reason")
@@ -396,6 +416,7 @@ class ChatLocalModel(BaseChatModel):
         emit: Callable[[Any], None],
         cancel: threading.Event,
         timing: dict[str, float],
+        priority: int,
     ) -> None:
         """Generate in a worker thread, passing raw chunks, then ``_DONE`` or an error, to emit
         (``timing`` is filled before ``_DONE``)."""
@@ -406,7 +427,7 @@ class ChatLocalModel(BaseChatModel):
 
         def work() -> None:
             try:
-                self._engine(model).run(request, on_chunk, cancel, timing)
+                self._engine(model).run(request, on_chunk, cancel, timing, priority)
             except BaseException as exc:
                 emit(exc)
             else:
@@ -451,7 +472,7 @@ class ChatLocalModel(BaseChatModel):
         model = self._model_for(kwargs)
         request = self._request(messages, stop, kwargs, stream=True)
         state: dict[str, Any] = {"timing": {}}
-        self._start_stream(model, request, items.put, cancel, state["timing"])
+        self._start_stream(model, request, items.put, cancel, state["timing"], _priority(kwargs))
         try:
             while (raw := items.get()) is not _DONE:
                 for chunk in self._chunks(raw, state):
@@ -480,7 +501,7 @@ class ChatLocalModel(BaseChatModel):
         model = self._model_for(kwargs)
         request = self._request(messages, stop, kwargs, stream=True)
         state: dict[str, Any] = {"timing": {}}
-        self._start_stream(model, request, emit, cancel, state["timing"])
+        self._start_stream(model, request, emit, cancel, state["timing"], _priority(kwargs))
         try:
             while (raw := await items.get()) is not _DONE:
                 for chunk in self._chunks(raw, state):
