@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
-
 from moa_graph import ChatMixtureOfAgents, ProposerSpec, presets
+from moa_graph.settings import DEFAULTS
 from moa_graph.testing import ModelScript, ServerProcess
 
 PROPOSERS, AGGREGATOR = ("p1", "p2", "p3", "p4"), "agg"
@@ -58,16 +57,19 @@ def loopback_mixture(base_url: str, staircase: int | None, growth: float) -> Cha
     )  # fmt: skip
 
 
-async def timed_stream(moa: ChatMixtureOfAgents, question: str, config: Any = None
-                       ) -> tuple[float, float, str]:  # fmt: skip
-    """Seconds to the first token of the answer, seconds to its end, and the answer."""
+async def timed_stream(moa: ChatMixtureOfAgents, question: str
+                       ) -> tuple[float, float, str, dict[str, Any]]:  # fmt: skip
+    """Seconds to the first token of the answer, seconds to its end, the answer and its
+    ``moa_staircase`` record."""
     started = time.perf_counter()
-    first, text = None, ""
-    async for chunk in moa.astream(question, config):
+    first, text, staircase = None, "", {}
+    async for chunk in moa.astream(question):
         if first is None and chunk.content:
             first = time.perf_counter() - started
         text += str(chunk.content)
-    return (first if first is not None else float("nan")), time.perf_counter() - started, text
+        staircase = chunk.response_metadata.get("moa_staircase") or staircase
+    wall = time.perf_counter() - started
+    return (first if first is not None else float("nan")), wall, text, staircase
 
 
 def measure(make: Callable[[int | None], ChatMixtureOfAgents], question: Callable[[int], str],
@@ -81,13 +83,12 @@ def measure(make: Callable[[int | None], ChatMixtureOfAgents], question: Callabl
     async def all_runs() -> None:
         for i in range(runs):
             for variant in variants:
-                collector = RunCollectorCallbackHandler()
-                ttft, wall, text = await timed_stream(
-                    mixtures[str(variant)], question(i), {"callbacks": [collector]}
+                ttft, wall, text, staircase = await timed_stream(
+                    mixtures[str(variant)], question(i)
                 )
                 sample = {"ttft_s": ttft, "wall_s": wall, "answer_chars": len(text)}
                 if extra is not None:
-                    sample.update(extra(collector))
+                    sample.update(extra(staircase))
                 samples[str(variant)].append(sample)
 
     asyncio.run(all_runs())
@@ -108,24 +109,11 @@ def loopback(chunks: list[int], runs: int, growth: float) -> dict[str, Any]:
                        lambda i: f"Question {i}: what should I see?", chunks, runs)  # fmt: skip
 
 
-def _aggregator_rounds(collector: RunCollectorCallbackHandler) -> dict[str, Any]:
+def _aggregator_rounds(staircase: dict[str, Any]) -> dict[str, Any]:
     """The aggregator's rounds and the prompt tokens they read anew (the rest was cached)."""
-    runs, todo = [], list(collector.traced_runs)
-    while todo:
-        run = todo.pop()
-        runs.append(run)
-        todo.extend(run.child_runs)
-    fresh = []
-    for run in runs:
-        if run.run_type != "llm" or not run.name.startswith("aggregator"):
-            continue
-        generations = (run.outputs or {}).get("generations") or [[{}]]
-        message = generations[0][0].get("message") or {}  # as the tracer serialised it
-        usage = message.get("kwargs", {}).get("usage_metadata") or {}
-        cached = (usage.get("input_token_details") or {}).get("cache_read", 0)
-        fresh.append(usage.get("input_tokens", 0) - cached)
+    fresh = staircase.get("fresh_prompt_tokens") or []
     mean = round(statistics.mean(fresh), 1) if fresh else 0.0
-    return {"aggregator_calls": len(fresh), "prefill_tokens_per_call": mean}
+    return {"aggregator_calls": len(fresh), "fresh_prompt_tokens_per_call": mean}
 
 
 def local(chunks: list[int], runs: int, growth: float) -> dict[str, Any]:
@@ -144,7 +132,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["loopback", "local"], action="append")
     parser.add_argument("--chunks", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--growth", type=float, default=1.0, help="staircase_growth")
+    parser.add_argument("--growth", type=float, default=DEFAULTS.staircase_growth,
+                        help="staircase_growth (default: the setting's)")  # fmt: skip
     args = parser.parse_args()
     parts = args.only or ["loopback", "local"]
     report: dict[str, Any] = {"growth": args.growth}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_config
 from langgraph.errors import GraphBubbleUp
@@ -388,6 +388,8 @@ class StaircaseRun:
                 "chunk_tokens": self.schedule.first,
                 "growth": self.schedule.growth,
                 "rounds": writer.rounds,
+                # prompt tokens each round read anew (the server's prompt cache served the rest)
+                "fresh_prompt_tokens": [_fresh(usage) for usage in writer.usage],
             },
         }
         usage = sum_usage(writer.usage) if writer.usage else None
@@ -402,6 +404,11 @@ class StaircaseRun:
             self.failed = reason
         if self.board.aborted is None:
             self.board.abort(reason)
+
+
+def _fresh(usage: UsageMetadata) -> int:
+    cached = (usage.get("input_token_details") or {}).get("cache_read", 0)
+    return usage["input_tokens"] - cached
 
 
 class RunStopped(RuntimeError):
