@@ -68,6 +68,7 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.resilience --runs 100
 	$(BIN)/python -m benchmarks.perf
 	$(BIN)/python -m benchmarks.local_models
+	$(BIN)/python -m benchmarks.staircase
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed

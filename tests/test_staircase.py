@@ -328,3 +328,27 @@ def test_the_chunk_schedule_is_part_of_a_staircase_mixtures_identity(
     assert (on["staircase"], on["staircase_growth"]) == (CHUNK, 2.0)  # at its default, still in
     off = mixture(server, staircase=None, staircase_growth=2.0)._identifying_params
     assert "staircase" not in off and "staircase_growth" not in off
+
+
+def test_a_proposer_that_never_answers_times_out_and_is_left_out(
+    server: OpenAICompatibleServer,
+) -> None:
+    server.add_faults("p2", "hang")
+    answer = mixture(server, timeout=1.0, max_retries=0).invoke(QUESTION)
+    (hung,) = [p for p in answer.response_metadata["proposals"] if p["proposer"] == "p2"]
+    assert hung["status"] == "failed" and "no answer within 1s" in hung["error"]
+    assert hung["text"] == ""
+    system = system_text(server.requests_for("agg")[0])
+    assert "p20" not in system and "\n2. p30" in system  # numbered without it from round 1
+    assert answer.content == words("agg")
+
+
+def test_a_layer_deadline_cuts_off_the_slow_and_keeps_their_chunks(
+    server: OpenAICompatibleServer,
+) -> None:
+    server.set_script("p3", ModelScript(reply=words("p3"), per_token=0.1))
+    answer = mixture(server, layer_timeout=0.6).invoke(QUESTION)
+    (slow,) = [p for p in answer.response_metadata["proposals"] if p["proposer"] == "p3"]
+    assert slow["status"] == "cancelled" and "layer deadline" in slow["error"]
+    assert 0 < len(slow["text"].split()) < 20
+    assert slow["text"].strip() + STOPPED_MARK in system_text(server.requests_for("agg")[-1])
