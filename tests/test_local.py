@@ -115,6 +115,25 @@ def test_stream_is_token_by_token_and_matches_invoke(smol: ChatLocalModel) -> No
 
 
 @pytest.mark.local_model
+def test_a_final_assistant_message_is_continued_where_it_stopped(smol: ChatLocalModel) -> None:
+    whole = smol.invoke(PROMPT).text  # greedy: continuing its start must give back the rest
+    head = " ".join(whole.split()[:2])
+    rest = "".join(c.text for c in smol.stream([*PROMPT, AIMessage(head)]))
+    assert not rest.startswith(head)  # a stream carries only the new text
+    assert (head + rest).split()[:4] == whole.split()[:4]
+
+
+@pytest.mark.local_model
+def test_the_prompt_cache_serves_a_prefix_read_before(smol: ChatLocalModel) -> None:
+    question = [SystemMessage("Answer briefly. " * 40), HumanMessage("Name a colour.")]
+    smol.invoke(question)
+    again = smol.invoke([*question[:1], HumanMessage("Name a fruit.")]).usage_metadata
+    assert again is not None
+    cached = (again.get("input_token_details") or {}).get("cache_read", 0)
+    assert cached > 0.8 * again["input_tokens"]  # only the new question is read anew
+
+
+@pytest.mark.local_model
 def test_call_time_stop_and_max_tokens(smol: ChatLocalModel) -> None:
     prompt = "Count from 1 to 10 separated by commas."
     control = smol.invoke(prompt).text

@@ -21,6 +21,7 @@ from moa_graph.engine.staircase import (
     Schedule,
     Writer,
 )
+from moa_graph.local.chat_model import ChatLocalModel
 from moa_graph.serve.openai_app import MoAServer
 from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
 from tests.fakes import ScriptedChatModel
@@ -91,6 +92,7 @@ def test_the_aggregator_writes_in_rounds_in_step_with_its_references(
     }  # fmt: skip
     # the loopback server caches no prompt: every round reads its whole prompt
     assert staircase["fresh_prompt_tokens"] == [r.prompt_tokens for r in rounds]
+    assert staircase["prompt_tokens"] == staircase["fresh_prompt_tokens"]
 
 
 def test_readers_start_before_the_proposers_finish(server: OpenAICompatibleServer) -> None:
@@ -352,3 +354,30 @@ def test_a_layer_deadline_cuts_off_the_slow_and_keeps_their_chunks(
     assert slow["status"] == "cancelled" and "layer deadline" in slow["error"]
     assert 0 < len(slow["text"].split()) < 20
     assert slow["text"].strip() + STOPPED_MARK in system_text(server.requests_for("agg")[-1])
+
+
+@pytest.mark.local_model
+def test_embedded_models_continue_in_rounds_reading_little_anew() -> None:
+    smol = ChatLocalModel(model="smollm2-135m", temperature=0, n_ctx=2048)
+    moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=smol, samples=2)], aggregator=smol,
+                              staircase=8, max_tokens=40, seed=0)  # fmt: skip
+    chunks = list(moa.stream("Name three colours and say why you like them."))
+    answer = moa.invoke("Name three colours and say why you like them.")
+    assert "".join(c.text for c in chunks).strip()
+    record = answer.response_metadata["moa_staircase"]
+    assert record["rounds"] >= 2
+    later = list(zip(record["fresh_prompt_tokens"], record["prompt_tokens"], strict=True))[1:]
+    assert all(fresh < whole for fresh, whole in later)  # the prompt cache served the rest
+
+
+def test_with_every_proposer_failed_the_aggregator_may_answer_alone(
+    server: OpenAICompatibleServer,
+) -> None:
+    for name in ("p1", "p2", "p3"):
+        server.add_faults(name, "http_400")
+    answer = mixture(server, fallback_to_aggregator=True, max_retries=0).invoke(QUESTION)
+    assert answer.content == words("agg")
+    assert answer.response_metadata["moa_fallback"] == (
+        "every proposer of layer 1 failed: the aggregator answered alone"
+    )
+    assert all("p1" not in system_text(r) for r in server.requests_for("agg"))

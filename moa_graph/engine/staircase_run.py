@@ -87,6 +87,7 @@ class StaircaseRun:
         self.board = Board()
         self.records: dict[Key, Proposal] = {}
         self.failure: ProposalsFailedError | None = None
+        self.fallback: str | None = None  # why the aggregator went on below quorum
         self.failed: str | None = None
         """Why the run failed, once it did."""
         self._lock = threading.Lock()
@@ -235,9 +236,19 @@ class StaircaseRun:
                   for status in ("answered", "failed", "cancelled")}  # fmt: skip
         emit(self.scope.runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
              failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
-        if self.scope.layer_failed(proposals) and not self.scope.options.fallback_to_aggregator:
-            self.failure = ProposalsFailedError(layer, proposals, self.scope.options.min_proposals)
+        if not self.scope.layer_failed(proposals):
+            return
+        minimum = self.scope.options.min_proposals
+        if not self.scope.options.fallback_to_aggregator:
+            self.failure = ProposalsFailedError(layer, proposals, minimum)
             self.stop(f"layer {layer} fell below min_proposals", failed=True)
+        elif any(p["text"] for p in proposals):
+            self.fallback = (f"layer {layer} fell below min_proposals={minimum}: its readers "
+                             "went on with what it had written")  # fmt: skip
+        else:
+            last = layer == len(self.plan.proposer_layers)
+            readers = "the aggregator answered" if last else f"layer {layer + 1} answered"
+            self.fallback = f"every proposer of layer {layer} failed: {readers} alone"
 
     def _ready(self, writer: Writer, race: LayerRace | None) -> bool:
         return writer.ready() or (race is not None and race.stopped)
@@ -388,10 +399,13 @@ class StaircaseRun:
                 "chunk_tokens": self.schedule.first,
                 "growth": self.schedule.growth,
                 "rounds": writer.rounds,
+                "prompt_tokens": [usage["input_tokens"] for usage in writer.usage],
                 # prompt tokens each round read anew (the server's prompt cache served the rest)
                 "fresh_prompt_tokens": [_fresh(usage) for usage in writer.usage],
             },
         }
+        if self.fallback is not None:
+            metadata["moa_fallback"] = self.fallback
         usage = sum_usage(writer.usage) if writer.usage else None
         # The last round's id: LangGraph then knows the answer's tokens were streamed already.
         return AIMessage(writer.text, id=writer.last_id, response_metadata=metadata,
