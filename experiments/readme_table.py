@@ -2,6 +2,8 @@
 
 Usage: .venv/bin/python experiments/readme_table.py experiments/gsm8k-local
 
+Then, when the run asked for pairs (``--pair``), the table of those paired tests.
+
 Every figure comes from the summary that ``moa-graph eval`` (or ``--report-only``) wrote:
 accuracy with its Wilson interval, calls and model seconds per item, and the paired test against
 the most accurate single model (difference in points with its interval, wins / losses, McNemar p).
@@ -29,6 +31,8 @@ LABELS = {
     "self-moa-rank": "Self-MoA 1.5B x3, rank (LLM-ranker)",
     "self-moa-vote": "Self-MoA 1.5B x3, vote",
     "self-moa-vote-5": "Self-MoA 1.5B x5, vote",
+    "moa-local-staircase": "MoA `local`, synthesize, staircase 8",
+    "self-moa-staircase": "Self-MoA 1.5B x3, synthesize, staircase 8",
 }
 """README names of the systems of ``experiments/run_local.sh`` (others keep their own name)."""
 
@@ -44,10 +48,10 @@ def _seconds(row: dict[str, Any], timed_items: int) -> str:
     return seconds if row["model_s_items"] == timed_items else f"{seconds} ({row['model_s_items']})"
 
 
-def _paired(row: dict[str, Any]) -> str:
-    if row["paired"] is None:
+def _paired(row: dict[str, Any], key: str = "paired") -> str:
+    if row.get(key) is None:
         return ""
-    test = McNemar(**row["paired"])
+    test = McNemar(**row[key])
     return f"{format_difference(test)}; {test.only_a} / {test.only_b}, p = {test.p_value:.2g}"
 
 
@@ -69,5 +73,20 @@ def readme_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def pairs_table(folder: Path) -> str:
+    """The Markdown table of the pairs ``--pair`` asked for (empty when there are none)."""
+    rows = [row for row in json.loads((folder / "summary.json").read_text())
+            if row.get("compared") is not None]  # fmt: skip
+    if not rows:
+        return ""
+    lines = ["| system | against | points [95% CI]; wins / losses, McNemar p |", "|---|---|---|"]
+    for row in rows:
+        name, other = (LABELS.get(n, n) for n in (row["system"], row["compared_with"]))
+        lines.append(f"| {name} | {other} | {_paired(row, 'compared')} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(readme_table(Path(sys.argv[1])))
+    if pairs := pairs_table(Path(sys.argv[1])):
+        print(f"\n{pairs}")

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The experiment on the embedded local models: GSM8K then ARC-Challenge, 60 items each,
 # standard synthesis against a staircase (8-token first chunk, growing twofold) among them,
-# seed 0. Runs in stages (20, 40, 60 items, alternating data sets; a stage's items include the
-# previous stage's), so an interrupted run leaves complete, reportable subsets of both data sets;
+# seed 0; each staircase system is also paired against its standard synthesis. Runs in stages
+# (20, 40, 60 items, alternating data sets; a stage's items include the previous stage's),
+# so an interrupted run leaves complete, reportable subsets of both data sets;
 # rerunning resumes from the caches (answers in cache.jsonl, model calls in calls.sqlite).
 # Usage: sh experiments/run_local.sh [moa-graph command]
 set -e
@@ -19,6 +20,7 @@ SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,name=moa-local \
 for limit in 20 40 60; do
   for dataset in gsm8k arc; do
     $MOA eval --dataset $dataset --limit $limit --seed 0 --max-tokens 320 --quiet \
-      --out experiments/$dataset-local --systems $SYSTEMS > /dev/null
+      --out experiments/$dataset-local --systems $SYSTEMS \
+      --pair moa-local-staircase=moa-local self-moa-staircase=self-moa-synthesize > /dev/null
   done
 done

@@ -90,9 +90,13 @@ def test_eval_on_jsonl_writes_reports_exports_and_resumes(
     out, err = capsys.readouterr()
     assert "(2 items)" in err and "answers [" not in err
 
-    assert main_eval([*argv, "--report-only", "--quiet"]) == 0
+    assert main_eval([*argv, "--report-only", "--quiet", "--pair", "lazy=solver"]) == 0
     assert server.request_count() == requests_before
     assert "(4 items)" in capsys.readouterr().err
+    lazy = json.loads((tmp_path / "summary.json").read_text())[1]
+    assert lazy["compared_with"] == "solver"
+    assert (lazy["compared"]["only_a"], lazy["compared"]["only_b"]) == (0, 3)
+    assert "- lazy against solver: -75.0 [" in (tmp_path / "summary.md").read_text()
     with_new = [*argv, "--report-only", "--systems", "single:openai:solver", "single:openai:other"]
     assert main_eval(with_new) == 2  # "other" answered nothing yet: nothing to report
     assert "--report-only: no item of" in capsys.readouterr().err
@@ -127,6 +131,14 @@ def test_eval_mtbench_with_judge_grades_and_compares(
         (["--dataset", "gsm8k", "--systems", "single:local:smollm2-135m,x=1"], "unknown option"),
         (["--dataset", "gsm8k", "--systems", "moa:absent-preset"], "neither a preset"),
         (["--dataset", "gsm8k", "--systems", "local-tiny", "--prices", "m=1"], "prices"),
+        (
+            ["--dataset", "gsm8k", "--systems", "local-tiny", "--pair", "local-tiny=x"],
+            "no system is named 'x' (the systems: local-tiny)",
+        ),
+        (
+            ["--dataset", "gsm8k", "--systems", "local-tiny", "--pair", "local-tiny"],
+            "is not SYSTEM=OTHER",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(

@@ -123,6 +123,20 @@ def test_the_paired_baseline_is_the_most_accurate_single_model_wherever_it_is_li
     assert paired_baseline(no_singles) == "moa"
 
 
+def test_a_pair_asked_for_is_tested_besides_the_best_single_model() -> None:
+    experiment = gold_experiment()
+    rows = summarize(experiment, pairs={"solo": "moa"})
+    solo, moa, _ = rows
+    assert solo.compared_with == "moa" and solo.compared is not None
+    assert (solo.compared.only_a, solo.compared.only_b, solo.compared.n) == (0, 4, 10)
+    assert moa.compared is None and moa.paired_with == "solo"  # the usual test stays
+    report = markdown_report(experiment, rows=rows)
+    assert "Paired as asked (`--pair`):" in report
+    assert "- solo against moa: -40.0 [" in report and "wrong where it was right on 4;" in report
+    assert json.loads(json.dumps(summary_json(rows)))[0]["compared"]["only_b"] == 4
+    assert "Paired as asked" not in markdown_report(experiment)
+
+
 def test_markdown_table_and_report() -> None:
     experiment = gold_experiment()
     prices = PriceTable({"small": Price(1.0, 2.0), "big": Price(10.0, 20.0)})
@@ -221,7 +235,7 @@ def test_exports_skip_failed_items_and_use_item_ids_without_mt_bench_ids() -> No
 
 
 def test_readme_table_script_reads_the_summary_json(tmp_path: Path) -> None:
-    from experiments.readme_table import readme_table
+    from experiments.readme_table import pairs_table, readme_table
 
     rows = summarize(gold_experiment())
     (tmp_path / "summary.json").write_text(json.dumps(summary_json(rows[:2])))
@@ -229,3 +243,9 @@ def test_readme_table_script_reads_the_summary_json(tmp_path: Path) -> None:
     assert "| model s (10 items) | vs solo: points [95% CI]" in header
     assert solo == "| solo | 40.0 [16.8, 68.7] | 1.0 | 0 |  |"
     assert moa == "| moa | 80.0 [49.0, 94.3] | 4.0 | 6 (5) | +40.0 [-2.0, +68.6]; 4 / 0, p = 0.12 |"
+    assert pairs_table(tmp_path) == ""
+    rows = summarize(gold_experiment(), pairs={"solo": "moa"})
+    (tmp_path / "summary.json").write_text(json.dumps(summary_json(rows)))
+    assert pairs_table(tmp_path).splitlines()[2] == (
+        "| solo | moa | -40.0 [-68.6, +2.0]; 0 / 4, p = 0.12 |"
+    )

@@ -67,6 +67,13 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
         "--reference", metavar="SYSTEM", help="system name to compare the others with (pairwise)"
     )
     parser.add_argument(
+        "--pair",
+        nargs="+",
+        default=[],
+        metavar="SYSTEM=OTHER",
+        help="also test SYSTEM against OTHER, paired (McNemar), in the summaries",
+    )
+    parser.add_argument(
         "--prices",
         nargs="+",
         default=[],
@@ -116,6 +123,9 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
             ``--reference``).
         --reference SYSTEM: compare every other system with this one, position-swapped
             (AlpacaEval-style win rate).
+        --pair SYSTEM=OTHER...: besides the test against the best single model, test SYSTEM
+            against OTHER on the items both answered (``compared`` in ``summary.json``; data
+            sets with gold answers).
         --prices PRICE...: ``MODEL=IN,OUT`` dollars per million tokens, or JSON/TOML files.
         --temperature T, --max-tokens N: sampling of models built from strings (default 0.7,
             512; a MoA recipe keeps its own unless given).
@@ -150,6 +160,27 @@ _EXTRACTORS = {"numeric": "number", "choice": "choice"}
 """The mixtures' default answer extractor for a data set's kind of gold answer."""
 
 
+def parse_pairs(specs: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """``--pair`` values as {system: the system it is tested against}, names checked.
+
+    Example:
+        >>> parse_pairs(["moa-staircase=moa"], ["moa", "moa-staircase"])
+        {'moa-staircase': 'moa'}
+    """
+    pairs: dict[str, str] = {}
+    for spec in specs:
+        system, sep, other = (part.strip() for part in spec.partition("="))
+        if not sep or not system or not other or system == other:
+            raise ValueError(f"--pair: {spec!r} is not SYSTEM=OTHER (two different systems)")
+        for name in (system, other):
+            if name not in names:
+                raise ValueError(f"--pair: no system is named {name!r} (the systems: "
+                                 f"{', '.join(names)})")  # fmt: skip
+        if pairs.setdefault(system, other) != other:
+            raise ValueError(f"--pair: {system!r} is paired twice; one other system each")
+    return pairs
+
+
 def answered_by_all(dataset: Dataset, systems: Sequence[System], cache: ResultCache) -> Dataset:
     """The items of ``dataset`` that every system has a cached answer for (``--report-only``)."""
     done = [item for item in dataset
@@ -166,9 +197,12 @@ def _run(args: argparse.Namespace) -> int:
                      seed=args.seed, answer_extractor=_EXTRACTORS.get(dataset.metric))
         for spec in args.systems
     ]  # fmt: skip
+    pairs = parse_pairs(args.pair, [s.name for s in systems])
     prices = PriceTable.parse(args.prices)
     if dataset.metric == "judge" and not args.judge:
         raise ValueError(f"dataset {dataset.name} has no gold answers: give --judge MODEL")
+    if pairs and dataset.metric == "judge":
+        raise ValueError(f"--pair: dataset {dataset.name} has no gold answers to pair on")
     judge = Judge(args.judge) if args.judge else None
     out = Path(args.out or Path("eval-runs") / dataset.name)
     cache = ResultCache(out / "cache.jsonl")
@@ -176,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         dataset = answered_by_all(dataset, systems, cache)
     calls = None if args.no_call_cache else CallCache(out / "calls.sqlite")
     with _llm_cache(calls):
-        return _evaluate(args, dataset, systems, prices, judge, out, cache, calls)
+        return _evaluate(args, dataset, systems, prices, pairs, judge, out, cache, calls)
 
 
 @contextlib.contextmanager
@@ -199,6 +233,7 @@ def _evaluate(
     dataset: Dataset,
     systems: list[System],
     prices: PriceTable,
+    pairs: dict[str, str],
     judge: Judge | None,
     out: Path,
     cache: ResultCache,
@@ -223,7 +258,7 @@ def _evaluate(
     if calls is not None:
         print(f"eval: shared model calls: {calls.hits} reused, {calls.misses} made "
               f"({calls.path})", file=sys.stderr)  # fmt: skip
-    rows = summarize(experiment, prices or None)
+    rows = summarize(experiment, prices or None, pairs)
     report = markdown_report(experiment, prices or None, rows)
     (out / "summary.md").write_text(report, encoding="utf-8")
     write_json(out / "summary.json", summary_json(rows))

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import fmean
@@ -74,6 +74,8 @@ class SummaryRow:
     model_s_items: int = 0
     paired_with: str | None = None
     paired: McNemar | None = None
+    compared_with: str | None = None
+    compared: McNemar | None = None
 
     @property
     def quality(self) -> Estimate | None:
@@ -110,11 +112,24 @@ def _metrics(experiment: Experiment, results: Sequence[ItemResult]) -> dict[str,
     return metrics
 
 
-def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[SummaryRow]:
+def summarize(
+    experiment: Experiment,
+    prices: PriceTable | None = None,
+    pairs: Mapping[str, str] | None = None,
+) -> list[SummaryRow]:
     """One row per system, in the order the systems were given; ``paired`` holds its test
-    against ``paired_with`` (the most accurate single model) on data sets with gold answers."""
+    against ``paired_with`` (the most accurate single model) on data sets with gold answers,
+    and ``compared`` its test against the system ``pairs`` names for it (``compared_with``).
+
+    Example:
+        >>> rows = summarize(exp, pairs={"moa-staircase": "moa"})   # doctest: +SKIP
+        >>> rows[-1].compared_with, rows[-1].compared.p_value       # doctest: +SKIP
+        ('moa', 0.5)
+    """
     baseline = paired_baseline(experiment) if experiment.systems else None
     tests = paired_tests(experiment, baseline)
+    chosen = {name: (other, paired_test(experiment, name, other))
+              for name, other in (pairs or {}).items()}  # fmt: skip
     rows = []
     for system in experiment.systems:
         results = experiment.for_system(system.name)
@@ -142,6 +157,8 @@ def summarize(experiment: Experiment, prices: PriceTable | None = None) -> list[
                 cost=mean(priced) if priced and len(priced) == len(costs) else None,
                 paired_with=baseline if system.name in tests else None,
                 paired=tests.get(system.name),
+                compared_with=chosen[system.name][0] if system.name in chosen else None,
+                compared=chosen[system.name][1] if system.name in chosen else None,
             )
         )
     return rows
@@ -180,19 +197,30 @@ def paired_tests(experiment: Experiment, baseline: str | None = None) -> dict[st
     if experiment.dataset.metric == "judge" or not experiment.systems:
         return {}
     baseline = baseline or paired_baseline(experiment)
-    base = {r.item_id: r.score.correct for r in experiment.for_system(baseline)}
     tests = {}
     for system in experiment.systems:
-        if system.name == baseline:
-            continue
-        pairs = [
-            (bool(r.score.correct), bool(base[r.item_id]))
-            for r in experiment.for_system(system.name)
-            if r.score.correct is not None and base.get(r.item_id) is not None
-        ]
-        if pairs:
-            tests[system.name] = mcnemar([p[0] for p in pairs], [p[1] for p in pairs])
+        if system.name != baseline and (test := paired_test(experiment, system.name, baseline)):
+            tests[system.name] = test
     return tests
+
+
+def paired_test(experiment: Experiment, system: str, other: str) -> McNemar | None:
+    """Exact McNemar test of ``system`` against ``other`` on the items both answered and
+    scored (``None`` when there are none, or the data set has no gold answers).
+
+    Example:
+        >>> paired_test(exp, "moa-staircase", "moa").difference   # doctest: +SKIP
+        -0.017
+    """
+    if experiment.dataset.metric == "judge":
+        return None
+    base = {r.item_id: r.score.correct for r in experiment.for_system(other)}
+    pairs = [
+        (bool(r.score.correct), bool(base[r.item_id]))
+        for r in experiment.for_system(system)
+        if r.score.correct is not None and base.get(r.item_id) is not None
+    ]
+    return mcnemar([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -257,6 +285,12 @@ def format_difference(test: McNemar) -> str:
     return f"{100 * test.difference:+.1f} [{100 * test.low:+.1f}, {100 * test.high:+.1f}]"
 
 
+def _test_line(test: McNemar, other: str) -> str:
+    return (f"{format_difference(test)} on {test.n} items; right where {other} was wrong on "
+            f"{test.only_a} items, wrong where it was right on {test.only_b}; "
+            f"p = {test.p_value:.3g}")  # fmt: skip
+
+
 def markdown_report(
     experiment: Experiment,
     prices: PriceTable | None = None,
@@ -286,12 +320,13 @@ def markdown_report(
     if tests:
         lines += ["", f"Paired against {baseline} (exact McNemar test; accuracy difference in "
                   "points with its 95% interval, Bonett-Price):", ""]  # fmt: skip
-        for name, test in tests.items():
-            lines.append(
-                f"- {name}: {format_difference(test)} on {test.n} items; right where {baseline} "
-                f"was wrong on {test.only_a} items, wrong where it was right on {test.only_b}; "
-                f"p = {test.p_value:.3g}"
-            )
+        lines += [f"- {name}: {_test_line(test, str(baseline))}" for name, test in tests.items()]
+    compared = [row for row in rows if row.compared is not None]
+    if compared:
+        lines += ["", "Paired as asked (`--pair`):", ""]
+        lines += [f"- {row.system} against {row.compared_with}: "
+                  f"{_test_line(row.compared, str(row.compared_with))}"
+                  for row in compared if row.compared is not None]  # fmt: skip
     if prices:
         used = merge_usage(r.answer.usage for r in experiment.results if r.answer)
         missing = prices.missing(used)
