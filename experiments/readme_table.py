@@ -33,6 +33,7 @@ LABELS = {
     "self-moa-vote-5": "Self-MoA 1.5B x5, vote",
     "moa-local-staircase": "MoA `local`, synthesize, staircase 8",
     "self-moa-staircase": "Self-MoA 1.5B x3, synthesize, staircase 8",
+    **{f"moa-local-staircase-{n}": f"MoA `local`, synthesize, staircase {n}" for n in (16, 32, 64)},
 }
 """README names of the systems of ``experiments/run_local.sh`` (others keep their own name)."""
 

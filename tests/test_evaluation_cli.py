@@ -97,6 +97,14 @@ def test_eval_on_jsonl_writes_reports_exports_and_resumes(
     assert lazy["compared_with"] == "solver"
     assert (lazy["compared"]["only_a"], lazy["compared"]["only_b"]) == (0, 3)
     assert "- lazy against solver: -75.0 [" in (tmp_path / "summary.md").read_text()
+    summary_before, side = (tmp_path / "summary.json").read_text(), tmp_path / "side"
+    one = ["--systems", "single:openai:solver", "--report-dir", str(side), "--report-only"]
+    assert main_eval([*argv, *one, "--quiet"]) == 0  # the folder's caches, a report elsewhere
+    assert server.request_count() == requests_before
+    assert [row["system"] for row in json.loads((side / "summary.json").read_text())] == ["solver"]
+    assert (side / "alpaca_eval" / "solver" / "model_outputs.json").exists()
+    assert (tmp_path / "summary.json").read_text() == summary_before
+    capsys.readouterr()
     with_new = [*argv, "--report-only", "--systems", "single:openai:solver", "single:openai:other"]
     assert main_eval(with_new) == 2  # "other" answered nothing yet: nothing to report
     assert "--report-only: no item of" in capsys.readouterr().err

@@ -62,6 +62,11 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
         "best-of-n:MODEL,n=4[,ranker=MODEL]; each may add ,name=NAME",
     )
     parser.add_argument("--out", help="output folder (default: eval-runs/<dataset>)")
+    parser.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="write the summaries, plot and exports here (default: --out, which keeps the caches)",
+    )
     parser.add_argument("--judge", metavar="MODEL", help="judge model (data without gold answers)")
     parser.add_argument(
         "--reference", metavar="SYSTEM", help="system name to compare the others with (pairwise)"
@@ -119,6 +124,9 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         --out DIR: output folder (default ``eval-runs/<dataset>``): ``cache.jsonl`` (resume),
             ``summary.md``, ``summary.json``, ``quality_vs_cost.png``,
             ``alpaca_eval/<system>/model_outputs.json``, ``mt_bench/model_answer/<system>.jsonl``.
+        --report-dir DIR: write the summaries, the plot and the exports to DIR instead of
+            ``--out`` (a side experiment on some systems of a folder reuses its caches without
+            overwriting its report).
         --judge MODEL: the LLM judge (MT-Bench single-answer grading; pairwise with
             ``--reference``).
         --reference SYSTEM: compare every other system with this one, position-swapped
@@ -260,12 +268,14 @@ def _evaluate(
               f"({calls.path})", file=sys.stderr)  # fmt: skip
     rows = summarize(experiment, prices or None, pairs)
     report = markdown_report(experiment, prices or None, rows)
-    (out / "summary.md").write_text(report, encoding="utf-8")
-    write_json(out / "summary.json", summary_json(rows))
-    write_exports(experiment, out)
+    reports = Path(args.report_dir) if args.report_dir else out
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "summary.md").write_text(report, encoding="utf-8")
+    write_json(reports / "summary.json", summary_json(rows))
+    write_exports(experiment, reports)
     if not args.no_plot:
         try:
-            plot_quality_vs_cost(rows, out / "quality_vs_cost.png", title=dataset.name)
+            plot_quality_vs_cost(rows, reports / "quality_vs_cost.png", title=dataset.name)
         except (MissingDependencyError, ValueError) as exc:
             print(f"eval: no plot: {exc}", file=sys.stderr)
     if args.langsmith:
@@ -275,5 +285,5 @@ def _evaluate(
             for system in systems:
                 evaluate_system(system, dataset, cache=cache, judge=judge)
     print(report)
-    print(f"eval: results in {out}", file=sys.stderr)
+    print(f"eval: results in {reports}", file=sys.stderr)
     return EXIT_FAILED if all(r.error for r in experiment.results) else EXIT_OK
