@@ -111,9 +111,13 @@ def loopback(chunks: list[int], runs: int, growth: float) -> dict[str, Any]:
 
 def _aggregator_rounds(staircase: dict[str, Any]) -> dict[str, Any]:
     """The aggregator's rounds and the prompt tokens they read anew (the rest was cached)."""
-    fresh = staircase.get("fresh_prompt_tokens") or []
-    mean = round(statistics.mean(fresh), 1) if fresh else 0.0
-    return {"aggregator_calls": len(fresh), "fresh_prompt_tokens_per_call": mean}
+    fresh, whole = (staircase.get(key) or [] for key in ("fresh_prompt_tokens", "prompt_tokens"))
+
+    def mean(values: list[int]) -> float:
+        return round(statistics.mean(values), 1) if values else 0.0
+
+    return {"aggregator_calls": len(fresh), "fresh_prompt_tokens_per_call": mean(fresh),
+            "prompt_tokens_per_call": mean(whole)}  # fmt: skip
 
 
 def local(chunks: list[int], runs: int, growth: float) -> dict[str, Any]:

@@ -64,3 +64,21 @@ def test_both_references_send_exactly_the_mixtures_requests(
     assert _requests_of(server, question("langchain", 0)) == mixture
     paths = critical_paths(server.requests())
     assert {len(paths[question(tag, 0)].proposer_layers) for tag in ("moa", "openai")} == {2}
+
+
+def test_the_staircase_benchmark_compares_each_chunk_size_with_staircase_off() -> None:
+    from benchmarks import staircase
+
+    names = (*staircase.PROPOSERS, staircase.AGGREGATOR)
+    scripts = {name: ModelScript(reply=staircase.words(name, 24)) for name in names}
+    with OpenAICompatibleServer(scripts=scripts) as server:
+        report = staircase.measure(
+            lambda chunk: staircase.loopback_mixture(server.base_url, chunk, 2.0),
+            lambda i: f"Question {i}?", [4, 8], 2, staircase._aggregator_rounds,
+        )  # fmt: skip
+    assert set(report) == {"None", "4", "8"}
+    answer = len(staircase.words(staircase.AGGREGATOR, 24))
+    assert {variant["answer_chars"] for variant in report.values()} == {answer}
+    assert [report[v]["aggregator_calls"] for v in ("None", "4", "8")] == [0, 3, 2]
+    assert all(report[v]["prompt_tokens_per_call"] > 0 for v in ("4", "8"))
+    assert all({"ttft_ratio", "wall_ratio"} <= set(report[v]) for v in ("4", "8"))
