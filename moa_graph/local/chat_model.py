@@ -38,7 +38,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, field_validator, model_validator
 
-from moa_graph.local.turns import Turns
+from moa_graph.local.turns import Share, Turns
 from moa_graph.local.weights import (
     LocalModelError,
     LocalModelSpec,
@@ -90,9 +90,10 @@ def _compute_slots(n_threads: int) -> Turns:
 
 
 class _Engine:
-    """One loaded llama.cpp model; a lock makes requests queue, one at a time."""
+    """One loaded llama.cpp model, generating for up to ``slots`` requests (or samples of one
+    request) at once in one batch; further requests queue."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, slots: int = 1) -> None:
         try:
             import xllamacpp
         except ImportError as exc:
@@ -103,7 +104,8 @@ class _Engine:
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
         params.n_ctx = n_ctx
-        params.n_parallel = 1  # one slot owning the whole context
+        params.n_parallel = slots  # llama.cpp decodes its slots' tokens in one batch
+        params.kv_unified = True  # one KV cache of n_ctx tokens shared by the slots as needed
         params.n_threads_http = 1
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
@@ -123,8 +125,8 @@ class _Engine:
         self.load_seconds = time.perf_counter() - started
         self.path = path
         self.n_threads = n_threads
-        # one request at a time on this model, a core slot free, by priority
-        self.lock = _compute_slots(n_threads).lock(self)
+        # up to `slots` requests on this model, a core slot free, by priority
+        self.lock = _compute_slots(n_threads).lock(self, slots)
 
     def run(
         self,
@@ -137,31 +139,32 @@ class _Engine:
         """Run one chat completion; with ``on_chunk`` it streams (return True to stop).
 
         Generations of all models share the CPU through ``_compute_slots``: on 2 cores, two
-        models each using 2 threads would run several times slower side by side than in turn.
-        Waiting requests go by ``priority`` (higher first), then in order of arrival.
-        ``timing["compute_seconds"]`` is set to the time spent generating, queueing excluded.
+        models each using 2 threads would run several times slower side by side than in turn,
+        while requests to one model join its batch. Waiting requests go by ``priority`` (higher
+        first), then in order of arrival. ``timing["compute_seconds"]`` is set to the request's
+        share of the model's time (queueing excluded; a batch of k requests charges each 1/k).
         """
-        with self.lock.turn(priority):
-            if cancel is not None and cancel.is_set():  # given up while queued
-                return None
-            started = time.perf_counter()
-            try:
+        share: Share | None = None
+        try:
+            with self.lock.turn(priority) as share:
+                if cancel is not None and cancel.is_set():  # given up while queued
+                    return None
                 if on_chunk is None:
                     return self.server.handle_chat_completions(request)
                 return self.server.handle_chat_completions(request, on_chunk)
-            finally:
-                if timing is not None:
-                    timing["compute_seconds"] = round(time.perf_counter() - started, 3)
+        finally:  # the turn has ended: its share is final
+            if timing is not None and share is not None:
+                timing["compute_seconds"] = round(share.seconds, 3)
 
 
-_engines: dict[tuple[str, int, int], _Engine] = {}
+_engines: dict[tuple[str, int, int, int], _Engine] = {}
 _engines_guard = threading.Lock()
-_load_locks: dict[tuple[str, int, int], threading.Lock] = {}
+_load_locks: dict[tuple[str, int, int, int], threading.Lock] = {}
 
 
-def _get_engine(path: Path, n_ctx: int, n_threads: int) -> _Engine:
+def _get_engine(path: Path, n_ctx: int, n_threads: int, slots: int) -> _Engine:
     """The process-wide engine for this file and settings, loading it on first use."""
-    key = (str(path), n_ctx, n_threads)
+    key = (str(path), n_ctx, n_threads, slots)
     with _engines_guard:
         if key in _engines:
             return _engines[key]
@@ -170,7 +173,7 @@ def _get_engine(path: Path, n_ctx: int, n_threads: int) -> _Engine:
         with _engines_guard:
             if key in _engines:
                 return _engines[key]
-        engine = _Engine(path, n_ctx, n_threads)
+        engine = _Engine(path, n_ctx, n_threads, slots)
         with _engines_guard:
             _engines[key] = engine
         return engine
@@ -288,6 +291,9 @@ class ChatLocalModel(BaseChatModel):
     n_ctx: int = Field(default=4096, ge=64)
     """Context window (prompt plus answer) in tokens."""
     n_threads: int = Field(default_factory=_default_threads, ge=1)
+    slots: int = Field(default=8, ge=1)
+    """Requests, or samples of one request (``n``), generated together in one batch; the
+    ``n_ctx`` tokens of context are shared among them."""
     seed: int | None = None
     stop: list[str] | None = None
 
@@ -353,7 +359,7 @@ class ChatLocalModel(BaseChatModel):
         path = (
             ensure_model_file(resolved.name) if isinstance(resolved, LocalModelSpec) else resolved
         )
-        return _get_engine(path, self.n_ctx, self.n_threads)
+        return _get_engine(path, self.n_ctx, self.n_threads, self.slots)
 
     def _request(
         self,
