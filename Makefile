@@ -69,6 +69,7 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.perf
 	$(BIN)/python -m benchmarks.local_models
 	$(BIN)/python -m benchmarks.staircase
+	$(BIN)/python -m benchmarks.samples
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed

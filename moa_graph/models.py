@@ -30,6 +30,9 @@ Continuation: TypeAlias = Literal["prefill", "vllm"]
 CONTINUATION_ATTRIBUTE = "moa_continuation"
 """A chat model class may declare its ``Continuation`` in this attribute (``ChatLocalModel``
 does)."""
+SAMPLES_IN_ONE_REQUEST_ATTRIBUTE = "moa_samples_in_one_request"
+"""A chat model class that draws ``n`` answers in one request declares it here
+(``ChatLocalModel`` does)."""
 TAKES_TURNS_ATTRIBUTE = "moa_takes_turns"
 """A chat model class whose generations take turns on shared cores says so here: a staircase
 then writes with it one chunk a call (``ChatLocalModel`` does)."""
@@ -55,6 +58,9 @@ class ProposerSpec(BaseModel):
             continues a final assistant message as it is: llama.cpp, the embedded models) or
             ``"vllm"`` (vLLM's ``continue_final_message``). Default: ``"prefill"`` for the
             embedded models, otherwise unknown (a staircase refuses the model).
+        samples_in_one_request: draw the ``samples`` of this model in one request (``n``), the
+            prompt read once: on for the embedded models; say ``True`` for an OpenAI-compatible
+            server that honours ``n`` (OpenAI, vLLM), ``False`` to make one request a sample.
 
     Example:
         >>> spec = ProposerSpec(model="openai:llama3.1", base_url="http://localhost:11434/v1",
@@ -77,6 +83,7 @@ class ProposerSpec(BaseModel):
     max_retries: int | None = Field(default=None, ge=0, le=20)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     continuation: Continuation | None = None
+    samples_in_one_request: bool | None = None
 
     @field_validator("model")
     @classmethod
@@ -113,6 +120,8 @@ class ResolvedModel:
     """The model's answer budget, where known (staircase rounds share it)."""
     takes_turns: bool = False
     """Its generations take turns on shared cores (see ``TAKES_TURNS_ATTRIBUTE``)."""
+    samples_in_one_request: bool = False
+    """Its samples are drawn in one request (see ``ProposerSpec.samples_in_one_request``)."""
 
 
 def to_spec(value: ModelLike, *, field: str) -> ProposerSpec:
@@ -182,6 +191,10 @@ def resolve_model(
         secret=spec.api_key.get_secret_value() if spec.api_key else None,
         continuation=spec.continuation or _declared(model, CONTINUATION_ATTRIBUTE),
         takes_turns=bool(_declared(model, TAKES_TURNS_ATTRIBUTE)),
+        samples_in_one_request=spec.samples > 1
+        and _first(
+            spec.samples_in_one_request, bool(_declared(model, SAMPLES_IN_ONE_REQUEST_ATTRIBUTE))
+        ),
         max_tokens=_first(
             spec.max_tokens,
             getattr(spec.model, "max_tokens", None)
@@ -189,6 +202,13 @@ def resolve_model(
             else defaults.max_tokens,
         ),
     )
+
+
+def chat_model_under(model: ChatRunnable) -> BaseChatModel | None:
+    """The chat model under ``model``'s bindings (``None`` when something else wraps it)."""
+    while isinstance(model, RunnableBinding):
+        model = model.bound
+    return model if isinstance(model, BaseChatModel) else None
 
 
 def _declared(model: ChatRunnable, attribute: str) -> Any:

@@ -218,6 +218,11 @@ class MixtureSettings(BaseModel):
         None, "makes runs reproducible: sample k is drawn with seed + k, shuffles derive from it",
         identifying=True,
     )  # fmt: skip
+    confidence_temperature: float = setting(
+        0.25, "weighted_vote: how much more a confident answer's vote counts (a softmax "
+        "temperature over mean token log-probabilities; lower trusts confidence more)",
+        gt=0, le=10, per_run=True,
+    )  # fmt: skip
     aggregation_window: int | None = setting(
         None, "Self-MoA-Seq: synthesize at most this many references per call", ge=2,
         identifying=True,
@@ -465,7 +470,7 @@ def per_run_keys() -> tuple[str, ...]:
     Example:
         >>> per_run_keys()
         ('layers', 'proposers', 'aggregator', 'aggregator_temperature', 'temperature', \
-'aggregation', 'staircase')
+'aggregation', 'confidence_temperature', 'staircase')
     """
     return (*RUN_CHOICES, *(name for name, spec in SETTINGS.items() if spec.per_run))
 
@@ -510,7 +515,8 @@ def settings_from(values: Mapping[str, Any], *, where: str = "") -> MixtureSetti
         >>> settings_from({"aggregation": "vot"})
         Traceback (most recent call last):
         ...
-        ValueError: aggregation: must be one of synthesize, vote, rank, synthesize_with_votes \
+        ValueError: aggregation: must be one of synthesize, vote, weighted_vote, rank, \
+synthesize_with_votes \
 (got 'vot')
     """
     check_known(values, SETTINGS, what="setting", where=where)

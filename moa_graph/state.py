@@ -39,6 +39,9 @@ class Proposal(TypedDict):
     shuffle_seed: NotRequired[int]
     rounds: NotRequired[int]
     """With ``staircase``: the model calls (rounds) the answer took."""
+    confidence: NotRequired[float]
+    """Where the model returned log-probabilities: ``exp`` of the mean log-probability of the
+    answer's tokens (``moa_graph.confidence``)."""
 
 
 def merge_proposals(
@@ -91,6 +94,9 @@ class ProposerTask(TypedDict):
     index: int
     messages: list[AnyMessage]
     references: list[str]
+    batch: NotRequired[list[int]]
+    """The indices of the samples one request draws together with this one (in sample order;
+    absent when it is drawn alone)."""
 
 
 class ProgressEvent(TypedDict):

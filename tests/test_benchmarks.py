@@ -82,3 +82,14 @@ def test_the_staircase_benchmark_compares_each_chunk_size_with_staircase_off() -
     assert [report[v]["aggregator_calls"] for v in ("None", "4", "8")] == [0, 3, 2]
     assert all(report[v]["prompt_tokens_per_call"] > 0 for v in ("4", "8"))
     assert all({"ttft_ratio", "wall_ratio"} <= set(report[v]) for v in ("4", "8"))
+
+
+@pytest.mark.local_model
+def test_the_samples_benchmark_compares_a_vote_drawn_together_and_apart() -> None:
+    from benchmarks import samples
+
+    report = samples.measure("smollm2-135m", samples=2, runs=1, tokens=8)
+    assert {"one answer", "llama.cpp alone", "vote, one request", "vote, apart"} <= set(report)
+    assert all(report[name]["tokens_per_s"] > 0 for name in ("one answer", "llama.cpp alone"))
+    assert report["vote, one request"]["x_one_answer"] > 0
+    assert report["vote, apart"]["x_one_answer"] > 0

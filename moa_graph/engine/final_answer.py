@@ -63,7 +63,8 @@ class FinalAnswer:
         self.options = options = plan.options
         self.runtime, self.state = scope.runtime, state
         proposals = state["proposals"]
-        refs, self.cuts, self.fallback = scope.final_references(proposals)
+        refs, self.cuts, self.fallback, chosen = scope.final_references(proposals)
+        confidences = [p.get("confidence") for p in chosen]
         self.identity = {"layer": plan.layers, "proposer": plan.aggregator.name,
                          "model": plan.aggregator.model_name}  # fmt: skip
         self.consensus = scope.consensus(proposals)
@@ -74,7 +75,9 @@ class FinalAnswer:
         if options.shuffle_references and len(refs) > 1 and self.consensus is None:
             self.shuffle_seed = call_seed(options.seed, plan.layers, 0)
             refs, self.order = shuffled(refs, self.shuffle_seed)
-        self.refs = refs
+            confidences = [confidences[i] for i in self.order]
+        self.refs, self.confidences = refs, confidences
+        self.confidence_temperature = options.confidence_temperature
         self.aggregation_window = options.aggregation_window
         self.model = plan.aggregator.model
         aggregator_kwargs = scope.aggregator_kwargs

@@ -22,6 +22,7 @@ from moa_graph.engine.calls import call_async, call_sync
 from moa_graph.engine.events import emit
 from moa_graph.engine.final_answer import FinalAnswer
 from moa_graph.engine.proposer_call import ProposerCall
+from moa_graph.engine.sample_batch import sample_batches
 from moa_graph.engine.scope import Mixture, RunScope, latest_layer
 from moa_graph.errors import ProposalsFailedError
 from moa_graph.state import CLEAR_PROPOSALS, MoAState, Proposal, ProposerTask
@@ -195,15 +196,26 @@ def _retry_sends(scope: RunScope, state: MoAState, layer: int) -> list[Send]:
         p["index"] for p in state["proposals"] if p["layer"] == layer and p["status"] == "failed"
     }
     refs = scope.references(state["proposals"], layer - 1) if layer > 1 else []
-    return [send for send in _sends(scope, layer, state, refs) if send.arg["index"] in failed]
+    return _sends(scope, layer, state, refs, only=failed)
 
 
-def _sends(scope: RunScope, layer: int, state: MoAState, refs: list[str]) -> list[Send]:
-    return [
-        Send(PROPOSE, ProposerTask(run_id=state["run_id"], layer=layer, index=slot.index,
-                                   messages=state["messages"], references=refs))
-        for slot in scope.layer(layer)
-    ]  # fmt: skip
+def _sends(
+    scope: RunScope, layer: int, state: MoAState, refs: list[str],
+    only: set[int] | None = None,
+) -> list[Send]:  # fmt: skip
+    """A ``Send`` per proposer call of ``layer`` (``only`` these indices, when given)."""
+    slots = [slot for slot in scope.layer(layer) if only is None or slot.index in only]
+    # shuffled references give each sample its own prompt: those are drawn one by one
+    shuffled = scope.options.shuffle_references and len(refs) > 1
+    batches = {slot.index: [slot.index] for slot in slots} if shuffled else sample_batches(slots)
+    sends = []
+    for slot in slots:
+        task = ProposerTask(run_id=state["run_id"], layer=layer, index=slot.index,
+                            messages=state["messages"], references=refs)  # fmt: skip
+        if len(batches[slot.index]) > 1:
+            task["batch"] = batches[slot.index]
+        sends.append(Send(PROPOSE, task))
+    return sends
 
 
 def _retry_on_resume(

@@ -13,7 +13,14 @@ from moa_graph.engine import strategies
 from moa_graph.engine.calls import CallPolicy
 from moa_graph.engine.race import RaceRules
 from moa_graph.engine.strategies import Strategy
-from moa_graph.models import ChatRunnable, Continuation, ModelLike, ResolvedModel, resolve_model
+from moa_graph.models import (
+    ChatRunnable,
+    Continuation,
+    ModelLike,
+    ResolvedModel,
+    chat_model_under,
+    resolve_model,
+)
 from moa_graph.settings import DEFAULTS, MixtureSettings
 
 
@@ -39,6 +46,13 @@ class ProposerSlot:
     """The model's answer budget, where known."""
     takes_turns: bool = False
     """Its generations take turns on shared cores (a staircase writes it a chunk a call)."""
+    samples_in_one_request: bool = False
+    """Its model's samples in this layer are drawn in one request."""
+
+    @property
+    def first_sample_index(self) -> int:
+        """The index of sample 0 of this slot's model in its layer."""
+        return self.index - self.sample
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ def build_plan(
     )
     check_against_shape(settings, smallest_layer=min(len(layer) for layer in proposer_layers))
     check_staircase(plan)
+    check_confidence(plan)
     return plan
 
 
@@ -202,6 +217,22 @@ def check_strategy(settings: MixtureSettings) -> None:
             f"aggregation_window: slides over syntheses; aggregation={settings.aggregation!r} "
             "picks one reference instead"
         )
+
+
+def check_confidence(plan: MixturePlan) -> None:
+    """Raise ``ValueError`` when the strategy weighs answers by confidence and a proposer of the
+    last layer cannot return log-probabilities (a chat model without a ``logprobs`` option:
+    ``ChatOpenAI`` and OpenAI-compatible servers, and the embedded models, have one)."""
+    if not plan.strategy.needs_confidence:
+        return
+    for slot in plan.proposer_layers[-1]:
+        chat_model = chat_model_under(slot.model)
+        if chat_model is None or "logprobs" not in type(chat_model).model_fields:
+            raise ValueError(
+                f"aggregation={plan.options.aggregation!r} weighs answers by the log-"
+                f"probabilities of their tokens, which {slot.name} ({slot.model_name}) cannot "
+                "return; use aggregation='vote', or a model with a logprobs option"
+            )
 
 
 STAIRCASE_STRATEGY = "synthesize"
@@ -287,6 +318,7 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             continuation=resolved.continuation,
             max_tokens=resolved.max_tokens,
             takes_turns=resolved.takes_turns,
+            samples_in_one_request=resolved.samples_in_one_request,
         )
         for sample in range(resolved.samples)
     ]

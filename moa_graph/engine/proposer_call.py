@@ -22,10 +22,13 @@ from langchain_core.runnables.config import merge_configs
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from moa_graph.aggregation import call_seed, shuffled
+from moa_graph.aggregator import InjectReferences
+from moa_graph.confidence import answer_confidence
 from moa_graph.engine.calls import CallCancelled, cancel_requested
 from moa_graph.engine.events import PROPOSER_TAG, emit, identity, run_name
 from moa_graph.engine.plan import ProposerSlot
-from moa_graph.engine.scope import RunScope
+from moa_graph.engine.sample_batch import draw_async, draw_sync
+from moa_graph.engine.scope import RunScope, proposer_model
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import Proposal, ProposerTask
@@ -56,6 +59,8 @@ class ProposerCall:
         )
         shuffle = {f"moa_{key}": value for key, value in self.shuffle.items()}
         self.config = proposer_config(scope, slot, config, shuffle)
+        members = task.get("batch") or []
+        self.batch = scope.sample_batch(task["run_id"], slot.layer, members) if members else None
         self.attempts = 0
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
@@ -63,6 +68,8 @@ class ProposerCall:
 
     def attempt_sync(self) -> BaseMessage:
         self.attempts += 1
+        if self.batch is not None:
+            return self.batch.answer_sync(self.slot.index, self.attempts, self._draw_sync)
         with self.scope.limiter.sync_slot():
             if self.race is None:
                 return self.runnable.invoke(self.input, self.config)
@@ -70,8 +77,40 @@ class ProposerCall:
 
     async def attempt_async(self) -> BaseMessage:
         self.attempts += 1
+        if self.batch is not None:
+            return await self.batch.answer_async(self.slot.index, self.attempts, self._draw_async)
         async with self.scope.limiter.async_slot():
             return await self.runnable.ainvoke(self.input, self.config)
+
+    # -- the samples of a batch, drawn in one request ----------------------------------------
+
+    def _batch_request(self) -> tuple[list[BaseMessage], int, int | None, RunnableConfig]:
+        """The batch's prompt, its size, the seed of its first sample and its traced config."""
+        assert self.batch is not None
+        slot, members = self.slot, self.batch.members
+        messages = (
+            self.input if slot.layer == 1
+            else InjectReferences(self.scope.plan.prompt, slot.system_prompt).invoke(self.input)
+        )  # fmt: skip
+        seed = self.scope.options.seed
+        first_sample = slot.sample - (slot.index - members[0])
+        first, last = members[0] + 1, members[-1] + 1
+        config = merge_configs(self.config, {
+            "run_name": f"proposer {slot.layer}.{first}-{last}: {slot.spec_name} x{len(members)}",
+            "metadata": {"moa_batch": list(members)},
+        })  # fmt: skip
+        return messages, len(members), None if seed is None else seed + first_sample, config
+
+    def _draw_sync(self) -> list[BaseMessage]:
+        messages, n, seed, config = self._batch_request()
+        with self.scope.limiter.sync_slot():
+            return draw_sync(proposer_model(self.scope.plan, self.slot), messages, n, seed, config)
+
+    async def _draw_async(self) -> list[BaseMessage]:
+        messages, n, seed, config = self._batch_request()
+        async with self.scope.limiter.async_slot():
+            model = proposer_model(self.scope.plan, self.slot)
+            return await draw_async(model, messages, n, seed, config)
 
     def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
@@ -89,7 +128,10 @@ class ProposerCall:
                 self.race.answered()
             emit(self.runtime, moa_event="proposal_finished", **base)
             usage = getattr(message, "usage_metadata", None)
-            return {"proposals": [self._proposal("answered", message.text, None, usage, latency)]}
+            proposal = self._proposal("answered", message.text, None, usage, latency)
+            if (confidence := answer_confidence(message)) is not None:
+                proposal["confidence"] = confidence
+            return {"proposals": [proposal]}
         if error is None or isinstance(error, CallCancelled):
             reason = error.reason if isinstance(error, CallCancelled) else self._race_reason()
             status, text = "cancelled", f"cancelled: {reason}"

@@ -13,7 +13,13 @@ from typing import Any, Final, TypeVar
 
 from typing_extensions import TypedDict
 
-from moa_graph.engine.plan import MixturePlan, ProposerSlot, check_against_shape, check_staircase
+from moa_graph.engine.plan import (
+    MixturePlan,
+    ProposerSlot,
+    check_against_shape,
+    check_confidence,
+    check_staircase,
+)
 from moa_graph.models import ResolvedModel
 from moa_graph.settings import RUN_CHOICES, SETTINGS, check_value, per_run_keys
 
@@ -187,6 +193,7 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
         plan, proposer_layers=proposer_layers, aggregator=aggregator, options=options
     )
     check_staircase(narrowed)
+    check_confidence(narrowed)
     return narrowed
 
 

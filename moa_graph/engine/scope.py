@@ -30,6 +30,7 @@ from moa_graph.engine.run_choices import (
     run_key,
     run_plan,
 )
+from moa_graph.engine.sample_batch import BatchRegistry, SampleBatch
 from moa_graph.redact import redact
 from moa_graph.state import Proposal
 
@@ -56,6 +57,7 @@ class Mixture:
     def __init__(self, plan: MixturePlan) -> None:
         self.plan = plan
         self.races = RaceRegistry()
+        self.batches = BatchRegistry()
         self.limiter = CallLimiter(plan.options.max_concurrent_calls)
         self._variants: dict[tuple[Any, ...], tuple[MixturePlan, Runnables]] = {}
         self._configured = (plan, _runnables(plan))
@@ -93,6 +95,7 @@ class RunScope:
         self.limiter = mixture.limiter
         self.choices, self.runtime = choices, runtime
         self._races = mixture.races
+        self._batches = mixture.batches
 
     # -- what the run asked for --------------------------------------------------------------
 
@@ -121,6 +124,10 @@ class RunScope:
     def proposers_stream(self) -> bool:
         """Whether proposer calls stream their tokens (``stream_proposers``, default on)."""
         return self.choices.get("stream_proposers") is not False
+
+    def sample_batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
+        """The request that draws the samples ``members`` of ``layer`` together."""
+        return self._batches.batch(run_id, layer, members)
 
     # -- layers ------------------------------------------------------------------------------
 
@@ -178,8 +185,9 @@ class RunScope:
 
     def final_references(
         self, proposals: Sequence[Proposal]
-    ) -> tuple[list[str], list[Truncation], str | None]:
-        """References for the aggregator, and why it is a fallback (``None`` when it is not)."""
+    ) -> tuple[list[str], list[Truncation], str | None, list[Proposal]]:
+        """References for the aggregator, why it is a fallback (``None`` when it is not), and
+        the proposals they are the answers of."""
         reached = latest_layer(proposals)
         for layer in range(reached, 0, -1):
             chosen = answered(proposals, layer)
@@ -192,8 +200,8 @@ class RunScope:
                 f"the aggregator used the {len(chosen)} answer(s) of layer {layer} after "
                 f"layer {reached} fell below min_proposals={minimum}"
             )  # fmt: skip
-            return texts, cuts, reason
-        return [], [], "every proposer failed: the aggregator answered alone"
+            return texts, cuts, reason, chosen
+        return [], [], "every proposer failed: the aggregator answered alone", []
 
     def describe(self, error: BaseException) -> str:
         """The error as recorded: type and message, secrets masked."""
@@ -213,11 +221,20 @@ def _runnables(plan: MixturePlan) -> Runnables:
     }
 
 
+def proposer_model(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
+    """The slot's model, asked for log-probabilities when the strategy weighs the last layer's
+    answers by confidence."""
+    if plan.strategy.needs_confidence and slot.layer == len(plan.proposer_layers):
+        return slot.model.bind(logprobs=True)
+    return slot.model
+
+
 def seeded(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
     """The slot's model, drawing with ``seed + k`` for sample k when the mixture has a seed."""
+    model = proposer_model(plan, slot)
     if plan.options.seed is None:
-        return slot.model
-    return slot.model.bind(seed=plan.options.seed + slot.sample)
+        return model
+    return model.bind(seed=plan.options.seed + slot.sample)
 
 
 def _runnable_for(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:

@@ -280,6 +280,8 @@ class ChatLocalModel(BaseChatModel):
 
     moa_continuation: ClassVar[str] = "prefill"
     """llama.cpp continues a final assistant message (staircase streaming needs it)."""
+    moa_samples_in_one_request: ClassVar[bool] = True
+    """Several answers of one prompt come from one request (``n``), the prompt read once."""
     moa_takes_turns: ClassVar[bool] = True
     """Generations share this machine's cores and take turns: a staircase writes with it one
     chunk a call, so that the other writers get their turn between chunks."""
@@ -296,6 +298,12 @@ class ChatLocalModel(BaseChatModel):
     ``n_ctx`` tokens of context are shared among them."""
     seed: int | None = None
     stop: list[str] | None = None
+    logprobs: bool = False
+    """Return each token's log-probability in ``response_metadata["logprobs"]["content"]``
+    (OpenAI's layout)."""
+    n: int = Field(default=1, ge=1)
+    """Answers drawn in one request (``generate`` returns them all; ``invoke`` the first).
+    With a seed, answer k is drawn as a single request with ``seed + k`` would draw it."""
 
     @field_validator("model", mode="before")
     @classmethod
@@ -379,6 +387,10 @@ class ChatLocalModel(BaseChatModel):
         stops = stop if stop is not None else self.stop
         if stops:
             request["stop"] = list(stops)
+        if kwargs.get("logprobs", self.logprobs):
+            request["logprobs"], request["top_logprobs"] = True, 1  # the least llama.cpp sends
+        if (n := kwargs.get("n") or self.n) > 1:
+            request["n"] = n
         if stream:
             request["stream"] = True
             request["stream_options"] = {"include_usage": True}
@@ -389,6 +401,18 @@ class ChatLocalModel(BaseChatModel):
     ) -> dict[str, Any]:
         return {"model_name": _label(model), "finish_reason": finish_reason, **timing}
 
+    def _streaming_disabled(self, **kwargs: Any) -> bool:
+        # several answers of one request are drawn whole (``stream`` then gives the first)
+        return int(kwargs.get("n") or self.n) > 1 or super()._streaming_disabled(**kwargs)
+
+    def _samples(self, kwargs: dict[str, Any]) -> int:
+        n = int(kwargs.get("n") or self.n)
+        slots = self.slots
+        if n > slots:
+            raise ValueError(f"n={n} answers in one request need as many slots: this model has "
+                             f"slots={slots} (raise slots, or ask for fewer)")  # fmt: skip
+        return n
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -396,6 +420,15 @@ class ChatLocalModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self._samples(kwargs) > 1:
+            items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            answers = self._draw(messages, stop, kwargs, items.put)
+            try:
+                while (raw := items.get()) is not _DONE:
+                    answers.take(raw)
+            finally:
+                answers.cancel.set()
+            return answers.result()
         model = self._model_for(kwargs)
         timing: dict[str, float] = {}
         request = self._request(messages, stop, kwargs, stream=False)
@@ -403,10 +436,13 @@ class ChatLocalModel(BaseChatModel):
         _raise_if_error(raw)
         choice = raw["choices"][0]
         finish_reason = choice.get("finish_reason")
+        metadata = self._metadata(model, finish_reason, timing)
+        if choice.get("logprobs"):
+            metadata["logprobs"] = {"content": choice["logprobs"].get("content") or []}
         message = AIMessage(
             content=choice["message"].get("content") or "",
             usage_metadata=_usage(raw.get("usage")),
-            response_metadata=self._metadata(model, finish_reason, timing),
+            response_metadata=metadata,
         )
         return ChatResult(
             generations=[
@@ -451,8 +487,22 @@ class ChatLocalModel(BaseChatModel):
         for choice in raw.get("choices") or []:
             state["finish_reason"] = choice.get("finish_reason") or state.get("finish_reason")
             text = (choice.get("delta") or {}).get("content")
-            if text:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+            tokens = (choice.get("logprobs") or {}).get("content")
+            if text or tokens:
+                metadata = {"logprobs": {"content": tokens}} if tokens else {}
+                yield ChatGenerationChunk(
+                    message=AIMessageChunk(content=text or "", response_metadata=metadata)
+                )
+
+    def _draw(self, messages: list[BaseMessage], stop: list[str] | None,
+              kwargs: dict[str, Any], emit: Callable[[Any], None]) -> _Answers:  # fmt: skip
+        """Start drawing ``n`` answers in one streamed request; its chunks go to ``emit``."""
+        model = self._model_for(kwargs)
+        request = self._request(messages, stop, kwargs, stream=True)
+        answers = _Answers(self, model, request["n"])
+        self._start_stream(model, request, emit, answers.cancel, answers.timing,
+                           _priority(kwargs))  # fmt: skip
+        return answers
 
     def _last_chunk(self, model: str, state: dict[str, Any]) -> ChatGenerationChunk:
         finish_reason = state.get("finish_reason")
@@ -526,7 +576,76 @@ class ChatLocalModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # Streaming internally keeps the event loop free and lets cancellation stop generation.
-        return await agenerate_from_stream(self._astream(messages, stop, None, **kwargs))
+        if self._samples(kwargs) == 1:
+            return await agenerate_from_stream(self._astream(messages, stop, None, **kwargs))
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # event loop already closed
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        answers = self._draw(messages, stop, kwargs, emit)
+        try:
+            while (raw := await items.get()) is not _DONE:
+                answers.take(raw)
+        finally:
+            answers.cancel.set()  # also on task cancellation
+        return answers.result()
+
+
+class _Answers:
+    """The ``n`` answers of one streamed request, sorted out of its chunks.
+
+    llama.cpp's non-streamed reply to ``n`` > 1 counts the usage of one answer only; its stream
+    follows each answer's last chunk with that answer's own usage.
+    """
+
+    def __init__(self, chat_model: ChatLocalModel, model: str, n: int) -> None:
+        self.chat_model, self.model = chat_model, model
+        self.texts: list[str] = [""] * n
+        self.tokens: list[list[Any]] = [[] for _ in range(n)]
+        self.finish: list[str | None] = [None] * n
+        self.usage: list[dict[str, Any] | None] = [None] * n
+        self.ended: list[int] = []  # answers in the order they ended
+        self.timing: dict[str, float] = {}
+        self.cancel = threading.Event()
+
+    def take(self, raw: Any) -> None:
+        """Sort one raw chunk (or raise the error the request ended with)."""
+        if isinstance(raw, BaseException):
+            raise raw
+        _raise_if_error(raw)
+        if raw.get("usage") and self.ended:
+            self.usage[self.ended[-1]] = raw["usage"]
+        for choice in raw.get("choices") or []:
+            index = choice.get("index", 0)
+            self.texts[index] += (choice.get("delta") or {}).get("content") or ""
+            self.tokens[index] += (choice.get("logprobs") or {}).get("content") or []
+            if choice.get("finish_reason"):
+                self.finish[index] = choice["finish_reason"]
+                self.ended.append(index)
+
+    def result(self) -> ChatResult:
+        """The answers as generations, each charged an equal part of the request's time."""
+        n = len(self.texts)
+        timing = ({"compute_seconds": round(self.timing["compute_seconds"] / n, 3)}
+                  if "compute_seconds" in self.timing else {})  # fmt: skip
+        generations = []
+        for k, (text, tokens, finish, usage) in enumerate(
+            zip(self.texts, self.tokens, self.finish, self.usage, strict=True)
+        ):
+            if k and usage:  # the prompt was read once, for the first answer
+                usage = {**usage, "prompt_tokens": 0, "prompt_tokens_details": {},
+                         "total_tokens": usage.get("completion_tokens", 0)}  # fmt: skip
+            metadata = self.chat_model._metadata(self.model, finish, timing)
+            if tokens:
+                metadata["logprobs"] = {"content": tokens}
+            message = AIMessage(content=text, usage_metadata=_usage(usage),
+                                response_metadata=metadata)  # fmt: skip
+            info = {"finish_reason": finish}
+            generations.append(ChatGeneration(message=message, generation_info=info))
+        return ChatResult(generations=generations, llm_output={"model_name": _label(self.model)})
 
 
 def create_local_chat_model(spec: str, **kwargs: Any) -> ChatLocalModel:

@@ -7,7 +7,7 @@ listed in ``moa-graph ask --help``.
 
 Example:
     >>> names()
-    ('synthesize', 'vote', 'rank', 'synthesize_with_votes')
+    ('synthesize', 'vote', 'weighted_vote', 'rank', 'synthesize_with_votes')
     >>> get("vote").picks_reference
     True
 """

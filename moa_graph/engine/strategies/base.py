@@ -25,6 +25,10 @@ class FinalAnswerSteps(Protocol):
 
     refs: list[str]
     """The references in the order shown (shuffled when ``shuffle_references`` is on)."""
+    confidences: list[float | None]
+    """Each reference's ``confidence`` (``None`` where its model gave no log-probabilities)."""
+    confidence_temperature: float
+    """The mixture's ``confidence_temperature`` setting."""
     extra: dict[str, Any]
     """Written to the final message's ``response_metadata`` (``moa_votes``, ``moa_rank``, ...)."""
     aggregation_window: int | None
@@ -75,6 +79,9 @@ class Strategy:
     needs_extractor: ClassVar[bool] = False
     """Reads the references' final answers: the ``number`` extractor is used unless
     ``answer_extractor`` names another."""
+    needs_confidence: ClassVar[bool] = False
+    """Weighs the references by their models' confidence: the last layer's proposers are asked
+    for log-probabilities (each must be able to give them)."""
     picks_reference: ClassVar[bool] = False
     """Returns a reference verbatim: cannot slide windows, and when a run binds tools or an
     output format (the answer must be written) ``synthesize_with_votes`` is used instead."""

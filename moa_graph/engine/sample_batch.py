@@ -1,0 +1,186 @@
+"""Samples of one model drawn in one request (``n``) and shared out to their proposer calls.
+
+A model sampled k times in a layer is k proposer calls (each its own proposal, trace entry and
+saved task). When the model draws several answers in one request (``samples_in_one_request``:
+the embedded models, or an OpenAI-compatible server that honours ``n``), the calls that are sent
+together meet in a ``SampleBatch``: the first to arrive makes the one request for all of them
+(its prompt read once) and each takes its own answer. Sample k keeps its seed, ``seed + k``: the
+request asks for ``n`` answers from the seed of its first sample (the embedded models give
+answer j the draw of ``seed + j``).
+
+The calls of one batch wait for each other, so a batch ends as one: a cut-off (``first_k``, a
+layer deadline) that stops waiting for one sample stops waiting for the others too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+
+from moa_graph.engine.plan import ProposerSlot
+
+
+def sample_batches(slots: Sequence[ProposerSlot]) -> dict[int, list[int]]:
+    """Which calls one request draws together: for each slot's index, the indices of its batch
+    (consecutive samples of one model that draws samples in one request; else itself alone).
+
+    Example:
+        >>> from moa_graph.engine.plan import ProposerSlot
+        >>> def slot(index, sample, batched=True):
+        ...     return ProposerSlot(layer=1, index=index, name="m", spec_name="m", model_name="m",
+        ...                         model=None, system_prompt=None, policy=None, sample=sample,
+        ...                         samples_in_one_request=batched)
+        >>> sample_batches([slot(0, 0), slot(1, 1), slot(3, 3), slot(4, 0, False)])
+        {0: [0, 1], 1: [0, 1], 3: [3], 4: [4]}
+    """
+    batches: dict[int, list[int]] = {}
+    current: list[int] = []
+    previous: ProposerSlot | None = None
+    for slot in slots:
+        follows = (
+            previous is not None
+            and slot.samples_in_one_request
+            and slot.first_sample_index == previous.first_sample_index
+            and slot.sample == previous.sample + 1
+        )
+        current = [*current, slot.index] if follows else [slot.index]
+        for index in current:
+            batches[index] = current
+        previous = slot
+    return batches
+
+
+class SampleBatch:
+    """One request's answers, for the calls of its batch; one attempt at a time."""
+
+    def __init__(self, members: Sequence[int]) -> None:
+        self.members = tuple(members)
+        self._attempts: dict[int, Future[list[BaseMessage]]] = {}
+        self._lock = threading.Lock()
+
+    def _attempt(self, number: int) -> tuple[Future[list[BaseMessage]], bool]:
+        """The future of attempt ``number`` and whether this caller makes its request."""
+        with self._lock:
+            if number in self._attempts:
+                return self._attempts[number], False
+            future: Future[list[BaseMessage]] = Future()
+            self._attempts[number] = future
+            return future, True
+
+    def answer_sync(
+        self, index: int, attempt: int, request: Callable[[], list[BaseMessage]]
+    ) -> BaseMessage:
+        """Call ``index``'s answer of attempt ``attempt`` (the first caller makes ``request``)."""
+        future, leads = self._attempt(attempt)
+        if leads:
+            try:
+                future.set_result(self._checked(request()))
+            except BaseException as error:
+                future.set_exception(error)
+                raise
+        return future.result()[self.members.index(index)]
+
+    async def answer_async(
+        self, index: int, attempt: int, request: Callable[[], Awaitable[list[BaseMessage]]]
+    ) -> BaseMessage:
+        """The async twin of ``answer_sync``."""
+        future, leads = self._attempt(attempt)
+        if leads:
+            try:
+                future.set_result(self._checked(await request()))
+            except BaseException as error:
+                future.set_exception(error)
+                raise
+        return (await asyncio.wrap_future(future))[self.members.index(index)]
+
+    def _checked(self, answers: list[BaseMessage]) -> list[BaseMessage]:
+        if len(answers) != len(self.members):
+            raise RuntimeError(
+                f"asked for {len(self.members)} answers in one request (n), got {len(answers)}: "
+                "the server ignores n; set ProposerSpec(samples_in_one_request=False)"
+            )
+        return counted_once(answers)
+
+
+def counted_once(answers: list[BaseMessage]) -> list[BaseMessage]:
+    """The answers with the request's usage counted once: a provider that reports the same
+    usage on every answer (the whole request's, as OpenAI does) keeps it on the first only."""
+    usages = [getattr(answer, "usage_metadata", None) for answer in answers]
+    if len(answers) < 2 or usages[0] is None or any(u != usages[0] for u in usages[1:]):
+        return answers
+    return [answers[0], *(a.model_copy(update={"usage_metadata": None}) for a in answers[1:])]
+
+
+class BatchRegistry:
+    """Finds the batch of ``(run_id, layer, members)``; it lives while a call of it holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batches: weakref.WeakValueDictionary[tuple[Any, ...], SampleBatch] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
+        key = (run_id, layer, tuple(members))
+        with self._lock:
+            batch = self._batches.get(key)
+            if batch is None:
+                batch = SampleBatch(members)
+                self._batches[key] = batch
+            return batch
+
+
+def chat_model_of(model: Runnable[Any, BaseMessage]) -> tuple[BaseChatModel, dict[str, Any]]:
+    """The chat model under ``model``'s bindings, and the call arguments they bind.
+
+    Raises:
+        TypeError: when something other than bindings wraps the chat model.
+    """
+    kwargs: dict[str, Any] = {}
+    while isinstance(model, RunnableBinding):
+        kwargs = {**model.kwargs, **kwargs}  # the outer binding wins
+        model = model.bound
+    if not isinstance(model, BaseChatModel):
+        raise TypeError(f"{type(model).__name__} is not a chat model: its samples are drawn apart")
+    return model, kwargs
+
+
+def _messages(result: LLMResult) -> list[BaseMessage]:
+    return [generation.message for generation in result.generations[0]
+            if isinstance(generation, ChatGeneration)]  # fmt: skip
+
+
+def _call_arguments(config: RunnableConfig) -> dict[str, Any]:
+    return {"callbacks": config.get("callbacks"), "tags": config.get("tags"),
+            "metadata": config.get("metadata"), "run_name": config.get("run_name")}  # fmt: skip
+
+
+def draw_sync(
+    model: Runnable[Any, BaseMessage], messages: list[BaseMessage], n: int, seed: int | None,
+    config: RunnableConfig,
+) -> list[BaseMessage]:  # fmt: skip
+    """``n`` answers of ``model`` to ``messages`` in one request (the first drawn with ``seed``)."""
+    chat, kwargs = chat_model_of(model)
+    kwargs = {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
+    result: LLMResult = chat.generate([messages], **_call_arguments(config), **kwargs)
+    return _messages(result)
+
+
+async def draw_async(
+    model: Runnable[Any, BaseMessage], messages: list[BaseMessage], n: int, seed: int | None,
+    config: RunnableConfig,
+) -> list[BaseMessage]:  # fmt: skip
+    """The async twin of ``draw_sync``."""
+    chat, kwargs = chat_model_of(model)
+    kwargs = {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
+    result: LLMResult = await chat.agenerate([messages], **_call_arguments(config), **kwargs)
+    return _messages(result)

@@ -1,0 +1,151 @@
+"""Samples of one model drawn in one request (``n``): against the loopback server, a fake that
+ignores ``n``, and the embedded SmolLM2 (whose answer k is the draw of ``seed + k``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
+
+from moa_graph import ChatMixtureOfAgents, ProposerSpec
+from moa_graph.local.chat_model import ChatLocalModel
+from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
+from tests.fakes import ScriptedChatModel
+
+QUESTION = "What is 6 times 7?"
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAICompatibleServer]:
+    scripts = {"p": ModelScript(reply="It is 42."), "q": ModelScript(reply="Forty-two."),
+               "agg": ModelScript(reply="42.")}  # fmt: skip
+    with OpenAICompatibleServer(scripts) as running:
+        yield running
+
+
+def spec(server: OpenAICompatibleServer, model: str, **options: Any) -> ProposerSpec:
+    return ProposerSpec(model=f"openai:{model}", base_url=server.base_url, api_key="sk-test",
+                        **options)  # fmt: skip
+
+
+def sampled(server: OpenAICompatibleServer, *, batched: bool | None = True, **settings: Any
+            ) -> ChatMixtureOfAgents:  # fmt: skip
+    proposers = [spec(server, "p", samples=3, samples_in_one_request=batched), spec(server, "q")]
+    return ChatMixtureOfAgents(proposers=proposers, aggregator=spec(server, "agg"), layers=2,
+                               seed=5, **settings)  # fmt: skip
+
+
+def test_the_samples_of_a_model_are_one_request(server: OpenAICompatibleServer) -> None:
+    answer = sampled(server).invoke(QUESTION)
+    (request,) = server.requests_for("p")
+    assert (request.params["n"], request.params["seed"]) == (3, 5)  # from sample 0's seed
+    proposals = answer.response_metadata["proposals"]
+    assert [p["proposer"] for p in proposals] == ["p #1", "p #2", "p #3", "q"]
+    assert all(p["status"] == "answered" and p["text"] == "It is 42." for p in proposals[:3])
+    # the request's usage once, on its first sample; the prompt was read once
+    assert proposals[0]["usage"]["input_tokens"] == request.prompt_tokens
+    assert proposals[1]["usage"] is None and proposals[2]["usage"] is None
+    assert answer.usage_metadata is not None
+    paid = sum(r.prompt_tokens for r in server.requests())
+    assert answer.usage_metadata["input_tokens"] == paid
+    assert server.requests_for("agg")[0].messages[0]["content"].count("It is 42.") == 3
+
+
+async def test_async_runs_draw_the_samples_in_one_request_too(
+    server: OpenAICompatibleServer,
+) -> None:
+    answer = await sampled(server).ainvoke(QUESTION)
+    assert [r.params["n"] for r in server.requests_for("p")] == [3]
+    assert answer.content == "42."
+
+
+def test_a_model_not_declared_is_sampled_one_request_a_sample(
+    server: OpenAICompatibleServer,
+) -> None:
+    sampled(server, batched=None).invoke(QUESTION)
+    requests = server.requests_for("p")
+    assert sorted(r.params["seed"] for r in requests) == [5, 6, 7]
+    assert all("n" not in r.params for r in requests)
+
+
+def test_a_failed_request_is_retried_for_the_whole_batch(server: OpenAICompatibleServer) -> None:
+    server.add_faults("p", FaultSpec("http_500"))
+    answer = sampled(server, max_retries=1).invoke(QUESTION)
+    assert [r.params["n"] for r in server.requests_for("p")] == [3, 3]
+    assert [p["attempts"] for p in answer.response_metadata["proposals"][:3]] == [2, 2, 2]
+
+
+def test_shuffled_references_give_each_sample_its_own_request(
+    server: OpenAICompatibleServer,
+) -> None:
+    sampled(server, shuffle_references=True).with_config({}).invoke(QUESTION)  # layers=2
+    assert [r.params["n"] for r in server.requests_for("p")] == [3]  # layer 1: no references
+    three = ChatMixtureOfAgents(
+        proposers=[spec(server, "p", samples=3, samples_in_one_request=True), spec(server, "q")],
+        aggregator=spec(server, "agg"), layers=3, seed=5, shuffle_references=True,
+    )  # fmt: skip
+    server.reset()
+    three.invoke(QUESTION)
+    layer_two = [r for r in server.requests_for("p") if len(r.messages) > 1]
+    assert len(layer_two) == 3 and all("n" not in r.params for r in layer_two)
+
+
+def test_the_batch_is_one_traced_run_named_for_its_samples(
+    server: OpenAICompatibleServer,
+) -> None:
+    collector = RunCollectorCallbackHandler()
+    sampled(server).invoke(QUESTION, {"callbacks": [collector]})
+    runs, todo = [], list(collector.traced_runs)
+    while todo:
+        run = todo.pop()
+        runs.append(run)
+        todo.extend(run.child_runs)
+    (batch,) = [r for r in runs if r.run_type == "llm" and r.name.startswith("proposer 1.1")]
+    assert batch.name == "proposer 1.1-3: p x3"
+    assert batch.extra["metadata"]["moa_batch"] == [0, 1, 2]
+
+
+class _OneAnswerOnly(ScriptedChatModel):
+    """Declares samples in one request but answers once, as a server ignoring ``n`` would."""
+
+    moa_samples_in_one_request: ClassVar[bool] = True
+
+
+def test_a_server_that_ignores_n_fails_the_samples_naming_the_fix() -> None:
+    model = _OneAnswerOnly(reply="7")
+    moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=model, samples=2),
+                                         ScriptedChatModel(reply="7")],
+                              aggregator=ScriptedChatModel(reply="7"), layers=2,
+                              max_retries=0)  # fmt: skip
+    proposals = moa.invoke(QUESTION).response_metadata["proposals"]
+    assert [p["status"] for p in proposals] == ["failed", "failed", "answered"]
+    assert "samples_in_one_request=False" in proposals[0]["error"]
+    assert len(model.calls) == 1
+
+
+@pytest.mark.local_model
+def test_embedded_samples_are_drawn_in_one_request_from_the_first_samples_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smol = ChatLocalModel(model="smollm2-135m", temperature=1.0, max_tokens=16, n_ctx=2048)
+    engine = smol._engine()
+    requests: list[dict[str, Any]] = []
+    real = engine.server
+
+    class Recording:
+        def handle_chat_completions(self, request: dict[str, Any], *callback: Any) -> Any:
+            requests.append(request)
+            return real.handle_chat_completions(request, *callback)
+
+    monkeypatch.setattr(engine, "server", Recording())
+    moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=smol, samples=3)], aggregator=smol,
+                              layers=2, seed=11, aggregation="vote")  # fmt: skip
+    proposals = moa.invoke("Name a colour.").response_metadata["proposals"]
+    (batch,) = [r for r in requests if r.get("n")]  # the aggregator's call, if any, has none
+    assert (batch["n"], batch["seed"]) == (3, 11)  # answer k is the draw of seed 11 + k
+    assert all(p["status"] == "answered" and p["text"] for p in proposals)
+    assert len({p["text"] for p in proposals}) > 1  # three draws, not one answer three times
+    assert proposals[0]["usage"]["input_tokens"] > 0
+    assert [p["usage"]["input_tokens"] for p in proposals[1:]] == [0, 0]  # prompt read once
