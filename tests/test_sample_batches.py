@@ -107,6 +107,18 @@ def test_the_batch_is_one_traced_run_named_for_its_samples(
     assert batch.extra["metadata"]["moa_batch"] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_a_layer_deadline_cuts_off_a_slow_batch_as_one(
+    server: OpenAICompatibleServer, use_async: bool
+) -> None:
+    server.set_script("p", ModelScript(reply="It is 42.", ttft=3.0))
+    moa = sampled(server, layer_timeout=0.5, min_proposals=1)
+    answer = await moa.ainvoke(QUESTION) if use_async else moa.invoke(QUESTION)
+    statuses = [p["status"] for p in answer.response_metadata["proposals"]]
+    assert statuses == ["cancelled", "cancelled", "cancelled", "answered"]
+    assert answer.content == "42."
+
+
 class _OneAnswerOnly(ScriptedChatModel):
     """Declares samples in one request but answers once, as a server ignoring ``n`` would."""
 

@@ -15,10 +15,11 @@ layer deadline) that stops waiting for one sample stops waiting for the others t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -81,26 +82,33 @@ class SampleBatch:
     ) -> BaseMessage:
         """Call ``index``'s answer of attempt ``attempt`` (the first caller makes ``request``)."""
         future, leads = self._attempt(attempt)
-        if leads:
-            try:
-                future.set_result(self._checked(request()))
-            except BaseException as error:
-                future.set_exception(error)
-                raise
-        return future.result()[self.members.index(index)]
+        if not leads:
+            return future.result()[self.members.index(index)]
+        try:
+            answers = self._checked(request())
+        except BaseException as error:
+            _settle(future, error=error)
+            raise
+        _settle(future, answers)
+        return answers[self.members.index(index)]
 
     async def answer_async(
         self, index: int, attempt: int, request: Callable[[], Awaitable[list[BaseMessage]]]
     ) -> BaseMessage:
         """The async twin of ``answer_sync``."""
         future, leads = self._attempt(attempt)
-        if leads:
-            try:
-                future.set_result(self._checked(await request()))
-            except BaseException as error:
-                future.set_exception(error)
-                raise
-        return (await asyncio.wrap_future(future))[self.members.index(index)]
+        if not leads:  # shielded: a caller giving up must not cancel the others' answers
+            shared = asyncio.wrap_future(future)
+            shared.add_done_callback(_retrieved)
+            answers = await asyncio.shield(shared)
+            return answers[self.members.index(index)]
+        try:
+            answers = self._checked(await request())
+        except BaseException as error:
+            _settle(future, error=error)
+            raise
+        _settle(future, answers)
+        return answers[self.members.index(index)]
 
     def _checked(self, answers: list[BaseMessage]) -> list[BaseMessage]:
         if len(answers) != len(self.members):
@@ -109,6 +117,29 @@ class SampleBatch:
                 "the server ignores n; set ProposerSpec(samples_in_one_request=False)"
             )
         return counted_once(answers)
+
+
+def _settle(
+    future: Future[list[BaseMessage]],
+    answers: list[BaseMessage] | None = None,
+    *,
+    error: BaseException | None = None,
+) -> None:
+    """Hand the request's outcome to the calls waiting for it (unless they all gave up)."""
+    if isinstance(error, asyncio.CancelledError):
+        future.cancel()  # the request was given up: so are the answers waiting for it
+        return
+    with contextlib.suppress(InvalidStateError):  # settled already
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(answers or [])
+
+
+def _retrieved(shared: asyncio.Future[Any]) -> None:
+    """Mark a shared outcome as seen, whether or not a waiting call is still there to see it."""
+    if not shared.cancelled():
+        shared.exception()
 
 
 def counted_once(answers: list[BaseMessage]) -> list[BaseMessage]:
