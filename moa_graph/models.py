@@ -33,6 +33,9 @@ does)."""
 SAMPLES_IN_ONE_REQUEST_ATTRIBUTE = "moa_samples_in_one_request"
 """A chat model class that draws ``n`` answers in one request declares it here
 (``ChatLocalModel`` does)."""
+CHEAP_LOGPROBS_ATTRIBUTE = "moa_cheap_logprobs"
+"""A chat model class whose token log-probabilities cost next to nothing declares it here: a
+``vote`` then records each answer's confidence too (``ChatLocalModel`` does)."""
 TAKES_TURNS_ATTRIBUTE = "moa_takes_turns"
 """A chat model class whose generations take turns on shared cores says so here: a staircase
 then writes with it one chunk a call (``ChatLocalModel`` does)."""
@@ -189,11 +192,11 @@ def resolve_model(
         samples=spec.samples,
         policy=policy,
         secret=spec.api_key.get_secret_value() if spec.api_key else None,
-        continuation=spec.continuation or _declared(model, CONTINUATION_ATTRIBUTE),
-        takes_turns=bool(_declared(model, TAKES_TURNS_ATTRIBUTE)),
+        continuation=spec.continuation or declared(model, CONTINUATION_ATTRIBUTE),
+        takes_turns=bool(declared(model, TAKES_TURNS_ATTRIBUTE)),
         samples_in_one_request=spec.samples > 1
         and _first(
-            spec.samples_in_one_request, bool(_declared(model, SAMPLES_IN_ONE_REQUEST_ATTRIBUTE))
+            spec.samples_in_one_request, bool(declared(model, SAMPLES_IN_ONE_REQUEST_ATTRIBUTE))
         ),
         max_tokens=_first(
             spec.max_tokens,
@@ -211,7 +214,7 @@ def chat_model_under(model: ChatRunnable) -> BaseChatModel | None:
     return model if isinstance(model, BaseChatModel) else None
 
 
-def _declared(model: ChatRunnable, attribute: str) -> Any:
+def declared(model: ChatRunnable, attribute: str) -> Any:
     """What a chat model class declares in ``attribute`` (under any binding), if anything."""
     while isinstance(model, RunnableBinding):
         model = model.bound

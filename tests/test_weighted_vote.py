@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -80,10 +80,28 @@ def test_a_model_that_cannot_give_log_probabilities_is_refused_naming_it() -> No
     assert blind.model.calls == []  # type: ignore[union-attr]
 
 
-def test_other_strategies_ask_for_no_log_probabilities() -> None:
+def test_a_vote_asks_no_log_probabilities_that_cost_anything() -> None:
     moa, models = mixture(aggregation="vote")
-    assert moa.invoke(QUESTION).content == "The answer is 7."
+    answer = moa.invoke(QUESTION)
+    assert answer.content == "The answer is 7."
     assert all("logprobs" not in kwargs for model in models[:3] for kwargs in model.call_kwargs)
+    assert "confidences" not in answer.response_metadata["moa_votes"]
+
+
+class CheapConfidence(ConfidentModel):
+    moa_cheap_logprobs: ClassVar[bool] = True
+
+
+def test_a_vote_records_cheap_confidences_without_counting_them() -> None:
+    proposers = [CheapConfidence(reply="The answer is 7.", mean_logprob=-1.0),
+                 CheapConfidence(reply="It is 7.", mean_logprob=-1.2),
+                 CheapConfidence(reply="The answer is 9.", mean_logprob=-0.05)]  # fmt: skip
+    moa = ChatMixtureOfAgents(proposers=proposers, aggregator=ScriptedChatModel(), layers=2,
+                              aggregation="vote")  # fmt: skip
+    answer = moa.invoke(QUESTION)
+    assert answer.content == "The answer is 7."  # the count decides, not the confidence
+    votes = answer.response_metadata["moa_votes"]
+    assert votes["confidences"] == pytest.approx([0.3679, 0.3012, 0.9512], abs=1e-4)
 
 
 @pytest.mark.local_model

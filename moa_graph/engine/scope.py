@@ -31,6 +31,7 @@ from moa_graph.engine.run_choices import (
     run_plan,
 )
 from moa_graph.engine.sample_batch import BatchRegistry, SampleBatch
+from moa_graph.models import CHEAP_LOGPROBS_ATTRIBUTE, declared
 from moa_graph.redact import redact
 from moa_graph.state import Proposal
 
@@ -223,8 +224,12 @@ def _runnables(plan: MixturePlan) -> Runnables:
 
 def proposer_model(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
     """The slot's model, asked for log-probabilities when the strategy weighs the last layer's
-    answers by confidence."""
-    if plan.strategy.needs_confidence and slot.layer == len(plan.proposer_layers):
+    answers by confidence, or records it and the model gives them at no cost."""
+    strategy = plan.strategy
+    if slot.layer == len(plan.proposer_layers) and (
+        strategy.needs_confidence
+        or (strategy.wants_confidence and declared(slot.model, CHEAP_LOGPROBS_ATTRIBUTE))
+    ):
         return slot.model.bind(logprobs=True)
     return slot.model
 

@@ -235,6 +235,13 @@ def _to_openai_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
     return converted
 
 
+def _tokens(logprobs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each token and its log-probability (llama.cpp also sends ids, bytes and the runner-up,
+    which nothing here reads and which would multiply what caches and traces keep)."""
+    return [{"token": entry.get("token"), "logprob": entry.get("logprob")}
+            for entry in (logprobs or {}).get("content") or []]  # fmt: skip
+
+
 def _usage(raw: dict[str, Any] | None) -> UsageMetadata | None:
     if not raw:
         return None
@@ -282,6 +289,8 @@ class ChatLocalModel(BaseChatModel):
     """llama.cpp continues a final assistant message (staircase streaming needs it)."""
     moa_samples_in_one_request: ClassVar[bool] = True
     """Several answers of one prompt come from one request (``n``), the prompt read once."""
+    moa_cheap_logprobs: ClassVar[bool] = True
+    """Token log-probabilities come with the answer at no real cost (a ``vote`` records them)."""
     moa_takes_turns: ClassVar[bool] = True
     """Generations share this machine's cores and take turns: a staircase writes with it one
     chunk a call, so that the other writers get their turn between chunks."""
@@ -438,7 +447,7 @@ class ChatLocalModel(BaseChatModel):
         finish_reason = choice.get("finish_reason")
         metadata = self._metadata(model, finish_reason, timing)
         if choice.get("logprobs"):
-            metadata["logprobs"] = {"content": choice["logprobs"].get("content") or []}
+            metadata["logprobs"] = {"content": _tokens(choice["logprobs"])}
         message = AIMessage(
             content=choice["message"].get("content") or "",
             usage_metadata=_usage(raw.get("usage")),
@@ -487,7 +496,7 @@ class ChatLocalModel(BaseChatModel):
         for choice in raw.get("choices") or []:
             state["finish_reason"] = choice.get("finish_reason") or state.get("finish_reason")
             text = (choice.get("delta") or {}).get("content")
-            tokens = (choice.get("logprobs") or {}).get("content")
+            tokens = _tokens(choice.get("logprobs"))
             if text or tokens:
                 metadata = {"logprobs": {"content": tokens}} if tokens else {}
                 yield ChatGenerationChunk(
@@ -621,7 +630,7 @@ class _Answers:
         for choice in raw.get("choices") or []:
             index = choice.get("index", 0)
             self.texts[index] += (choice.get("delta") or {}).get("content") or ""
-            self.tokens[index] += (choice.get("logprobs") or {}).get("content") or []
+            self.tokens[index] += _tokens(choice.get("logprobs"))
             if choice.get("finish_reason"):
                 self.finish[index] = choice["finish_reason"]
                 self.ended.append(index)

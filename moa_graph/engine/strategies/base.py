@@ -79,6 +79,9 @@ class Strategy:
     needs_extractor: ClassVar[bool] = False
     """Reads the references' final answers: the ``number`` extractor is used unless
     ``answer_extractor`` names another."""
+    wants_confidence: ClassVar[bool] = False
+    """Records the references' confidence where it costs nothing: proposers of the last layer
+    whose models declare cheap log-probabilities are asked for them."""
     needs_confidence: ClassVar[bool] = False
     """Weighs the references by their models' confidence: the last layer's proposers are asked
     for log-probabilities (each must be able to give them)."""
