@@ -28,3 +28,16 @@ def local_models_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
                   "mtime_ns": stat.st_mtime_ns}  # fmt: skip
         (tmp_path / f"{spec.filename}.sha256").write_text(json.dumps(record))
     yield
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole test session (a fresh cluster on 127.0.0.1, deleted
+    afterwards): tests share it, each on threads or tables of its own."""
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -18,10 +18,10 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,14 +32,13 @@ import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.errors import EmptyInputError
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 from pydantic import SecretStr
 
 from moa_graph import ProposalsFailedError, ProposerSpec, create_moa_graph
+from moa_graph.checkpoints import async_checkpointer, checkpointer
 from moa_graph.testing import ModelScript, OpenAICompatibleServer, ServerProcess
 from moa_graph.testing.records import RequestLogQueries, RequestRecord
 from tests.support import durable_child
@@ -118,12 +117,10 @@ def saved_proposals(saver: BaseCheckpointSaver[Any], config: RunnableConfig) -> 
     return sorted(names)
 
 
-def sqlite_saved_proposals(db: Path, config: RunnableConfig) -> list[str]:
-    conn = sqlite3.connect(db, check_same_thread=False)
-    try:
-        return saved_proposals(SqliteSaver(conn), config)
-    finally:
-        conn.close()
+def stored_proposals(url: str, config: RunnableConfig) -> list[str]:
+    """``saved_proposals`` of the thread kept at the checkpoint ``url``."""
+    with checkpointer(url) as saver:
+        return saved_proposals(saver, config)
 
 
 def call_counts(records: list[RequestRecord]) -> dict[str, int]:
@@ -207,34 +204,39 @@ def start_child(tmp_path: Path) -> Iterator[StartChild]:
 
 
 def settings_for(
-    shape: Shape, server: ServerProcess, db: Path, durability: Durability | None
+    shape: Shape, server: ServerProcess, url: str, durability: Durability | None
 ) -> ChildSettings:
     return ChildSettings(
-        db=str(db),
+        checkpoint=url,
         base_url=server.base_url,
         api_key="sk-test-placeholder",
         proposers=shape.proposers,
         aggregator=AGGREGATOR,
-        thread="t1",
+        thread=f"t-{uuid.uuid4().hex}",  # a database may be shared by several tests
         durability=durability,
     )
 
 
-def resume_from_sqlite(settings: ChildSettings, mode: str) -> dict[str, Any]:
+def resume_from(settings: ChildSettings, mode: str) -> dict[str, Any]:
     """Resume the thread in this process: ``invoke(None)`` or ``ainvoke(None)``."""
     config = thread_config(settings)
     if mode == "invoke":
-        conn = sqlite3.connect(settings["db"], check_same_thread=False)
-        try:
-            return build_graph(settings, SqliteSaver(conn)).invoke(None, config)
-        finally:
-            conn.close()
+        with checkpointer(settings["checkpoint"]) as saver:
+            return build_graph(settings, saver).invoke(None, config)
 
     async def resume() -> dict[str, Any]:
-        async with AsyncSqliteSaver.from_conn_string(settings["db"]) as saver:
+        async with async_checkpointer(settings["checkpoint"]) as saver:
             return await build_graph(settings, saver).ainvoke(None, config)
 
     return asyncio.run(resume())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def checkpoint_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A place to keep threads: a SQLite file, or the test session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'checkpoints.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.mark.parametrize(
@@ -243,29 +245,29 @@ def resume_from_sqlite(settings: ChildSettings, mode: str) -> dict[str, Any]:
     ids=["moa-lite-killed-in-layer-1-ainvoke", "moa-killed-in-layer-2-invoke"],
 )
 def test_killed_run_resumes_without_calling_finished_proposers_again(
-    tmp_path: Path,
+    checkpoint_url: str,
     start_child: StartChild,
     shape: Shape,
     mode: str,
 ) -> None:
-    """Under LangGraph's default durability (no ``durability="sync"`` needed)."""
-    db = tmp_path / "checkpoints.sqlite"
+    """Under LangGraph's default durability (no ``durability="sync"`` needed); the thread in a
+    SQLite file, or in PostgreSQL."""
     with ServerProcess(scripts_for(shape)) as server:
-        settings = settings_for(shape, server, db, durability=None)
+        settings = settings_for(shape, server, checkpoint_url, durability=None)
         child = start_child(settings)
         wait_until(lambda: hanging_call_in_flight(server, shape), "the hung call")
         # The server answering is not enough: the proposal is finished once the child saved it.
         finished = sorted(shape.finished_in_hanging_layer)
         wait_until(
-            lambda: sqlite_saved_proposals(db, thread_config(settings)) == finished,
-            f"{finished} saved in {db.name}",
+            lambda: stored_proposals(checkpoint_url, thread_config(settings)) == finished,
+            f"{finished} saved",
         )
         child.kill()
         before = server.requests()
         assert call_counts(before) == dict.fromkeys(shape.models, 1)
 
         server.set_scripts({shape.hanging: ModelScript(reply=LATE)})
-        result = resume_from_sqlite(settings, mode)
+        result = resume_from(settings, mode)
         after = server.requests()
     check_resumed_run(shape, result, before, after)
     assert result["messages"][0].text == QUESTION
@@ -273,16 +275,16 @@ def test_killed_run_resumes_without_calling_finished_proposers_again(
 
 def test_exit_durability_leaves_nothing_to_resume(tmp_path: Path, start_child: StartChild) -> None:
     """Why the mode matters: under ``durability="exit"`` the killed run saved no proposal."""
-    db = tmp_path / "checkpoints.sqlite"
+    url = f"sqlite:///{tmp_path / 'checkpoints.sqlite'}"
     with ServerProcess(scripts_for(LITE)) as server:
-        settings = settings_for(LITE, server, db, "exit")
+        settings = settings_for(LITE, server, url, "exit")
         child = start_child(settings)
         wait_until(lambda: hanging_call_in_flight(server, LITE), "the hung call")
         time.sleep(0.5)  # time enough to save the finished proposals, were they saved at all
         child.kill()
-        assert sqlite_saved_proposals(db, thread_config(settings)) == []
+        assert stored_proposals(url, thread_config(settings)) == []
         with pytest.raises(EmptyInputError):
-            resume_from_sqlite(settings, "invoke")
+            resume_from(settings, "invoke")
 
 
 # -- a cancelled run, an in-memory thread -------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Child process of ``tests/test_durable.py``: start a mixture run on a SQLite-checkpointed thread.
+"""Child process of ``tests/test_durable.py``: start a mixture run on a checkpointed thread
+(SQLite or PostgreSQL, by URL).
 
 Usage: ``python durable_child.py '<settings json>'`` (see :class:`ChildSettings`). The run is
 meant to be killed mid-layer by the parent; should it end, its answer is printed as one JSON line.
@@ -7,18 +8,17 @@ meant to be killed mid-layer by the parent; should it end, its answer is printed
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 from pydantic import SecretStr
 
 from moa_graph import ProposerSpec, create_moa_graph
+from moa_graph.checkpoints import checkpointer
 
 QUESTION = "What are 3 fun things to do in SF?"
 
@@ -26,7 +26,8 @@ QUESTION = "What are 3 fun things to do in SF?"
 class ChildSettings(TypedDict):
     """What the child runs: the mixture, the server, the database and the thread."""
 
-    db: str
+    checkpoint: str
+    """Where the thread is kept: a ``moa_graph.checkpoints`` URL."""
     base_url: str
     api_key: str
     proposers: list[list[str]]
@@ -64,16 +65,13 @@ def thread_config(settings: ChildSettings) -> RunnableConfig:
 def main(argv: list[str]) -> int:
     """Run the mixture on a new thread; print the answer if the run is not killed first."""
     settings: ChildSettings = json.loads(argv[0])
-    conn = sqlite3.connect(settings["db"], check_same_thread=False)
-    try:
-        graph = build_graph(settings, SqliteSaver(conn))
+    with checkpointer(settings["checkpoint"]) as saver:
+        graph = build_graph(settings, saver)
         result = graph.invoke(
             {"messages": [("user", QUESTION)]},
             thread_config(settings),
             durability=settings["durability"],
         )
-    finally:
-        conn.close()
     print(json.dumps({"answer": result["messages"][-1].text}), flush=True)
     return 0
 

@@ -1,0 +1,94 @@
+"""LangGraph checkpointers from a URL: where a mixture's threads keep their state.
+
+``memory`` keeps threads in this process; ``sqlite:///path/to/file.db`` in a file (the
+``durable`` extra); ``postgresql://user@host:port/db`` in PostgreSQL, shared by every process and
+machine that reaches it (the ``postgres`` extra). A thread saved there survives its process: a
+run killed mid-layer is resumed from any other process with ``graph.invoke(None, config)``, and
+re-pays no proposer that had answered.
+
+Example:
+    >>> from langchain_core.language_models import GenericFakeChatModel
+    >>> from moa_graph import create_moa_graph
+    >>> fake = GenericFakeChatModel(messages=iter([]))
+    >>> with checkpointer("memory") as saver:       # or "sqlite:///runs.db", "postgresql://..."
+    ...     graph = create_moa_graph([fake], aggregator=fake, layers=2).compile(
+    ...         checkpointer=saver)
+    ...     type(graph.checkpointer).__name__
+    'InMemorySaver'
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+SCHEMES = ("memory", "sqlite:///PATH", "postgresql://...")
+"""The checkpoint URLs understood, as help texts show them."""
+
+
+def _kind(url: str) -> str:
+    if url == "memory":
+        return "memory"
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    raise ValueError(f"checkpoint: must be one of {', '.join(SCHEMES)} (got {url!r})")
+
+
+def _missing(extra: str, package: str) -> ValueError:
+    return ValueError(f"checkpoint: {package} is not installed: pip install 'moa-graph[{extra}]'")
+
+
+@contextmanager
+def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
+    """The checkpointer ``url`` names, open inside the block (tables created on first use).
+
+    Raises:
+        ValueError: an unknown URL, or the extra it needs is not installed (with the command).
+    """
+    kind = _kind(url)
+    if kind == "memory":
+        yield InMemorySaver()
+    elif kind == "sqlite":
+        try:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+        except ImportError:
+            raise _missing("durable", "langgraph-checkpoint-sqlite") from None
+        with SqliteSaver.from_conn_string(url.removeprefix("sqlite:///")) as saver:
+            yield saver
+    else:
+        try:
+            from langgraph.checkpoint.postgres import PostgresSaver
+        except ImportError:
+            raise _missing("postgres", "langgraph-checkpoint-postgres") from None
+        with PostgresSaver.from_conn_string(url) as saver:
+            saver.setup()  # LangGraph's own migrations: creates or upgrades its tables
+            yield saver
+
+
+@asynccontextmanager
+async def async_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """The async twin of :func:`checkpointer` (for ``ainvoke`` and ``astream``)."""
+    kind = _kind(url)
+    if kind == "memory":
+        yield InMemorySaver()
+    elif kind == "sqlite":
+        try:
+            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+        except ImportError:
+            raise _missing("durable", "langgraph-checkpoint-sqlite") from None
+        async with AsyncSqliteSaver.from_conn_string(url.removeprefix("sqlite:///")) as saver:
+            yield saver
+    else:
+        try:
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        except ImportError:
+            raise _missing("postgres", "langgraph-checkpoint-postgres") from None
+        async with AsyncPostgresSaver.from_conn_string(url) as saver:
+            await saver.setup()
+            yield saver
