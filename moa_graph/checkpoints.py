@@ -30,7 +30,13 @@ SCHEMES = ("memory", "sqlite:///PATH", "postgresql://...")
 """The checkpoint URLs understood, as help texts show them."""
 
 
-def _kind(url: str) -> str:
+def checkpoint_kind(url: str) -> str:
+    """``"memory"``, ``"sqlite"`` or ``"postgres"``; ``ValueError`` for any other URL.
+
+    Example:
+        >>> checkpoint_kind("postgresql://moa@db:5432/runs")
+        'postgres'
+    """
     if url == "memory":
         return "memory"
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
@@ -51,7 +57,7 @@ def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
     Raises:
         ValueError: an unknown URL, or the extra it needs is not installed (with the command).
     """
-    kind = _kind(url)
+    kind = checkpoint_kind(url)
     if kind == "memory":
         yield InMemorySaver()
     elif kind == "sqlite":
@@ -74,7 +80,7 @@ def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
 @asynccontextmanager
 async def async_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """The async twin of :func:`checkpointer` (for ``ainvoke`` and ``astream``)."""
-    kind = _kind(url)
+    kind = checkpoint_kind(url)
     if kind == "memory":
         yield InMemorySaver()
     elif kind == "sqlite":

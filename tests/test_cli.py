@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def test_chat_keeps_the_conversation(
         (["ask", "--config", "/nonexistent/recipe.toml", "Q"], "config: cannot read"),
         (["ask", "--preset", "local", "--config", "x.toml", "Q"], "not both"),
         (["ask", *MIXTURE, "--layers", "1", "Q"], "layers: must be at least 2"),
+        (["ask", *MIXTURE, "--resume"], "--resume: give the --checkpoint and the --thread"),
+        (["ask", *MIXTURE], "give a question, or --resume a thread"),
+        (["ask", *MIXTURE, "--checkpoint", "mysql://db", "Q"], "checkpoint: must be one of"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(
@@ -148,3 +152,24 @@ def test_ask_with_a_strategy_and_a_seed(
         main(["ask", *MIXTURE, "--aggregation", "mean", "Hi"])
     assert refused.value.code == 2
     assert "invalid choice: 'mean'" in capsys.readouterr().err
+
+
+def test_a_run_that_stopped_is_finished_from_its_thread(
+    server: OpenAICompatibleServer, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add_faults("p2", "http_400")  # once: the layer falls below quorum, the run fails
+    thread = f"cli-{uuid.uuid4().hex}"
+    argv = ["ask", *MIXTURE, "--min-proposals", "2", "--max-retries", "0",
+            "--checkpoint", postgres_url, "--thread", thread]  # fmt: skip
+    assert main([*argv, "Fun in SF?"]) == 1
+    assert f"--thread {thread} --resume" in capsys.readouterr().err
+    assert main([*argv, "--json", "--resume"]) == 0  # another process could do the same
+    result = json.loads(capsys.readouterr().out)
+    assert (result["question"], result["answer"]) == (
+        "Fun in SF?",
+        "Visit the park and the island.",
+    )
+    assert [p["status"] for p in result["proposals"]] == ["answered", "answered"]
+    assert (server.request_count("p1"), server.request_count("p2")) == (1, 2)  # p1 paid once
+    assert main([*argv, "--resume"]) == 2
+    assert "has no unfinished run" in capsys.readouterr().err

@@ -14,8 +14,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -49,8 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question")
-    ask.add_argument("question", help="the question to answer")
+    ask.add_argument("question", nargs="?", help="the question to answer")
     ask.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+    ask.add_argument("--checkpoint", metavar="URL",
+                     help="keep the run's thread there, to resume it if the run stops: "
+                          "sqlite:///PATH or postgresql://...")  # fmt: skip
+    ask.add_argument("--thread", metavar="ID", help="the thread's id (default: a new one)")
+    ask.add_argument("--resume", action="store_true",
+                     help="finish the unfinished run of --thread instead of asking anew; "
+                          "no answered proposer is called again")  # fmt: skip
     chat = commands.add_parser("chat", help="a multi-turn conversation in the terminal")
     serve = commands.add_parser("serve", help="serve the mixture as an OpenAI-compatible API")
     for command in (ask, chat, serve):
@@ -86,13 +95,65 @@ def run_once(
 
 
 def command_ask(args: argparse.Namespace) -> int:
+    if args.resume and not (args.checkpoint and args.thread):
+        raise UsageError("--resume: give the --checkpoint and the --thread of the run to finish")
+    if args.resume == bool(args.question):
+        raise UsageError("ask: give a question, or --resume a thread (not both)")
+    if args.checkpoint:
+        from moa_graph.checkpoints import checkpoint_kind
+
+        try:
+            checkpoint_kind(args.checkpoint)
+        except ValueError as exc:
+            raise UsageError(_first_line(exc)) from None
     moa = build_mixture(args)
     printer = ProgressPrinter(stream_answer=not args.json, show_proposals=args.show_proposals)
     _announce(moa)
-    outcome = run_once(moa, [HumanMessage(args.question)], printer)
+    if args.checkpoint:
+        question, outcome = run_on_thread(moa, args, printer)
+    else:
+        question, outcome = args.question, run_once(moa, [HumanMessage(args.question)], printer)
     if args.json:
-        print(outcome.as_json(question=args.question, model_name=moa.model_name))
+        print(outcome.as_json(question=question, model_name=moa.model_name))
     return 0
+
+
+def run_on_thread(
+    moa: ChatMixtureOfAgents, args: argparse.Namespace, printer: ProgressPrinter
+) -> tuple[str, RunOutcome]:
+    """Run (or with ``--resume``, finish) the mixture on a thread kept at ``--checkpoint``."""
+    from moa_graph.checkpoints import checkpointer
+    from moa_graph.engine.graph import build_graph
+
+    thread = args.thread or uuid.uuid4().hex
+    with contextlib.ExitStack() as opened:
+        try:
+            saver = opened.enter_context(checkpointer(args.checkpoint))
+        except ValueError as exc:
+            raise UsageError(_first_line(exc)) from None
+        graph = build_graph(moa.plan).compile(checkpointer=saver, name="mixture_of_agents")
+        config: Any = {**moa.plan.run_config(), "configurable": {"thread_id": thread}}
+        if args.resume and not graph.get_state(config).next:
+            raise UsageError(f"--resume: thread {thread} has no unfinished run in that checkpoint")
+        if not args.resume:
+            print(f"thread: {thread} (if the run stops, finish it with --checkpoint "
+                  f"{_without_password(args.checkpoint)} --thread {thread} --resume)",
+                  file=sys.stderr)  # fmt: skip
+        run_input: Any = None if args.resume else {"messages": [HumanMessage(args.question)]}
+        stream = graph.stream(run_input, config, stream_mode=["custom", "messages", "updates"])
+        outcome = follow_run(stream, printer)  # type: ignore[arg-type]
+        state = graph.get_state(config).values
+    outcome.proposals = list(state.get("proposals", outcome.proposals))  # saved ones too
+    return str(state["messages"][0].text), outcome
+
+
+def _without_password(url: str) -> str:
+    """``url`` as it may be printed: a password in it is masked."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def command_chat(args: argparse.Namespace) -> int:
