@@ -80,3 +80,17 @@ def _redacting_copy(tracer: BaseTracer, secrets: tuple[str, ...]) -> BaseTracer:
 
         object.__setattr__(twin, event, redacted)
     return twin
+
+
+def masked_url(url: str) -> str:
+    """``url`` as it may be printed: a password in it is masked.
+
+    Example:
+        >>> masked_url("postgresql://moa:secret@db/runs"), masked_url("sqlite:///runs.db")
+        ('postgresql://moa:***@db/runs', 'sqlite:///runs.db')
+    """
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"

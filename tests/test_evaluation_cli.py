@@ -208,3 +208,47 @@ def test_langsmith_option_evaluates_offline_from_the_cache(
     assert server.request_count("solver") == 2  # langsmith.evaluate reused the cached answers
     assert out.startswith("# eval_arithmetic: 2 items")  # langsmith's own prints go to stderr
     assert "experiment" in err
+
+
+def test_shards_share_a_postgres_store_and_report_as_one_process(
+    server: OpenAICompatibleServer, tmp_path: Path, postgres_database: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    base = [
+        "--dataset", f"jsonl:{ARITHMETIC}",
+        "--systems", "single:openai:solver", "single:openai:lazy,name=lazy",
+        "best-of-n:openai:solver,n=2,ranker=openai:ranker",
+        "--no-plot", "--quiet",
+    ]  # fmt: skip
+    store = ["--store", postgres_database, "--out", str(tmp_path / "sharded")]
+    for shard in ("1/2", "2/2"):  # two processes' shares (here one after the other)
+        assert main_eval([*base, *store, "--shard", shard]) == 0
+    sharded_requests = server.request_count()
+    assert main_eval([*base, *store, "--shard", "1/2"]) == 0  # a shard run again: all stored
+    assert server.request_count() == sharded_requests
+    assert main_eval([*base, *store, "--report-only"]) == 0
+    assert server.request_count() == sharded_requests  # the report makes no call
+    assert "(4 items)" in capsys.readouterr().err
+    server.reset()
+    assert main_eval([*base, "--out", str(tmp_path / "single")]) == 0  # one process, files
+    assert server.request_count() == sharded_requests  # no call made twice across shards
+
+    def summary(folder: str) -> list[dict[str, object]]:
+        rows = json.loads((tmp_path / folder / "summary.json").read_text())
+        return [{k: row[k] for k in ("system", "items", "metrics", "paired", "calls")}
+                for row in rows]  # fmt: skip
+
+    assert summary("sharded") == summary("single")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--shard", "3/2"], "--shard: must be I/N"), (["--store", "runs.db"], "postgresql://")],
+)
+def test_bad_store_and_shard_options_are_refused(
+    option: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--dataset", f"jsonl:{ARITHMETIC}", "--systems", "single:openai:solver", *option,
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main_eval(argv) == 2
+    assert message in capsys.readouterr().err

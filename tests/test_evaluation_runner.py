@@ -268,3 +268,30 @@ def test_failed_judge_calls_are_reported_and_retried(tmp_path: Path) -> None:
     again = run_experiment(dataset, [system], cache=cache, judge=Judge(retry), progress=None)
     assert len(retry.calls) == 1 and again.judge_errors == ()
     assert [r.grading.ratings for r in again.results if r.grading] == [(5.0,), (6.0,)]
+
+
+def test_postgres_caches_are_shared_by_every_process_that_opens_them(
+    postgres_database: str,
+) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration
+
+    from moa_graph.evaluation.cache import ResultCache
+    from moa_graph.evaluation.call_cache import CallCache
+
+    first, second = ResultCache(postgres_database), ResultCache(postgres_database)
+    first.put("answer", ("sys#1", "gsm8k/0"), {"turns": ["18"]})
+    assert ("answer", ("sys#1", "gsm8k/0")) not in second  # read when opened...
+    second.refresh()  # ...and when asked to look again
+    assert second.get("answer", ("sys#1", "gsm8k/0")) == {"turns": ["18"]}
+    assert ResultCache(postgres_database).get("answer", ["sys#1", "gsm8k/0"]) == {"turns": ["18"]}
+    with_password = postgres_database.replace("moa@", "moa:secret@")  # trust: any password
+    assert ResultCache(with_password).where == postgres_database.replace("moa@", "moa:***@")
+
+    calls, other = CallCache(postgres_database), CallCache(postgres_database)
+    calls.update("prompt", "model", [ChatGeneration(message=AIMessage("4"))])
+    served = other.lookup("prompt", "model")  # another process pays nothing for it
+    assert served is not None and served[0].message.content == "4"  # type: ignore[attr-defined]
+    assert (other.hits, other.misses, len(other)) == (1, 0, 1)
+    calls.close()
+    other.close()

@@ -267,7 +267,8 @@ def test_call_cache_times_calls_and_marks_calls_cached_before_timing_unknown(
             model.invoke("2 + 2?")
         with timing_calls() as served:
             model.invoke("2 + 2?")
-        cache._db.execute("UPDATE calls SET seconds = NULL")  # as if cached by an older version
+        with sqlite3.connect(str(cache.path)) as older:  # as if cached by an older version
+            older.execute("UPDATE calls SET seconds = NULL")
         with timing_calls() as untimed:
             assert model.invoke("2 + 2?").text == "4"
     finally:

@@ -37,6 +37,7 @@ from moa_graph.cli.options import (
     settings_table,
     strategies_table,
 )
+from moa_graph.redact import masked_url
 
 EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -137,7 +138,7 @@ def run_on_thread(
             raise UsageError(f"--resume: thread {thread} has no unfinished run in that checkpoint")
         if not args.resume:
             print(f"thread: {thread} (if the run stops, finish it with --checkpoint "
-                  f"{_without_password(args.checkpoint)} --thread {thread} --resume)",
+                  f"{masked_url(args.checkpoint)} --thread {thread} --resume)",
                   file=sys.stderr)  # fmt: skip
         run_input: Any = None if args.resume else {"messages": [HumanMessage(args.question)]}
         stream = graph.stream(run_input, config, stream_mode=["custom", "messages", "updates"])
@@ -145,15 +146,6 @@ def run_on_thread(
         state = graph.get_state(config).values
     outcome.proposals = list(state.get("proposals", outcome.proposals))  # saved ones too
     return str(state["messages"][0].text), outcome
-
-
-def _without_password(url: str) -> str:
-    """``url`` as it may be printed: a password in it is masked."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def command_chat(args: argparse.Namespace) -> int:

@@ -24,22 +24,49 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from moa_graph.evaluation.postgres import is_postgres_url, postgres_connection
+from moa_graph.redact import masked_url
+
 
 class ResultCache:
-    """Records by ``(kind, key)`` in one append-only JSONL file (safe to share between threads).
+    """Records by ``(kind, key)`` in one append-only JSONL file (safe to share between threads),
+    or in a PostgreSQL table that the processes of a sharded experiment share.
 
     Args:
-        path: the file, created (with its folder) on the first write; ``None`` keeps the
-            records in memory only.
+        path: the file, created (with its folder) on the first write; a ``postgresql://`` URL;
+            or ``None`` to keep the records in memory only.
     """
 
     def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
+        self.url = str(path) if path is not None and is_postgres_url(str(path)) else None
+        self.path = Path(path) if path is not None and self.url is None else None
         self._lock = threading.Lock()
         self._records: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.skipped_lines = 0
-        if self.path is not None and self.path.exists():
+        self._db: Any = None
+        if self.url is not None:
+            self._db = postgres_connection(self.url)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS moa_results (kind TEXT, key TEXT, value TEXT, "
+                "time DOUBLE PRECISION, PRIMARY KEY (kind, key))"
+            )
+            self.refresh()
+        elif self.path is not None and self.path.exists():
             self._load(self.path)
+
+    @property
+    def where(self) -> str:
+        """Where the records are kept, as logs may show it (a URL's password masked)."""
+        return masked_url(self.url) if self.url else str(self.path or "memory")
+
+    def refresh(self) -> None:
+        """Read again what other processes stored (PostgreSQL; a file is read once)."""
+        if self._db is None:
+            return
+        rows = self._db.execute("SELECT kind, key, value FROM moa_results").fetchall()
+        with self._lock:
+            for kind, key, value in rows:
+                self._records[(kind, tuple(json.loads(key)))] = json.loads(value)
 
     def _load(self, path: Path) -> None:
         with path.open(encoding="utf-8") as lines:
@@ -68,6 +95,13 @@ class ResultCache:
         record = {"kind": kind, "key": list(key), "value": value, "time": time.time()}
         line = json.dumps(record, ensure_ascii=False, default=str)
         with self._lock:
+            if self._db is not None:
+                self._db.execute(
+                    "INSERT INTO moa_results VALUES (%s, %s, %s, %s) ON CONFLICT (kind, key) "
+                    "DO UPDATE SET value = EXCLUDED.value, time = EXCLUDED.time",
+                    (kind, json.dumps(list(key)), json.dumps(record["value"], default=str),
+                     record["time"]),
+                )  # fmt: skip
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with self.path.open("a", encoding="utf-8") as file:

@@ -42,6 +42,9 @@ from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation
 
+from moa_graph.evaluation.postgres import is_postgres_url, postgres_connection
+from moa_graph.redact import masked_url
+
 _GENERATIONS = (ChatGeneration, ChatGenerationChunk, Generation, AIMessage, AIMessageChunk)
 """All a cached call may hold: only generations and the answer messages are revived."""
 
@@ -123,35 +126,36 @@ def _call_seconds(generations: Sequence[Generation], started: float | None) -> f
 
 
 class CallCache(BaseCache):
-    """LLM calls and their results in one SQLite file, safe to use from several threads."""
+    """LLM calls and their results, safe to use from several threads: in one SQLite file, or
+    (``postgresql://...``) in a PostgreSQL table that every process of a sharded experiment
+    shares, so an identical call is paid once across all of them."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path: Path | None = None
+        self._calls: _CallRows
+        if is_postgres_url(str(path)):
+            self._calls = _PostgresCalls(str(path))
+        else:
+            self.path = Path(path)
+            self._calls = _SqliteCalls(self.path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS calls (prompt TEXT, llm TEXT, generations TEXT, "
-            "seconds REAL, PRIMARY KEY (prompt, llm))"
-        )
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
-        if "seconds" not in columns:  # a cache written before calls were timed
-            self._db.execute("ALTER TABLE calls ADD COLUMN seconds REAL")
-        self._db.commit()
         self._started: dict[tuple[str, str], float] = {}
         self.hits = 0
         self.misses = 0
 
+    @property
+    def where(self) -> str:
+        """Where the calls are kept, as logs may show it (a URL's password masked)."""
+        return str(self.path) if self.path is not None else masked_url(self._calls.where)
+
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+            return self._calls.count()
 
     def lookup(self, prompt: str, llm_string: str) -> Sequence[Generation] | None:
         key = (_digest(prompt), _digest(llm_string))
         with self._lock:
-            row = self._db.execute(
-                "SELECT generations, seconds FROM calls WHERE prompt = ? AND llm = ?", key
-            ).fetchone()
+            row = self._calls.fetch(key)
             if row is None:
                 self.misses += 1
                 self._started[key] = time.perf_counter()
@@ -167,18 +171,103 @@ class CallCache(BaseCache):
         key = (_digest(prompt), _digest(llm_string))
         with self._lock:
             seconds = _call_seconds(return_val, self._started.pop(key, None))
-            self._db.execute(
-                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)",
-                (*key, dumps(list(return_val)), seconds),
-            )
-            self._db.commit()
+            self._calls.store(key, dumps(list(return_val)), seconds)
         _count(seconds)
 
     def clear(self, **kwargs: Any) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM calls")
-            self._db.commit()
+            self._calls.clear()
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._calls.close()
+
+
+class _CallRows:
+    """Where ``CallCache`` keeps its rows: ``(prompt digest, llm digest) -> (generations,
+    seconds)``."""
+
+    where = ""
+
+    def fetch(self, key: tuple[str, str]) -> tuple[str, float | None] | None:
+        raise NotImplementedError
+
+    def store(self, key: tuple[str, str], generations: str, seconds: float | None) -> None:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SqliteCalls(_CallRows):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.where = str(path)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS calls (prompt TEXT, llm TEXT, generations TEXT, "
+            "seconds REAL, PRIMARY KEY (prompt, llm))"
+        )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        if "seconds" not in columns:  # a cache written before calls were timed
+            self._db.execute("ALTER TABLE calls ADD COLUMN seconds REAL")
+        self._db.commit()
+
+    def fetch(self, key: tuple[str, str]) -> tuple[str, float | None] | None:
+        row = self._db.execute(
+            "SELECT generations, seconds FROM calls WHERE prompt = ? AND llm = ?", key
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def store(self, key: tuple[str, str], generations: str, seconds: float | None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)",
+                         (*key, generations, seconds))  # fmt: skip
+        self._db.commit()
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def clear(self) -> None:
+        self._db.execute("DELETE FROM calls")
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _PostgresCalls(_CallRows):
+    def __init__(self, url: str) -> None:
+        self.where = url
+        self._db = postgres_connection(url)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS moa_calls (prompt TEXT, llm TEXT, generations TEXT, "
+            "seconds DOUBLE PRECISION, PRIMARY KEY (prompt, llm))"
+        )
+
+    def fetch(self, key: tuple[str, str]) -> tuple[str, float | None] | None:
+        row = self._db.execute(
+            "SELECT generations, seconds FROM moa_calls WHERE prompt = %s AND llm = %s", key
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def store(self, key: tuple[str, str], generations: str, seconds: float | None) -> None:
+        self._db.execute(
+            "INSERT INTO moa_calls VALUES (%s, %s, %s, %s) ON CONFLICT (prompt, llm) "
+            "DO UPDATE SET generations = EXCLUDED.generations, seconds = EXCLUDED.seconds",
+            (*key, generations, seconds),
+        )
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM moa_calls").fetchone()[0])
+
+    def clear(self) -> None:
+        self._db.execute("DELETE FROM moa_calls")
+
+    def close(self) -> None:
+        self._db.close()

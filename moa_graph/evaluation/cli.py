@@ -24,6 +24,7 @@ from moa_graph.evaluation.datasets import Dataset, load_dataset
 from moa_graph.evaluation.exporters import write_exports
 from moa_graph.evaluation.judge import Judge
 from moa_graph.evaluation.packages import DataPackageError
+from moa_graph.evaluation.postgres import is_postgres_url
 from moa_graph.evaluation.report import (
     MissingDependencyError,
     markdown_report,
@@ -62,6 +63,18 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
         "best-of-n:MODEL,n=4[,ranker=MODEL]; each may add ,name=NAME",
     )
     parser.add_argument("--out", help="output folder (default: eval-runs/<dataset>)")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep answers and model calls in PostgreSQL (postgresql://...), shared by every "
+        "process of the experiment (default: files in --out)",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="answer only shard I of N of the items (items I, I+N, ...; with --store, N "
+        "processes on one or many machines share an experiment)",
+    )
     parser.add_argument(
         "--report-dir",
         metavar="DIR",
@@ -124,6 +137,11 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         --out DIR: output folder (default ``eval-runs/<dataset>``): ``cache.jsonl`` (resume),
             ``summary.md``, ``summary.json``, ``quality_vs_cost.png``,
             ``alpaca_eval/<system>/model_outputs.json``, ``mt_bench/model_answer/<system>.jsonl``.
+        --store URL: keep answers and model calls in PostgreSQL (``postgresql://...``) instead
+            of ``OUT/cache.jsonl`` and ``OUT/calls.sqlite``: every process of a sharded
+            experiment reads and writes there, so an identical call is paid once across them.
+        --shard I/N: answer only the I-th of N interleaved shares of the items (reports then
+            cover that shard; ``--report-only`` without ``--shard`` reports the whole store).
         --report-dir DIR: write the summaries, the plot and the exports to DIR instead of
             ``--out`` (a side experiment on some systems of a folder reuses its caches without
             overwriting its report).
@@ -168,6 +186,21 @@ _EXTRACTORS = {"numeric": "number", "choice": "choice"}
 """The mixtures' default answer extractor for a data set's kind of gold answer."""
 
 
+def shard_of(dataset: Dataset, spec: str) -> Dataset:
+    """The items of shard ``I/N``: the I-th, (I+N)-th, ... of ``dataset`` (I from 1).
+
+    Example:
+        >>> from moa_graph.evaluation.datasets import Item
+        >>> items = tuple(Item(id=f"x/{i}", turns=("q",)) for i in range(5))
+        >>> [item.id for item in shard_of(Dataset("x", items, "numeric"), "2/2")]
+        ['x/1', 'x/3']
+    """
+    index, sep, count = spec.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise ValueError(f"--shard: must be I/N with 1 <= I <= N (got {spec!r})")
+    return replace(dataset, items=dataset.items[int(index) - 1 :: int(count)])
+
+
 def parse_pairs(specs: Sequence[str], names: Sequence[str]) -> dict[str, str]:
     """``--pair`` values as {system: the system it is tested against}, names checked.
 
@@ -200,6 +233,10 @@ def answered_by_all(dataset: Dataset, systems: Sequence[System], cache: ResultCa
 
 def _run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset).subset(args.limit, args.seed)
+    if args.shard:
+        dataset = shard_of(dataset, args.shard)
+    if args.store and not is_postgres_url(args.store):
+        raise ValueError(f"--store: must be a postgresql:// URL (got {args.store!r})")
     systems = [
         parse_system(spec, temperature=args.temperature, max_tokens=args.max_tokens,
                      seed=args.seed, answer_extractor=_EXTRACTORS.get(dataset.metric))
@@ -213,10 +250,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--pair: dataset {dataset.name} has no gold answers to pair on")
     judge = Judge(args.judge) if args.judge else None
     out = Path(args.out or Path("eval-runs") / dataset.name)
-    cache = ResultCache(out / "cache.jsonl")
+    cache = ResultCache(args.store or out / "cache.jsonl")
     if args.report_only:
         dataset = answered_by_all(dataset, systems, cache)
-    calls = None if args.no_call_cache else CallCache(out / "calls.sqlite")
+    calls = None if args.no_call_cache else CallCache(args.store or out / "calls.sqlite")
     with _llm_cache(calls):
         return _evaluate(args, dataset, systems, prices, pairs, judge, out, cache, calls)
 
@@ -251,7 +288,7 @@ def _evaluate(
     print(
         f"eval: {dataset.name} ({len(dataset)} items), systems: "
         + ", ".join(s.name for s in systems)
-        + f"; cache: {cache.path} ({len(cache)} records)",
+        + f"; cache: {cache.where} ({len(cache)} records)",
         file=sys.stderr,
     )
     experiment = run_experiment(
@@ -265,7 +302,7 @@ def _evaluate(
     )
     if calls is not None:
         print(f"eval: shared model calls: {calls.hits} reused, {calls.misses} made "
-              f"({calls.path})", file=sys.stderr)  # fmt: skip
+              f"({calls.where})", file=sys.stderr)  # fmt: skip
     rows = summarize(experiment, prices or None, pairs)
     report = markdown_report(experiment, prices or None, rows)
     reports = Path(args.report_dir) if args.report_dir else out
