@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -46,8 +47,27 @@ def checkpoint_kind(url: str) -> str:
     raise ValueError(f"checkpoint: must be one of {', '.join(SCHEMES)} (got {url!r})")
 
 
-def _missing(extra: str, package: str) -> ValueError:
-    return ValueError(f"checkpoint: {package} is not installed: pip install 'moa-graph[{extra}]'")
+_SAVERS = {
+    ("sqlite", False): ("langgraph.checkpoint.sqlite", "SqliteSaver"),
+    ("sqlite", True): ("langgraph.checkpoint.sqlite.aio", "AsyncSqliteSaver"),
+    ("postgres", False): ("langgraph.checkpoint.postgres", "PostgresSaver"),
+    ("postgres", True): ("langgraph.checkpoint.postgres.aio", "AsyncPostgresSaver"),
+}
+_EXTRAS = {"sqlite": ("durable", "langgraph-checkpoint-sqlite"),
+           "postgres": ("postgres", "langgraph-checkpoint-postgres")}  # fmt: skip
+
+
+def _saver(kind: str, url: str, *, asynchronous: bool) -> Any:
+    """LangGraph's saver class for ``kind`` opened on ``url`` (a context manager)."""
+    module, name = _SAVERS[(kind, asynchronous)]
+    try:
+        saver_class = getattr(importlib.import_module(module), name)
+    except ImportError:
+        extra, package = _EXTRAS[kind]
+        raise ValueError(
+            f"checkpoint: {package} is not installed: pip install 'moa-graph[{extra}]'"
+        ) from None
+    return saver_class.from_conn_string(url.removeprefix("sqlite:///"))
 
 
 @contextmanager
@@ -60,21 +80,11 @@ def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
     kind = checkpoint_kind(url)
     if kind == "memory":
         yield InMemorySaver()
-    elif kind == "sqlite":
-        try:
-            from langgraph.checkpoint.sqlite import SqliteSaver
-        except ImportError:
-            raise _missing("durable", "langgraph-checkpoint-sqlite") from None
-        with SqliteSaver.from_conn_string(url.removeprefix("sqlite:///")) as saver:
-            yield saver
-    else:
-        try:
-            from langgraph.checkpoint.postgres import PostgresSaver
-        except ImportError:
-            raise _missing("postgres", "langgraph-checkpoint-postgres") from None
-        with PostgresSaver.from_conn_string(url) as saver:
+        return
+    with _saver(kind, url, asynchronous=False) as saver:
+        if kind == "postgres":
             saver.setup()  # LangGraph's own migrations: creates or upgrades its tables
-            yield saver
+        yield saver
 
 
 @asynccontextmanager
@@ -83,18 +93,8 @@ async def async_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver[Any]
     kind = checkpoint_kind(url)
     if kind == "memory":
         yield InMemorySaver()
-    elif kind == "sqlite":
-        try:
-            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-        except ImportError:
-            raise _missing("durable", "langgraph-checkpoint-sqlite") from None
-        async with AsyncSqliteSaver.from_conn_string(url.removeprefix("sqlite:///")) as saver:
-            yield saver
-    else:
-        try:
-            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-        except ImportError:
-            raise _missing("postgres", "langgraph-checkpoint-postgres") from None
-        async with AsyncPostgresSaver.from_conn_string(url) as saver:
+        return
+    async with _saver(kind, url, asynchronous=True) as saver:
+        if kind == "postgres":
             await saver.setup()
-            yield saver
+        yield saver
