@@ -70,6 +70,7 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.local_models
 	$(BIN)/python -m benchmarks.staircase
 	$(BIN)/python -m benchmarks.samples
+	$(BIN)/python -m benchmarks.crash_resume --trials 20
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed

@@ -35,7 +35,7 @@ def local_models_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server for the whole test session (a fresh cluster on 127.0.0.1, deleted
     afterwards): tests share it, each on threads or tables of its own."""
-    from tests.support.postgres import PostgresServer
+    from moa_graph.testing.postgres import PostgresServer
 
     server = PostgresServer()
     try:

@@ -93,3 +93,13 @@ def test_the_samples_benchmark_compares_a_vote_drawn_together_and_apart() -> Non
     assert all(report[name]["tokens_per_s"] > 0 for name in ("one answer", "llama.cpp alone"))
     assert report["vote, one request"]["x_one_answer"] > 0
     assert report["vote, apart"]["x_one_answer"] > 0
+
+
+def test_a_worker_killed_in_each_layer_is_finished_by_another_process(postgres_url: str) -> None:
+    from benchmarks import crash_resume
+
+    trials = [crash_resume.trial(number, postgres_url) for number in range(3)]
+    assert [t["phase"] for t in trials] == ["layer 1", "layer 2", "aggregation"]
+    assert all(t["killed_running"] and t["finished"] for t in trials)
+    assert sum(t["saved_answers_called_again"] for t in trials) == 0
+    assert all(t["in_flight_called_again"] == t["in_flight_at_kill"] > 0 for t in trials)

@@ -1,8 +1,9 @@
-"""Offline test helpers: a scripted OpenAI-compatible HTTP server.
+"""Offline test helpers: a scripted OpenAI-compatible HTTP server, and a throwaway PostgreSQL.
 
 See :class:`~moa_graph.testing.openai_server.OpenAICompatibleServer` (in-process,
-on a daemon thread) and :class:`~moa_graph.testing.process.ServerProcess`
-(child process, for benchmarks). Names are imported lazily so that
+on a daemon thread), :class:`~moa_graph.testing.process.ServerProcess`
+(child process, for benchmarks) and :class:`~moa_graph.testing.postgres.PostgresServer` (a
+fresh cluster on 127.0.0.1, for tests and benchmarks). Names are imported lazily so that
 ``python -m moa_graph.testing.openai_server`` runs cleanly.
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from moa_graph.testing.faults import Fault, FaultSpec
     from moa_graph.testing.openai_server import OpenAICompatibleServer
+    from moa_graph.testing.postgres import PostgresServer
     from moa_graph.testing.process import ServerProcess
     from moa_graph.testing.records import RequestRecord
     from moa_graph.testing.scripts import (
@@ -30,6 +32,7 @@ _EXPORTS = {
     "FaultSpec": "faults",
     "ModelScript": "scripts",
     "OpenAICompatibleServer": "openai_server",
+    "PostgresServer": "postgres",
     "RequestRecord": "records",
     "ScriptedLatency": "scripts",
     "ScriptedReply": "scripts",
@@ -44,6 +47,7 @@ __all__ = [
     "FaultSpec",
     "ModelScript",
     "OpenAICompatibleServer",
+    "PostgresServer",
     "RequestRecord",
     "ScriptedLatency",
     "ScriptedReply",

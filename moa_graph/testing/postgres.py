@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the tests: a fresh cluster in a temporary directory,
+"""A throwaway PostgreSQL server for tests and benchmarks: a fresh cluster in a temporary directory,
 listening on 127.0.0.1 at a free port, stopped and deleted afterwards.
 
 The server programs are found on ``PATH``, under ``$MOA_GRAPH_PG_BIN``, or in Debian's
