@@ -71,6 +71,7 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.staircase
 	$(BIN)/python -m benchmarks.samples
 	$(BIN)/python -m benchmarks.crash_resume --trials 20
+	$(BIN)/python -m benchmarks.sharded_eval
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed

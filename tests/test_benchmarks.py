@@ -103,3 +103,13 @@ def test_a_worker_killed_in_each_layer_is_finished_by_another_process(postgres_u
     assert all(t["killed_running"] and t["finished"] for t in trials)
     assert sum(t["saved_answers_called_again"] for t in trials) == 0
     assert all(t["in_flight_called_again"] == t["in_flight_at_kill"] > 0 for t in trials)
+
+
+def test_the_sharded_eval_benchmark_compares_shards_with_one_process() -> None:
+    from benchmarks import sharded_eval
+
+    report = sharded_eval.measure(items=6, shards=2)
+    assert report["same_summary"] is True
+    assert report["duplicated_calls"] == 0
+    assert report["model_calls_one_process"] == 6 * 4  # p1 alone is the mixture's p1 call, shared
+    assert report["wall_s_sharded"] > 0 and report["sharded_over_one"] > 0

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from moa_graph.evaluation.postgres import is_postgres_url, postgres_connection
+from moa_graph.evaluation.postgres import create_table, is_postgres_url, postgres_connection
 from moa_graph.redact import masked_url
 
 
@@ -46,9 +46,10 @@ class ResultCache:
         self._db: Any = None
         if self.url is not None:
             self._db = postgres_connection(self.url)
-            self._db.execute(
+            create_table(
+                self._db,
                 "CREATE TABLE IF NOT EXISTS moa_results (kind TEXT, key TEXT, value TEXT, "
-                "time DOUBLE PRECISION, PRIMARY KEY (kind, key))"
+                "time DOUBLE PRECISION, PRIMARY KEY (kind, key))",
             )
             self.refresh()
         elif self.path is not None and self.path.exists():

@@ -42,7 +42,7 @@ from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation
 
-from moa_graph.evaluation.postgres import is_postgres_url, postgres_connection
+from moa_graph.evaluation.postgres import create_table, is_postgres_url, postgres_connection
 from moa_graph.redact import masked_url
 
 _GENERATIONS = (ChatGeneration, ChatGenerationChunk, Generation, AIMessage, AIMessageChunk)
@@ -245,9 +245,10 @@ class _PostgresCalls(_CallRows):
     def __init__(self, url: str) -> None:
         self.where = url
         self._db = postgres_connection(url)
-        self._db.execute(
+        create_table(
+            self._db,
             "CREATE TABLE IF NOT EXISTS moa_calls (prompt TEXT, llm TEXT, generations TEXT, "
-            "seconds DOUBLE PRECISION, PRIMARY KEY (prompt, llm))"
+            "seconds DOUBLE PRECISION, PRIMARY KEY (prompt, llm))",
         )
 
     def fetch(self, key: tuple[str, str]) -> tuple[str, float | None] | None:

@@ -17,6 +17,18 @@ def is_postgres_url(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
+_SCHEMA_LOCK = 727_274_001
+"""The advisory lock id under which tables are created (one process at a time)."""
+
+
+def create_table(connection: Any, statement: str) -> None:
+    """Run a ``CREATE TABLE IF NOT EXISTS`` that several processes may run at once: PostgreSQL
+    can fail one of two concurrent such statements, so they take turns under a lock."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        connection.execute(statement)
+
+
 def postgres_connection(url: str) -> Any:
     """An autocommitting connection to ``url`` (``ValueError`` naming the extra when psycopg
     is not installed, or naming the server when it cannot be reached)."""
