@@ -338,7 +338,9 @@ def test_a_proposer_that_never_answers_times_out_and_is_left_out(
     server.add_faults("p2", "hang")
     answer = mixture(server, timeout=1.0, max_retries=0).invoke(QUESTION)
     (hung,) = [p for p in answer.response_metadata["proposals"] if p["proposer"] == "p2"]
-    assert hung["status"] == "failed" and "no answer within 1s" in hung["error"]
+    # the mixture's deadline or the client's own HTTP timeout (the same second), whichever first
+    assert hung["status"] == "failed"
+    assert "no answer within 1s" in hung["error"] or "timed out" in hung["error"]
     assert hung["text"] == ""
     system = system_text(server.requests_for("agg")[0])
     assert "p20" not in system and "\n2. p30" in system  # numbered without it from round 1
