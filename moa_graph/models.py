@@ -207,18 +207,22 @@ def resolve_model(
     )
 
 
-def chat_model_under(model: ChatRunnable) -> BaseChatModel | None:
-    """The chat model under ``model``'s bindings (``None`` when something else wraps it)."""
+def _unbound(model: ChatRunnable) -> ChatRunnable:
+    """What ``model``'s bindings wrap."""
     while isinstance(model, RunnableBinding):
         model = model.bound
-    return model if isinstance(model, BaseChatModel) else None
+    return model
+
+
+def chat_model_under(model: ChatRunnable) -> BaseChatModel | None:
+    """The chat model under ``model``'s bindings (``None`` when something else wraps it)."""
+    inner = _unbound(model)
+    return inner if isinstance(inner, BaseChatModel) else None
 
 
 def declared(model: ChatRunnable, attribute: str) -> Any:
     """What a chat model class declares in ``attribute`` (under any binding), if anything."""
-    while isinstance(model, RunnableBinding):
-        model = model.bound
-    return getattr(model, attribute, None)
+    return getattr(_unbound(model), attribute, None)
 
 
 def _bind_explicit_settings(spec: ProposerSpec) -> ChatRunnable:

@@ -28,7 +28,7 @@ from moa_graph.engine.calls import CallCancelled, cancel_requested
 from moa_graph.engine.events import PROPOSER_TAG, emit, identity, run_name
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.sample_batch import draw_async, draw_sync
-from moa_graph.engine.scope import RunScope, proposer_model
+from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import Proposal, ProposerTask
@@ -92,14 +92,13 @@ class ProposerCall:
             self.input if slot.layer == 1
             else InjectReferences(self.scope.plan.prompt, slot.system_prompt).invoke(self.input)
         )  # fmt: skip
-        seed = self.scope.options.seed
-        first_sample = slot.sample - (slot.index - members[0])
+        first_slot = next(s for s in self.scope.layer(slot.layer) if s.index == members[0])
         first, last = members[0] + 1, members[-1] + 1
         config = merge_configs(self.config, {
             "run_name": f"proposer {slot.layer}.{first}-{last}: {slot.spec_name} x{len(members)}",
             "metadata": {"moa_batch": list(members)},
         })  # fmt: skip
-        return messages, len(members), None if seed is None else seed + first_sample, config
+        return messages, len(members), sample_seed(self.scope.plan, first_slot), config
 
     def _draw_sync(self) -> list[BaseMessage]:
         messages, n, seed, config = self._batch_request()

@@ -185,6 +185,14 @@ def chat_model_of(model: Runnable[Any, BaseMessage]) -> tuple[BaseChatModel, dic
     return model, kwargs
 
 
+def _n_answers(
+    model: Runnable[Any, BaseMessage], n: int, seed: int | None
+) -> tuple[BaseChatModel, dict[str, Any]]:
+    """The chat model and the call arguments of a request for ``n`` answers."""
+    chat, kwargs = chat_model_of(model)
+    return chat, {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
+
+
 def _messages(result: LLMResult) -> list[BaseMessage]:
     return [generation.message for generation in result.generations[0]
             if isinstance(generation, ChatGeneration)]  # fmt: skip
@@ -200,8 +208,7 @@ def draw_sync(
     config: RunnableConfig,
 ) -> list[BaseMessage]:  # fmt: skip
     """``n`` answers of ``model`` to ``messages`` in one request (the first drawn with ``seed``)."""
-    chat, kwargs = chat_model_of(model)
-    kwargs = {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
+    chat, kwargs = _n_answers(model, n, seed)
     result: LLMResult = chat.generate([messages], **_call_arguments(config), **kwargs)
     return _messages(result)
 
@@ -211,7 +218,6 @@ async def draw_async(
     config: RunnableConfig,
 ) -> list[BaseMessage]:  # fmt: skip
     """The async twin of ``draw_sync``."""
-    chat, kwargs = chat_model_of(model)
-    kwargs = {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
+    chat, kwargs = _n_answers(model, n, seed)
     result: LLMResult = await chat.agenerate([messages], **_call_arguments(config), **kwargs)
     return _messages(result)

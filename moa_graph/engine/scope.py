@@ -234,12 +234,16 @@ def proposer_model(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseM
     return slot.model
 
 
+def sample_seed(plan: MixturePlan, slot: ProposerSlot) -> int | None:
+    """The seed sample k of a model draws with: the mixture's seed plus k (``None`` without)."""
+    return None if plan.options.seed is None else plan.options.seed + slot.sample
+
+
 def seeded(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
-    """The slot's model, drawing with ``seed + k`` for sample k when the mixture has a seed."""
+    """The slot's model, drawing with its ``sample_seed`` when the mixture has a seed."""
     model = proposer_model(plan, slot)
-    if plan.options.seed is None:
-        return model
-    return model.bind(seed=plan.options.seed + slot.sample)
+    seed = sample_seed(plan, slot)
+    return model if seed is None else model.bind(seed=seed)
 
 
 def _runnable_for(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:

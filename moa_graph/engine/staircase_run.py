@@ -29,7 +29,7 @@ from moa_graph.engine.final_answer import TokenWatcher, aggregator_config, sum_u
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.proposer_call import proposer_config
 from moa_graph.engine.race import LayerRace
-from moa_graph.engine.scope import RunScope, seeded
+from moa_graph.engine.scope import RunScope, sample_seed, seeded
 from moa_graph.engine.staircase import (
     Board,
     Key,
@@ -118,10 +118,9 @@ class StaircaseRun:
 
     def _proposer_model(self, slot: ProposerSlot, config: RunnableConfig) -> _Model:
         config = proposer_config(self.scope, slot, config, {})
-        seed = self.scope.options.seed
         return _Model(seeded(self.plan, slot), slot.continuation, slot.system_prompt, config,
                       str(config.get("run_name")), slot.policy, identity(slot),
-                      None if seed is None else seed + slot.sample,
+                      sample_seed(self.plan, slot),
                       slot.layer if slot.takes_turns else None)  # fmt: skip
 
     def propose(self, layer: int, index: int, config: RunnableConfig) -> Proposal:

@@ -321,12 +321,12 @@ def markdown_report(
         lines += ["", f"Paired against {baseline} (exact McNemar test; accuracy difference in "
                   "points with its 95% interval, Bonett-Price):", ""]  # fmt: skip
         lines += [f"- {name}: {_test_line(test, str(baseline))}" for name, test in tests.items()]
-    compared = [row for row in rows if row.compared is not None]
+    compared = [(row, row.compared) for row in rows if row.compared is not None]
     if compared:
         lines += ["", "Paired as asked (`--pair`):", ""]
         lines += [f"- {row.system} against {row.compared_with}: "
-                  f"{_test_line(row.compared, str(row.compared_with))}"
-                  for row in compared if row.compared is not None]  # fmt: skip
+                  f"{_test_line(test, str(row.compared_with))}"
+                  for row, test in compared]  # fmt: skip
     if prices:
         used = merge_usage(r.answer.usage for r in experiment.results if r.answer)
         missing = prices.missing(used)

@@ -398,7 +398,7 @@ class ChatLocalModel(BaseChatModel):
             request["stop"] = list(stops)
         if kwargs.get("logprobs", self.logprobs):
             request["logprobs"], request["top_logprobs"] = True, 1  # the least llama.cpp sends
-        if (n := kwargs.get("n") or self.n) > 1:
+        if (n := self._n(kwargs)) > 1:
             request["n"] = n
         if stream:
             request["stream"] = True
@@ -410,12 +410,17 @@ class ChatLocalModel(BaseChatModel):
     ) -> dict[str, Any]:
         return {"model_name": _label(model), "finish_reason": finish_reason, **timing}
 
+    def _n(self, kwargs: dict[str, Any]) -> int:
+        """Answers this call asks for (the ``n`` call argument, else the field)."""
+        return int(kwargs.get("n") or self.n)
+
     def _streaming_disabled(self, **kwargs: Any) -> bool:
         # several answers of one request are drawn whole (``stream`` then gives the first)
-        return int(kwargs.get("n") or self.n) > 1 or super()._streaming_disabled(**kwargs)
+        return self._n(kwargs) > 1 or super()._streaming_disabled(**kwargs)
 
     def _samples(self, kwargs: dict[str, Any]) -> int:
-        n = int(kwargs.get("n") or self.n)
+        """``_n``, checked against the slots that must draw the answers together."""
+        n = self._n(kwargs)
         slots = self.slots
         if n > slots:
             raise ValueError(f"n={n} answers in one request need as many slots: this model has "
