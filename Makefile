@@ -72,6 +72,7 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.samples
 	$(BIN)/python -m benchmarks.crash_resume --trials 20
 	$(BIN)/python -m benchmarks.sharded_eval
+	$(BIN)/python -m benchmarks.serve_load
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
@@ -31,13 +31,16 @@ from langchain_core.runnables.config import ensure_config, var_child_runnable_co
 from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langchain_core.tools import BaseTool
 from langchain_core.tracers.base import BaseTracer
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from moa_graph.engine.graph import build_graph, is_answer_token
 from moa_graph.engine.nodes import AGGREGATE
 from moa_graph.engine.plan import MixturePlan, build_plan
 from moa_graph.engine.run_choices import RUN_KEYS, RunChoices, run_plan
+from moa_graph.errors import ThreadInUseError
 from moa_graph.settings import SETTINGS, MixtureSettings, settings_help, suggestion
 from moa_graph.state import Proposal, merge_proposals
 
@@ -45,6 +48,9 @@ CONFIG_KEY = "moa"
 """``configurable`` key of per-call choices (``RunChoices``)."""
 CHOICES_KWARG = "moa_context"
 """Call keyword that carries the per-call choices to ``_generate`` / ``_stream``."""
+
+THREAD_KWARG = "moa_thread"
+"""Call keyword naming the thread a call runs on (see ``ChatMixtureOfAgents.with_checkpointer``)."""
 
 
 class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
@@ -98,6 +104,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
 
     _plan: MixturePlan = PrivateAttr()
     _graph: CompiledStateGraph[Any, Any, Any, Any] = PrivateAttr()
+    _kept: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _build_mixture(self) -> Self:
@@ -128,6 +135,47 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "mixture-of-agents"
+
+    def with_checkpointer(self, checkpointer: BaseCheckpointSaver[Any]) -> Self:
+        """This mixture, keeping the run of each call given ``moa_thread="<id>"`` in a checkpointer.
+
+        One thread holds one run. Calling again with the same thread id and conversation (a
+        retry after a lost connection or a dead process, from any process sharing the store)
+        finishes an interrupted run from its last checkpoint, re-paying no proposer that had
+        answered, and returns a finished run's answer again without any model call. A thread
+        holding another conversation is refused. Calls without ``moa_thread`` keep nothing.
+
+        Raises (at call time):
+            ValueError: ``moa_thread`` on a mixture without a checkpointer.
+            ThreadInUseError: the thread holds another conversation (a ``ValueError``).
+
+        Example:
+            >>> from langchain_core.language_models import GenericFakeChatModel
+            >>> from langgraph.checkpoint.memory import InMemorySaver
+            >>> fake = GenericFakeChatModel(messages=iter(["Paris.", "Paris, surely."]))
+            >>> moa = ChatMixtureOfAgents(proposers=[fake], aggregator=fake, layers=2)
+            >>> kept = moa.with_checkpointer(InMemorySaver())
+            >>> kept.invoke("Capital of France?", moa_thread="request-1").content
+            'Paris, surely.'
+            >>> kept.invoke("Capital of France?", moa_thread="request-1").content  # no call
+            'Paris, surely.'
+        """
+        kept = self.model_copy()
+        kept._kept = build_graph(self._plan).compile(
+            checkpointer=checkpointer, name="mixture_of_agents"
+        )
+        return kept
+
+    def _graph_for(self, thread: str | None) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The graph a call runs: the kept one for a call on a thread."""
+        if thread is None:
+            return self._graph
+        if self._kept is None:
+            raise ValueError(
+                f"{THREAD_KWARG}: this mixture keeps no threads; "
+                "call it through moa.with_checkpointer(saver)"
+            )
+        return self._kept
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -334,10 +382,17 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        config = self._inner_config(run_manager, CallbackManager)
+        thread = kwargs.pop(THREAD_KWARG, None)
+        graph, config = (
+            self._graph_for(thread),
+            self._inner_config(run_manager, CallbackManager, thread),
+        )
         context = self._context(stop, kwargs)
+        run_input = _thread_input(messages, graph.get_state(config) if thread else None)
+        if isinstance(run_input, _FinishedRun):
+            return self._result(run_input.values, context)
         with _isolated():
-            state = self._graph.invoke({"messages": messages}, config, context=context)
+            state = graph.invoke(run_input, config, context=context)
         return self._result(state, context)
 
     async def _agenerate(
@@ -347,10 +402,15 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        config = self._inner_config(run_manager, AsyncCallbackManager)
+        thread = kwargs.pop(THREAD_KWARG, None)
+        graph = self._graph_for(thread)
+        config = self._inner_config(run_manager, AsyncCallbackManager, thread)
         context = self._context(stop, kwargs)
+        run_input = _thread_input(messages, await graph.aget_state(config) if thread else None)
+        if isinstance(run_input, _FinishedRun):
+            return self._result(run_input.values, context)
         with _isolated():
-            state = await self._graph.ainvoke({"messages": messages}, config, context=context)
+            state = await graph.ainvoke(run_input, config, context=context)
         return self._result(state, context)
 
     def _stream(
@@ -360,23 +420,27 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        thread = kwargs.pop(THREAD_KWARG, None)
+        graph = self._graph_for(thread)
+        config = self._inner_config(run_manager, CallbackManager, thread)
         context = self._context(stop, kwargs)
         collector = _StreamCollector(self, context)
-        stream = self._graph.stream(
-            {"messages": messages},
-            self._inner_config(run_manager, CallbackManager),
-            context=context,
-            stream_mode=["messages", "updates"],
-        )
-        while True:
-            with _isolated():
-                item = next(stream, None)
-            if item is None:
-                break
-            mode, payload = item
-            chunk = collector.accept(mode, payload)
-            if chunk is not None:
-                yield chunk
+        run_input = _thread_input(messages, graph.get_state(config) if thread else None)
+        if not isinstance(run_input, _FinishedRun):
+            stream = graph.stream(
+                run_input, config, context=context, stream_mode=["messages", "updates"]
+            )
+            while True:
+                with _isolated():
+                    item = next(stream, None)
+                if item is None:
+                    break
+                mode, payload = item
+                chunk = collector.accept(mode, payload)
+                if chunk is not None:
+                    yield chunk
+        if thread:  # a resumed run streamed only its end: the thread holds all of it
+            collector.settle(graph.get_state(config).values)
         yield from collector.finish()
 
     async def _astream(
@@ -386,23 +450,27 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        thread = kwargs.pop(THREAD_KWARG, None)
+        graph = self._graph_for(thread)
+        config = self._inner_config(run_manager, AsyncCallbackManager, thread)
         context = self._context(stop, kwargs)
         collector = _StreamCollector(self, context)
-        stream = self._graph.astream(
-            {"messages": messages},
-            self._inner_config(run_manager, AsyncCallbackManager),
-            context=context,
-            stream_mode=["messages", "updates"],
-        )
-        while True:
-            with _isolated():
-                item = await anext(stream, None)
-            if item is None:
-                break
-            mode, payload = item
-            chunk = collector.accept(mode, payload)
-            if chunk is not None:
-                yield chunk
+        run_input = _thread_input(messages, await graph.aget_state(config) if thread else None)
+        if not isinstance(run_input, _FinishedRun):
+            stream = graph.astream(
+                run_input, config, context=context, stream_mode=["messages", "updates"]
+            )
+            while True:
+                with _isolated():
+                    item = await anext(stream, None)
+                if item is None:
+                    break
+                mode, payload = item
+                chunk = collector.accept(mode, payload)
+                if chunk is not None:
+                    yield chunk
+        if thread:  # a resumed run streamed only its end: the thread holds all of it
+            collector.settle((await graph.aget_state(config)).values)
         for chunk in collector.finish():
             yield chunk
 
@@ -419,6 +487,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         self,
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         manager_class: type[BaseCallbackManager],
+        thread: str | None = None,
     ) -> RunnableConfig:
         """Config for the inner graph, isolated from the caller's.
 
@@ -444,7 +513,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             callbacks=callbacks,
             tags=[],
             metadata={},
-            configurable={},
+            configurable={"thread_id": thread} if thread else {},
             run_name="mixture_of_agents",
             **self._plan.run_config(),
         )
@@ -511,6 +580,10 @@ class _StreamCollector:
         self.streamed = True
         return ChatGenerationChunk(message=chunk)
 
+    def settle(self, values: Mapping[str, Any]) -> None:
+        """Take the answer and proposals from the run's final state (a run kept on a thread)."""
+        self.final, self.proposals = values["messages"][-1], list(values["proposals"])
+
     def finish(self) -> Iterator[ChatGenerationChunk]:
         if self.final is None:
             raise RuntimeError("the mixture ended without an aggregator answer")
@@ -547,6 +620,31 @@ def _plain_chunk(message: BaseMessage) -> AIMessageChunk:
         additional_kwargs=message.additional_kwargs,
         tool_call_chunks=tool_call_chunks or [],
     )
+
+
+def _thread_input(
+    messages: list[BaseMessage], thread: StateSnapshot | None
+) -> dict[str, Any] | _FinishedRun | None:
+    """What a call runs: the conversation (no thread, or a new one), ``None`` to finish the
+    thread's interrupted run, or the thread's finished state to answer from.
+
+    Raises:
+        ThreadInUseError: the thread holds another conversation.
+    """
+    if thread is None or not thread.values:
+        return {"messages": messages}
+    held = thread.values.get("messages", [])
+    if [(m.type, m.content) for m in held[: len(messages)]] != [
+        (m.type, m.content) for m in messages
+    ]:
+        raise ThreadInUseError(str(thread.config.get("configurable", {}).get("thread_id")))
+    return None if thread.next else _FinishedRun(thread.values)
+
+
+class _FinishedRun(NamedTuple):
+    """The state of a thread whose run has finished (its answer is given again)."""
+
+    values: dict[str, Any]
 
 
 @contextmanager

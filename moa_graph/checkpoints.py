@@ -57,16 +57,21 @@ _EXTRAS = {"sqlite": ("durable", "langgraph-checkpoint-sqlite"),
            "postgres": ("postgres", "langgraph-checkpoint-postgres")}  # fmt: skip
 
 
-def _saver(kind: str, url: str, *, asynchronous: bool) -> Any:
-    """LangGraph's saver class for ``kind`` opened on ``url`` (a context manager)."""
+def _saver_class(kind: str, *, asynchronous: bool) -> Any:
+    """LangGraph's saver class for ``kind``; ``ValueError`` naming the extra when missing."""
     module, name = _SAVERS[(kind, asynchronous)]
     try:
-        saver_class = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except ImportError:
         extra, package = _EXTRAS[kind]
         raise ValueError(
             f"checkpoint: {package} is not installed: pip install 'moa-graph[{extra}]'"
         ) from None
+
+
+def _saver(kind: str, url: str, *, asynchronous: bool) -> Any:
+    """LangGraph's saver for ``kind`` opened on ``url`` (a context manager)."""
+    saver_class = _saver_class(kind, asynchronous=asynchronous)
     return saver_class.from_conn_string(url.removeprefix("sqlite:///"))
 
 
@@ -88,13 +93,38 @@ def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
 
 
 @asynccontextmanager
-async def async_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
-    """The async twin of :func:`checkpointer` (for ``ainvoke`` and ``astream``)."""
+async def async_checkpointer(
+    url: str, *, connections: int = 1
+) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """The async twin of :func:`checkpointer` (for ``ainvoke`` and ``astream``).
+
+    ``connections`` above 1 gives a PostgreSQL saver a pool of that many connections, for many
+    concurrent runs (a server); one connection serves one query at a time.
+    """
     kind = checkpoint_kind(url)
     if kind == "memory":
         yield InMemorySaver()
+        return
+    if kind == "postgres" and connections > 1:
+        async with _pooled_postgres_saver(url, connections) as saver:
+            await saver.setup()
+            yield saver
         return
     async with _saver(kind, url, asynchronous=True) as saver:
         if kind == "postgres":
             await saver.setup()
         yield saver
+
+
+@asynccontextmanager
+async def _pooled_postgres_saver(url: str, connections: int) -> AsyncIterator[Any]:
+    """LangGraph's ``AsyncPostgresSaver`` on a psycopg pool, set up as its own
+    ``from_conn_string`` sets up its one connection (autocommit, dict rows, no prepared
+    statements)."""
+    saver_class = _saver_class("postgres", asynchronous=True)
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    options = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    async with AsyncConnectionPool(url, max_size=connections, kwargs=options, open=False) as pool:
+        yield saver_class(conn=pool)

@@ -33,3 +33,14 @@ class AggregatorError(MoAError):
         self.name = name
         self.model = model
         super().__init__(f"aggregator {name} ({model}) failed: {cause}")
+
+
+class ThreadInUseError(ValueError):
+    """A call kept on a thread (``moa_thread``) that holds another conversation's run."""
+
+    def __init__(self, thread: str) -> None:
+        self.thread = thread
+        super().__init__(
+            f"moa_thread: thread {thread!r} holds another conversation; "
+            "one thread keeps one run: give a new thread id"
+        )

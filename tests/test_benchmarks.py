@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -113,3 +115,28 @@ def test_the_sharded_eval_benchmark_compares_shards_with_one_process() -> None:
     assert report["duplicated_calls"] == 0
     assert report["model_calls_one_process"] == 6 * 4  # p1 alone is the mixture's p1 call, shared
     assert report["wall_s_sharded"] > 0 and report["sharded_over_one"] > 0
+
+
+def test_the_serve_load_benchmark_answers_every_client_with_and_without_the_store() -> None:
+    from benchmarks import serve_load
+
+    report = serve_load.measure(workers=2, clients=12)
+    for side in ("no store", "durable store"):
+        assert report[side]["answered"] == "12/12", report[side]["errors"]
+        assert 0 < report[side]["first_token_p50_s"] <= report[side]["total_p99_s"]
+        assert report[side]["peak_rss_mib"] > 100  # a supervisor and two workers with LangChain
+
+
+def test_peak_memory_counts_the_child_processes() -> None:
+    import subprocess
+    import sys
+
+    from benchmarks.serve_load import _rss_bytes
+
+    alone = _rss_bytes(os.getpid())
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
+        try:
+            time.sleep(0.3)
+            assert _rss_bytes(os.getpid()) > alone + _rss_bytes(child.pid) // 2 > alone
+        finally:
+            child.kill()

@@ -114,6 +114,8 @@ def saved_proposals(saver: BaseCheckpointSaver[Any], config: RunnableConfig) -> 
     for _task, channel, value in (saved.pending_writes or []) if saved else []:
         if channel == "proposals" and isinstance(value, list):
             names += [p["model"] for p in value if p["status"] == "answered"]
+        elif channel == "__return__" and isinstance(value, dict) and "proposer" in value:
+            names += [value["model"]] if value["status"] == "answered" else []  # a staircase task
     return sorted(names)
 
 
@@ -271,6 +273,40 @@ def test_killed_run_resumes_without_calling_finished_proposers_again(
         after = server.requests()
     check_resumed_run(shape, result, before, after)
     assert result["messages"][0].text == QUESTION
+
+
+@pytest.mark.parametrize("feature", ["staircase", "samples-in-one-request"])
+def test_killed_staircase_or_sampled_run_resumes_on_postgres(
+    postgres_url: str, start_child: StartChild, feature: str
+) -> None:
+    """The other issues' features under a kill: a staircase's finished proposers (saved as its
+    tasks end) and a batch of samples drawn in one request (saved as one write) are not paid
+    again."""
+    with ServerProcess(scripts_for(LITE)) as server:
+        settings = settings_for(LITE, server, postgres_url, durability=None)
+        if feature == "staircase":
+            settings.update(options={"staircase": 8}, continuation="prefill")
+            saved = ["p1", "p2"]
+        else:
+            settings["samples"] = {"p1": 3}
+            saved = ["p1", "p1", "p1", "p2"]
+        child = start_child(settings)
+        wait_until(lambda: hanging_call_in_flight(server, LITE), "the hung call")
+        wait_until(lambda: stored_proposals(postgres_url, thread_config(settings)) == saved,
+                   f"{saved} saved")  # fmt: skip
+        child.kill()
+        before = server.requests()
+        assert call_counts(before) == {"p1": 1, "p2": 1, "p3": 1}  # p1's samples: one request
+
+        server.set_scripts({"p3": ModelScript(reply=LATE)})
+        result = resume_from(settings, "ainvoke")
+        after = server.requests()
+    assert result["messages"][-1].text == FINAL
+    counts = call_counts(after)
+    assert {name: counts[name] for name in LITE.models} == {"p1": 1, "p2": 1, "p3": 2}
+    assert counts[AGGREGATOR] >= 1 and set(counts) == {*LITE.models, AGGREGATOR}
+    texts = sorted(p["text"] for p in result["proposals"])
+    assert texts == sorted([*(reply_of(m) for m in saved), LATE])
 
 
 def test_exit_durability_leaves_nothing_to_resume(tmp_path: Path, start_child: StartChild) -> None:

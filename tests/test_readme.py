@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from moa_graph.cli.options import settings_table, strategies_table
+from moa_graph.cli.options import serve_options_table, settings_table, strategies_table
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -16,9 +16,10 @@ def anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def test_the_settings_and_strategies_tables_are_the_declarations() -> None:
+def test_the_settings_strategies_and_server_tables_are_the_declarations() -> None:
     assert settings_table() in README, "regenerate with `moa-graph settings`"
     assert strategies_table() in README, "regenerate with `moa-graph settings`"
+    assert serve_options_table() in README, "regenerate with `moa-graph settings`"
 
 
 def test_the_contents_link_every_section() -> None:

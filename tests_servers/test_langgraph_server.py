@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_env(upstream: OpenAICompatibleServer, recipe: Path) -> dict[str, str]:
+def server_env(upstream: OpenAICompatibleServer) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -58,7 +59,6 @@ def server_env(upstream: OpenAICompatibleServer, recipe: Path) -> dict[str, str]
     env.update(
         LANGGRAPH_NO_VERSION_CHECK="true",
         LANGSMITH_TRACING="false",
-        MOA_GRAPH_CONFIG=str(recipe),
         OPENAI_API_KEY="sk-upstream-abcdefghijklmnopqrstuv",
         OPENAI_BASE_URL=upstream.base_url,
         PYTHONUNBUFFERED="1",
@@ -66,11 +66,11 @@ def server_env(upstream: OpenAICompatibleServer, recipe: Path) -> dict[str, str]
     return env
 
 
-@pytest.fixture(scope="module")
-def server_url(
-    upstream: OpenAICompatibleServer, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def langgraph_dev(
+    config: str, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """``langgraph dev`` on a free loopback port, run in a scratch folder (its state)."""
+    """``langgraph dev`` serving ``config`` on a free loopback port, in a scratch folder."""
     work = tmp_path_factory.mktemp("lgserver")
     recipe = work / "recipe.toml"
     recipe.write_text(
@@ -81,11 +81,12 @@ def server_url(
     port = free_port()
     log = (work / "server.log").open("wb")
     cli = Path(sys.executable).with_name("langgraph")
-    command = [str(cli), "dev", "--config", str(ROOT / "langgraph.json"), "--host", "127.0.0.1",
+    command = [str(cli), "dev", "--config", str(ROOT / config), "--host", "127.0.0.1",
                "--port", str(port), "--no-browser", "--no-reload"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=work, env=server_env(upstream, recipe), stdout=log, stderr=subprocess.STDOUT
-    )
+        command, cwd=work, env={**env, "MOA_GRAPH_CONFIG": str(recipe)}, stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_S
@@ -109,6 +110,36 @@ def server_url(
             process.kill()
             process.wait(5)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(
+    upstream: OpenAICompatibleServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``langgraph.json``: threads kept by the server itself."""
+    with langgraph_dev("langgraph.json", server_env(upstream), tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    from moa_graph.testing.postgres import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_server_url(
+    upstream: OpenAICompatibleServer, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``langgraph-postgres.json``: threads kept in our PostgreSQL (``MOA_GRAPH_CHECKPOINT``)."""
+    env = {**server_env(upstream), "MOA_GRAPH_CHECKPOINT": postgres_url}
+    with langgraph_dev("langgraph-postgres.json", env, tmp_path_factory) as url:
+        yield url
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -197,3 +228,39 @@ def test_served_recipe_docstring_examples(monkeypatch: pytest.MonkeyPatch) -> No
 
     result = doctest.testmod(app, verbose=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+async def test_threads_are_kept_in_our_postgres(
+    postgres_server_url: str, postgres_url: str
+) -> None:
+    from moa_graph.checkpoints import async_checkpointer
+
+    client = get_client(url=postgres_server_url)
+    try:
+        thread = await client.threads.create()
+        result: Any = await client.runs.wait(
+            thread["thread_id"], "moa", input={"messages": [{"role": "user", "content": QUESTION}]}
+        )
+        assert result["messages"][-1]["content"] == ANSWER
+    finally:
+        await client.http.client.aclose()
+
+    # read back from the database by LangGraph's own saver, not through the server
+    async with async_checkpointer(postgres_url) as saver:
+        saved = await saver.aget_tuple({"configurable": {"thread_id": thread["thread_id"]}})
+    assert saved is not None
+    messages = saved.checkpoint["channel_values"]["messages"]
+    assert [m.type for m in messages] == ["human", "ai"] and messages[-1].content == ANSWER
+
+
+async def test_the_postgres_checkpointer_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOA_GRAPH_PRESET", "together")
+    monkeypatch.setenv("TOGETHER_API_KEY", "placeholder-never-sent")
+    monkeypatch.delenv("MOA_GRAPH_CHECKPOINT", raising=False)
+    from moa_graph.serve.langgraph_app import served_checkpointer
+
+    with pytest.raises(ValueError, match="MOA_GRAPH_CHECKPOINT is not set"):
+        async with served_checkpointer():
+            pass

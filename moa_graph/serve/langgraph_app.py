@@ -15,19 +15,38 @@ deployment's environment, never in the recipe or the request.
 
 The graph takes ``{"messages": [...]}`` and returns the conversation with the aggregator's
 answer and every proposal; ``context`` (``MoAContext``) is passed with each run.
+
+Threads live where the server keeps them: LangGraph Platform in its PostgreSQL, ``langgraph dev``
+in memory. To keep them in your own PostgreSQL (or SQLite) without the Platform, serve
+``langgraph-postgres.json``, whose ``checkpointer`` is :func:`served_checkpointer`, and set
+``MOA_GRAPH_CHECKPOINT`` to the database's URL. A run whose worker died is then finished by any
+server sharing that database, re-paying no proposer that had answered.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
+from moa_graph.checkpoints import SCHEMES, async_checkpointer
 from moa_graph.presets import Recipe, choose_recipe
 
-__all__ = ["GRAPH_NAME", "build_served_graph", "graph", "served_recipe"]
+__all__ = [
+    "CHECKPOINT_ENV",
+    "GRAPH_NAME",
+    "build_served_graph",
+    "graph",
+    "served_checkpointer",
+    "served_recipe",
+]
+
+CHECKPOINT_ENV = "MOA_GRAPH_CHECKPOINT"
+"""The environment variable naming where :func:`served_checkpointer` keeps threads."""
 
 GRAPH_NAME = "mixture_of_agents"
 """The compiled graph's name (its runs and traces are called so)."""
@@ -62,6 +81,27 @@ def build_served_graph(
     conversation and the last run's proposals) between runs.
     """
     return served_recipe(environ).graph().compile(name=GRAPH_NAME)
+
+
+@asynccontextmanager
+async def served_checkpointer() -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """The checkpointer ``MOA_GRAPH_CHECKPOINT`` names, for LangGraph Server's ``checkpointer``.
+
+    ``langgraph-postgres.json`` points the server at it (``"backend": "custom"``); the server
+    opens it once at start-up and keeps every thread there. The URL is a
+    :func:`moa_graph.checkpoints.checkpointer` URL; tables are created on first use.
+
+    Raises:
+        ValueError: ``MOA_GRAPH_CHECKPOINT`` is unset or not a checkpoint URL.
+    """
+    url = os.environ.get(CHECKPOINT_ENV, "")
+    if not url:
+        raise ValueError(
+            f"{CHECKPOINT_ENV} is not set: set it to where threads are kept "
+            f"({', '.join(SCHEMES[1:])}), or serve langgraph.json to keep them in the server"
+        )
+    async with async_checkpointer(url) as saver:
+        yield saver
 
 
 graph = build_served_graph()

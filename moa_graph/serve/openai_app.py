@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -26,6 +28,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
 from typing import Any, TypedDict
 
@@ -38,8 +41,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from moa_graph.chat_model import ChatMixtureOfAgents
-from moa_graph.errors import MoAError
+from moa_graph.chat_model import THREAD_KWARG, ChatMixtureOfAgents
+from moa_graph.checkpoints import async_checkpointer
+from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
 from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
@@ -70,6 +74,17 @@ APP_FACTORY = "moa_graph.serve.openai_app:app_from_environment"
 
 # h11: strict framing and request heads bounded to 16 KiB (httptools has no header limit).
 HTTP_IMPLEMENTATION = "h11"
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""The request header naming a run to keep (with a ``checkpoint``): a retry with the same key
+finishes or repeats that run instead of paying for it again (as Stripe's and the IETF draft's
+header of that name)."""
+
+MAX_IDEMPOTENCY_KEY = 255
+"""The longest ``Idempotency-Key`` accepted, in characters."""
+
+CHECKPOINT_CONNECTIONS = 8
+"""Database connections of one worker's checkpointer, shared by its concurrent runs."""
 
 
 class MixtureSource(TypedDict, total=False):
@@ -112,6 +127,7 @@ class _Endpoints:
         api_key: str | None,
         max_body_bytes: int,
         body_timeout: float,
+        checkpoint: str | None = None,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key: give a non-empty key, or None for no authentication")
@@ -123,6 +139,32 @@ class _Endpoints:
         self.body_timeout = body_timeout
         self._api_key = api_key.encode() if api_key else None
         self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
+        self.checkpoint = checkpoint
+        self._saver: Any = None
+        self._kept: tuple[ChatMixtureOfAgents, ChatMixtureOfAgents] | None = None
+        self._opening = asyncio.Lock()
+        self._resources = AsyncExitStack()
+
+    async def kept_mixture(self) -> ChatMixtureOfAgents:
+        """The served mixture keeping its runs in the ``checkpoint``.
+
+        The checkpointer is opened on first use, in the worker's own event loop (a uvicorn
+        worker has no other start-up hook here), and stays open for the process's life.
+        """
+        if self.checkpoint is None:
+            raise RuntimeError("no checkpoint configured")
+        async with self._opening:
+            if self._saver is None:
+                self._saver = await self._resources.enter_async_context(
+                    async_checkpointer(self.checkpoint, connections=CHECKPOINT_CONNECTIONS)
+                )
+            if self._kept is None or self._kept[0] is not self.moa:  # the mixture was replaced
+                self._kept = (self.moa, self.moa.with_checkpointer(self._saver))
+        return self._kept[1]
+
+    async def close(self) -> None:
+        """Close the checkpointer, if one was opened."""
+        await self._resources.aclose()
 
     def app(self) -> Starlette:
         routes = [
@@ -137,7 +179,16 @@ class _Endpoints:
             routes=routes,
             middleware=[Middleware(FramingGuard)],
             exception_handlers={HTTPException: routing_error},
+            lifespan=self._lifespan,
         )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Close the checkpointer when the server stops (mounted apps: at process exit)."""
+        try:
+            yield
+        finally:
+            await self.close()
 
     def _unauthorized(self, request: Request) -> Response | None:
         """401 unless the request carries the key (compared in constant time); nothing read."""
@@ -165,13 +216,34 @@ class _Endpoints:
             chat = parse_chat_request(
                 body, served_name=self.model_name, max_input_chars=self.moa.max_input_chars
             )
+            thread = self._thread_of(request)
         except RequestError as exc:
             return error_response(exc)
-        return _RunResponse(self, chat)
+        if IDEMPOTENCY_HEADER in request.headers and self.checkpoint is None:
+            chat = dataclasses.replace(chat, ignored=(*chat.ignored, IDEMPOTENCY_HEADER))
+        return _RunResponse(self, chat, thread)
+
+    def _thread_of(self, request: Request) -> str | None:
+        """The thread keeping this request's run: from its ``Idempotency-Key``, if any and
+        if runs are kept (``checkpoint``)."""
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None or self.checkpoint is None:
+            return None
+        if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise RequestError(
+                400,
+                f"{IDEMPOTENCY_HEADER}: give 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                code="invalid_idempotency_key",
+            )
+        return f"idempotency:{key}"
 
     def run_error(self, exc: BaseException) -> RequestError:
-        """A failed run as an error response: 502 for a mixture failure, else 500; redacted."""
+        """A failed run as an error response: 502 for a mixture failure, 422 for an
+        ``Idempotency-Key`` reused with another conversation, else 500; redacted."""
         text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+        if isinstance(exc, ThreadInUseError):
+            message = f"{IDEMPOTENCY_HEADER} already used for another conversation; give a new key"
+            return RequestError(422, message, code="idempotency_key_reused")
         if isinstance(exc, MoAError):
             logger.warning("mixture run failed: %s", text)
             return RequestError(502, text, type_="server_error", code="mixture_failed")
@@ -194,10 +266,11 @@ def error_response(error: RequestError, headers: dict[str, str] | None = None) -
 class _RunResponse(Response):
     """Answers a chat request by running the mixture; a client that leaves cancels the run."""
 
-    def __init__(self, endpoints: _Endpoints, chat: ChatRequest) -> None:
+    def __init__(self, endpoints: _Endpoints, chat: ChatRequest, thread: str | None) -> None:
         super().__init__()  # what is sent is decided in __call__
         self.endpoints = endpoints
         self.chat = chat
+        self.thread = thread
         self.headers_out = {"X-MoA-Ignored-Params": ",".join(chat.ignored)} if chat.ignored else {}
         self.cid = f"chatcmpl-moa{secrets.token_hex(12)}"
         self.created = int(time.time())
@@ -207,11 +280,19 @@ class _RunResponse(Response):
             answer = self._stream if self.chat.stream else self._complete
             await client.run(answer(scope, receive, client))
 
+    async def _mixture(self) -> tuple[ChatMixtureOfAgents, dict[str, Any]]:
+        """The mixture to run and its call keywords (the thread of a kept run)."""
+        if self.thread is None:
+            return self.endpoints.moa, {"stop": self.chat.stop}
+        kept = await self.endpoints.kept_mixture()
+        return kept, {"stop": self.chat.stop, THREAD_KWARG: self.thread}
+
     async def _complete(self, scope: Scope, receive: Receive, client: ClientWatch) -> None:
         """Answer with one ``chat.completion`` object."""
         endpoints = self.endpoints
         try:
-            answer = await endpoints.moa.ainvoke(self.chat.messages, stop=self.chat.stop)
+            moa, kwargs = await self._mixture()
+            answer = await moa.ainvoke(self.chat.messages, **kwargs)
         except Exception as exc:
             response = error_response(endpoints.run_error(exc), self.headers_out)
             await response(scope, receive, client.send)
@@ -240,8 +321,10 @@ class _RunResponse(Response):
         headers = [*openai_wire.SSE_HEADERS, *self.headers_out.items()]
         started = False
         usage, finish = None, "stop"
-        chunks = endpoints.moa.astream(self.chat.messages, stop=self.chat.stop)
+        chunks: AsyncIterator[Any] | None = None
         try:
+            moa, kwargs = await self._mixture()
+            chunks = moa.astream(self.chat.messages, **kwargs)
             async for chunk in chunks:
                 if chunk.usage_metadata:
                     usage = chunk.usage_metadata
@@ -263,7 +346,8 @@ class _RunResponse(Response):
             await client.send(body_message(event + openai_wire.SSE_DONE, more=False))
             return
         finally:
-            await _aclose(chunks)
+            if chunks is not None:
+                await _aclose(chunks)
         if not started:
             await client.send(start_message(200, headers))
             await client.send(body_message(fmt.event(openai_wire.ROLE_DELTA), more=True))
@@ -287,6 +371,7 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULTS.max_body_bytes,
     body_timeout: float = DEFAULTS.body_timeout,
+    checkpoint: str | None = DEFAULTS.checkpoint,
 ) -> Starlette:
     """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
 
@@ -297,6 +382,9 @@ def create_app(
             before any byte of the body is read.
         max_body_bytes: Larger request bodies are refused with 413.
         body_timeout: Seconds a client has to send its body (then 408).
+        checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept (a
+            ``moa_graph.checkpoints`` URL); without it the header is ignored (and listed in
+            ``X-MoA-Ignored-Params``).
 
     Example:
         >>> from moa_graph.presets import local_tiny
@@ -310,6 +398,7 @@ def create_app(
         api_key=api_key,
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
+        checkpoint=checkpoint,
     )
     return endpoints.app()
 
@@ -329,6 +418,7 @@ class MoAServer(UvicornServer):
         max_body_bytes: Larger request bodies are refused with 413.
         body_timeout: Seconds a client has to send its body (then 408).
         timeout_keep_alive: Seconds an idle keep-alive connection stays open.
+        checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept.
 
     Example:
         >>> import openai
@@ -360,6 +450,7 @@ class MoAServer(UvicornServer):
         max_body_bytes: int = DEFAULTS.max_body_bytes,
         body_timeout: float = DEFAULTS.body_timeout,
         timeout_keep_alive: int = DEFAULTS.timeout_keep_alive,
+        checkpoint: str | None = DEFAULTS.checkpoint,
     ) -> None:
         self._endpoints = _Endpoints(
             moa,
@@ -367,6 +458,7 @@ class MoAServer(UvicornServer):
             api_key=api_key,
             max_body_bytes=max_body_bytes,
             body_timeout=body_timeout,
+            checkpoint=checkpoint,
         )
         super().__init__(
             self._endpoints.app(),
@@ -412,6 +504,7 @@ def app_from_environment() -> Starlette:
         api_key=os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=settings["max_body_bytes"],
         body_timeout=settings["body_timeout"],
+        checkpoint=settings["checkpoint"],
     )
 
 
@@ -429,7 +522,7 @@ def serve(
         api_key: Require ``Authorization: Bearer <api_key>`` on every request. With workers it
             reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
         **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
-            ``max_body_bytes``, ``body_timeout``, ``timeout_keep_alive``).
+            ``checkpoint``, ``max_body_bytes``, ``body_timeout``, ``timeout_keep_alive``).
 
     Raises:
         ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
@@ -457,6 +550,7 @@ def serve(
             "model_name": model_name,
             "max_body_bytes": opts.max_body_bytes,
             "body_timeout": opts.body_timeout,
+            "checkpoint": opts.checkpoint,
         }
         os.environ[SERVE_ENV] = json.dumps(settings)
         if api_key:
@@ -473,6 +567,7 @@ def serve(
             api_key=api_key,
             max_body_bytes=opts.max_body_bytes,
             body_timeout=opts.body_timeout,
+            checkpoint=opts.checkpoint,
         )
     name = repr(model_name) if model_name else "the mixture"
     url = http_url(opts.host, opts.port) + "/v1"
@@ -487,6 +582,6 @@ def serve(
         workers=opts.workers,
         http=NoDelayH11Protocol,  # h11, with Nagle off in worker processes too
         ws="none",
-        lifespan="off",
+        lifespan="auto",
         timeout_keep_alive=opts.timeout_keep_alive,
     )

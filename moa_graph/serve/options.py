@@ -33,6 +33,13 @@ class ServeOptions:
     port: int = _option(8000, "TCP port", minimum=0)
     model_name: str | None = _option(None, "served model id", shown="moa:<aggregator model>")
     workers: int = _option(1, "worker processes, each building its own mixture", minimum=1)
+    checkpoint: str | None = _option(
+        None,
+        "keep the run of each request with an Idempotency-Key there (sqlite:///PATH, "
+        "postgresql://...): a retry with the key, to any worker sharing it, finishes or "
+        "repeats the run instead of paying for it again",
+        shown="none",
+    )
     # A mixture accepts 400,000 characters of conversation by default (``max_input_chars``); as
     # JSON one character takes up to 12 bytes (an emoji escaped as a ``\uXXXX`` surrogate pair,
     # as Python's ``json`` does), so 4.8 MB plus the messages' structure: 8 MiB takes any
@@ -46,7 +53,11 @@ class ServeOptions:
     )
 
     def __post_init__(self) -> None:
+        if self.checkpoint is not None:
+            from moa_graph.checkpoints import checkpoint_kind  # imports no server package
+
+            checkpoint_kind(self.checkpoint)  # ValueError naming the accepted URLs
         for option in fields(self):
             minimum, value = option.metadata["minimum"], getattr(self, option.name)
-            if minimum is not None and value < minimum:
+            if minimum is not None and value is not None and value < minimum:
                 raise ValueError(f"{option.name}: must be at least {minimum:g} (got {value!r})")

@@ -284,7 +284,7 @@ class UvicornServer(HTTPAddress):
             # uvicorn calls this with its protocol's keyword arguments, as it would the class
             http=cast(Any, self.connections.protocol_factory(self.http)),
             ws="none",
-            lifespan="off",
+            lifespan="auto",
             log_level="warning",
             access_log=False,
             proxy_headers=False,  # scope["client"] must be the TCP peer (see Connections)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -36,6 +36,12 @@ class ChildSettings(TypedDict):
     thread: str
     durability: Durability | None
     """LangGraph's durability mode (``None``: its default)."""
+    samples: NotRequired[dict[str, int]]
+    """Samples of a model, drawn in one request (default: one each)."""
+    options: NotRequired[dict[str, Any]]
+    """Further mixture settings (``staircase``, ...)."""
+    continuation: NotRequired[str]
+    """How the models continue a partial answer (the loopback server: ``"prefill"``)."""
 
 
 def build_graph(
@@ -44,15 +50,23 @@ def build_graph(
     """The mixture the settings describe, compiled with ``saver`` (same in parent and child)."""
 
     def spec(model: str) -> ProposerSpec:
+        samples = settings.get("samples", {}).get(model, 1)
         return ProposerSpec(
             model=f"openai:{model}",
             base_url=settings["base_url"],
             api_key=SecretStr(settings["api_key"]),
+            samples=samples,
+            samples_in_one_request=samples > 1 or None,
+            continuation=settings.get("continuation"),
         )
 
     proposers = [[spec(model) for model in layer] for layer in settings["proposers"]]
     graph = create_moa_graph(
-        proposers, aggregator=spec(settings["aggregator"]), timeout=60.0, max_retries=0
+        proposers,
+        aggregator=spec(settings["aggregator"]),
+        timeout=60.0,
+        max_retries=0,
+        **settings.get("options", {}),
     )
     return graph.compile(checkpointer=saver)
 
