@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
 from langchain_core.caches import BaseCache
@@ -51,6 +54,9 @@ CHOICES_KWARG = "moa_context"
 
 THREAD_KWARG = "moa_thread"
 """Call keyword naming the thread a call runs on (see ``ChatMixtureOfAgents.with_checkpointer``)."""
+
+REQUEST_METADATA = "moa_request"
+"""Checkpoint metadata key: the digest of the call a kept thread's run answers."""
 
 
 class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
@@ -139,15 +145,17 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     def with_checkpointer(self, checkpointer: BaseCheckpointSaver[Any]) -> Self:
         """This mixture, keeping the run of each call given ``moa_thread="<id>"`` in a checkpointer.
 
-        One thread holds one run. Calling again with the same thread id and conversation (a
-        retry after a lost connection or a dead process, from any process sharing the store)
-        finishes an interrupted run from its last checkpoint, re-paying no proposer that had
-        answered, and returns a finished run's answer again without any model call. A thread
-        holding another conversation is refused. Calls without ``moa_thread`` keep nothing.
+        One thread holds one run. Calling again with the same thread id and the same request
+        (conversation, ``stop``, per-call choices), as a retry after a lost connection or a dead
+        process does from any process sharing the store, finishes an interrupted run from its
+        last checkpoint, re-paying no proposer that had answered, and returns a finished run's
+        answer again without any model call. Any other request on that thread is refused (each
+        checkpoint records a digest of its request). Calls without ``moa_thread`` keep nothing.
+        Two calls on one thread must not run at once (``moa-graph serve`` sees to it).
 
         Raises (at call time):
             ValueError: ``moa_thread`` on a mixture without a checkpointer.
-            ThreadInUseError: the thread holds another conversation (a ``ValueError``).
+            ThreadInUseError: the thread holds another request's run (a ``ValueError``).
 
         Example:
             >>> from langchain_core.language_models import GenericFakeChatModel
@@ -382,18 +390,13 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        thread = kwargs.pop(THREAD_KWARG, None)
-        graph, config = (
-            self._graph_for(thread),
-            self._inner_config(run_manager, CallbackManager, thread),
-        )
-        context = self._context(stop, kwargs)
-        run_input = _thread_input(messages, graph.get_state(config) if thread else None)
+        run = self._prepare(messages, stop, kwargs, run_manager, CallbackManager)
+        run_input = run.input(run.graph.get_state(run.config) if run.thread else None)
         if isinstance(run_input, _FinishedRun):
-            return self._result(run_input.values, context)
+            return self._result(run_input.values, run.context)
         with _isolated():
-            state = graph.invoke(run_input, config, context=context)
-        return self._result(state, context)
+            state = run.graph.invoke(run_input, run.config, context=run.context)
+        return self._result(state, run.context)
 
     async def _agenerate(
         self,
@@ -402,16 +405,13 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        thread = kwargs.pop(THREAD_KWARG, None)
-        graph = self._graph_for(thread)
-        config = self._inner_config(run_manager, AsyncCallbackManager, thread)
-        context = self._context(stop, kwargs)
-        run_input = _thread_input(messages, await graph.aget_state(config) if thread else None)
+        run = self._prepare(messages, stop, kwargs, run_manager, AsyncCallbackManager)
+        run_input = run.input(await run.graph.aget_state(run.config) if run.thread else None)
         if isinstance(run_input, _FinishedRun):
-            return self._result(run_input.values, context)
+            return self._result(run_input.values, run.context)
         with _isolated():
-            state = await graph.ainvoke(run_input, config, context=context)
-        return self._result(state, context)
+            state = await run.graph.ainvoke(run_input, run.config, context=run.context)
+        return self._result(state, run.context)
 
     def _stream(
         self,
@@ -420,15 +420,14 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        thread = kwargs.pop(THREAD_KWARG, None)
-        graph = self._graph_for(thread)
-        config = self._inner_config(run_manager, CallbackManager, thread)
-        context = self._context(stop, kwargs)
-        collector = _StreamCollector(self, context)
-        run_input = _thread_input(messages, graph.get_state(config) if thread else None)
-        if not isinstance(run_input, _FinishedRun):
-            stream = graph.stream(
-                run_input, config, context=context, stream_mode=["messages", "updates"]
+        run = self._prepare(messages, stop, kwargs, run_manager, CallbackManager)
+        collector = _StreamCollector(self, run.context)
+        run_input = run.input(run.graph.get_state(run.config) if run.thread else None)
+        if isinstance(run_input, _FinishedRun):
+            collector.settle(run_input.values)
+        else:
+            stream = run.graph.stream(
+                run_input, run.config, context=run.context, stream_mode=["messages", "updates"]
             )
             while True:
                 with _isolated():
@@ -439,8 +438,8 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
                 chunk = collector.accept(mode, payload)
                 if chunk is not None:
                     yield chunk
-        if thread:  # a resumed run streamed only its end: the thread holds all of it
-            collector.settle(graph.get_state(config).values)
+            if run_input is None:  # a resumed run streamed only its end: the thread holds all
+                collector.settle(run.graph.get_state(run.config).values)
         yield from collector.finish()
 
     async def _astream(
@@ -450,15 +449,14 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        thread = kwargs.pop(THREAD_KWARG, None)
-        graph = self._graph_for(thread)
-        config = self._inner_config(run_manager, AsyncCallbackManager, thread)
-        context = self._context(stop, kwargs)
-        collector = _StreamCollector(self, context)
-        run_input = _thread_input(messages, await graph.aget_state(config) if thread else None)
-        if not isinstance(run_input, _FinishedRun):
-            stream = graph.astream(
-                run_input, config, context=context, stream_mode=["messages", "updates"]
+        run = self._prepare(messages, stop, kwargs, run_manager, AsyncCallbackManager)
+        collector = _StreamCollector(self, run.context)
+        run_input = run.input(await run.graph.aget_state(run.config) if run.thread else None)
+        if isinstance(run_input, _FinishedRun):
+            collector.settle(run_input.values)
+        else:
+            stream = run.graph.astream(
+                run_input, run.config, context=run.context, stream_mode=["messages", "updates"]
             )
             while True:
                 with _isolated():
@@ -469,10 +467,26 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
                 chunk = collector.accept(mode, payload)
                 if chunk is not None:
                     yield chunk
-        if thread:  # a resumed run streamed only its end: the thread holds all of it
-            collector.settle((await graph.aget_state(config)).values)
+            if run_input is None:  # a resumed run streamed only its end: the thread holds all
+                collector.settle((await run.graph.aget_state(run.config)).values)
         for chunk in collector.finish():
             yield chunk
+
+    def _prepare(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        manager_class: type[BaseCallbackManager],
+    ) -> _Run:
+        """What one call runs: the graph (the kept one on a thread), its config and context."""
+        thread = kwargs.pop(THREAD_KWARG, None)
+        graph = self._graph_for(thread)
+        context = self._context(stop, kwargs)
+        request = _request_digest(messages, context) if thread else None
+        config = self._inner_config(run_manager, manager_class, thread, request)
+        return _Run(graph, config, context, messages, thread, request)
 
     def _context(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The inner graph's context: the per-call choices, other keywords for the aggregator."""
@@ -488,6 +502,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         manager_class: type[BaseCallbackManager],
         thread: str | None = None,
+        request: str | None = None,
     ) -> RunnableConfig:
         """Config for the inner graph, isolated from the caller's.
 
@@ -512,7 +527,8 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         return RunnableConfig(
             callbacks=callbacks,
             tags=[],
-            metadata={},
+            # on a thread, every checkpoint records which request it belongs to
+            metadata={REQUEST_METADATA: request} if request else {},
             configurable={"thread_id": thread} if thread else {},
             run_name="mixture_of_agents",
             **self._plan.run_config(),
@@ -607,7 +623,7 @@ def _plain_chunk(message: BaseMessage) -> AIMessageChunk:
         tool_call_chunks = [
             {
                 "name": c["name"],
-                "args": _json(c["args"]),
+                "args": json.dumps(c["args"]),
                 "id": c["id"],
                 "index": i,
                 "type": "tool_call_chunk",
@@ -622,29 +638,44 @@ def _plain_chunk(message: BaseMessage) -> AIMessageChunk:
     )
 
 
-def _thread_input(
-    messages: list[BaseMessage], thread: StateSnapshot | None
-) -> dict[str, Any] | _FinishedRun | None:
-    """What a call runs: the conversation (no thread, or a new one), ``None`` to finish the
-    thread's interrupted run, or the thread's finished state to answer from.
-
-    Raises:
-        ThreadInUseError: the thread holds another conversation.
-    """
-    if thread is None or not thread.values:
-        return {"messages": messages}
-    held = thread.values.get("messages", [])
-    if [(m.type, m.content) for m in held[: len(messages)]] != [
-        (m.type, m.content) for m in messages
-    ]:
-        raise ThreadInUseError(str(thread.config.get("configurable", {}).get("thread_id")))
-    return None if thread.next else _FinishedRun(thread.values)
-
-
 class _FinishedRun(NamedTuple):
     """The state of a thread whose run has finished (its answer is given again)."""
 
     values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One call of the chat model: the graph it runs, with what, and on which thread."""
+
+    graph: CompiledStateGraph[Any, Any, Any, Any]
+    config: RunnableConfig
+    context: dict[str, Any]
+    messages: list[BaseMessage]
+    thread: str | None
+    request: str | None
+
+    def input(self, held: StateSnapshot | None) -> dict[str, Any] | _FinishedRun | None:
+        """What to run, given the thread's state: the conversation (no thread, or a new one),
+        ``None`` to finish the thread's interrupted run, or its finished state to answer from.
+
+        Raises:
+            ThreadInUseError: the thread holds another request's run.
+        """
+        if held is None or not held.values:
+            return {"messages": self.messages}
+        if held.metadata is None or held.metadata.get(REQUEST_METADATA) != self.request:
+            raise ThreadInUseError(str(self.thread))
+        return None if held.next else _FinishedRun(held.values)
+
+
+def _request_digest(messages: Sequence[BaseMessage], context: Mapping[str, Any]) -> str:
+    """A digest of a call: its whole conversation (without message ids) and its choices."""
+    request = {
+        "messages": [message.model_dump(exclude={"id"}) for message in messages],
+        "context": context,
+    }
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @contextmanager
@@ -699,12 +730,6 @@ def _unwrap(model: Any) -> Any:
     while isinstance(model, RunnableBinding):
         model = model.bound
     return model
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def total_usage(proposals: Sequence[Proposal], final: BaseMessage) -> UsageMetadata:

@@ -19,13 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
+
+from moa_graph.redact import masked_url
 
 SCHEMES = ("memory", "sqlite:///PATH", "postgresql://...")
 """The checkpoint URLs understood, as help texts show them."""
@@ -44,7 +48,7 @@ def checkpoint_kind(url: str) -> str:
         return "sqlite"
     if url.startswith(("postgresql://", "postgres://")):
         return "postgres"
-    raise ValueError(f"checkpoint: must be one of {', '.join(SCHEMES)} (got {url!r})")
+    raise ValueError(f"checkpoint: must be one of {', '.join(SCHEMES)} (got {masked_url(url)!r})")
 
 
 _SAVERS = {
@@ -75,6 +79,17 @@ def _saver(kind: str, url: str, *, asynchronous: bool) -> Any:
     return saver_class.from_conn_string(url.removeprefix("sqlite:///"))
 
 
+_SETUP_LOCK = 727_274_002
+"""The advisory lock id under which LangGraph's tables are created or migrated: its ``setup()``
+takes no lock, and processes starting together (``serve --workers N``) would collide.
+
+Waiters poll ``pg_try_advisory_lock`` rather than wait in ``pg_advisory_lock``: a session
+waiting inside a statement is an open transaction, which the holder's ``CREATE INDEX
+CONCURRENTLY`` (one of LangGraph's migrations) waits for, so both would wait forever."""
+
+_SETUP_POLL_SECONDS = 0.05
+
+
 @contextmanager
 def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
     """The checkpointer ``url`` names, open inside the block (tables created on first use).
@@ -88,7 +103,12 @@ def checkpointer(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
         return
     with _saver(kind, url, asynchronous=False) as saver:
         if kind == "postgres":
-            saver.setup()  # LangGraph's own migrations: creates or upgrades its tables
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as lock:
+                while not _locked(lock.execute(_TRY_LOCK, (_SETUP_LOCK,)).fetchone()):
+                    time.sleep(_SETUP_POLL_SECONDS)
+                saver.setup()  # LangGraph's own migrations: creates or upgrades its tables
         yield saver
 
 
@@ -98,22 +118,41 @@ async def async_checkpointer(
 ) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """The async twin of :func:`checkpointer` (for ``ainvoke`` and ``astream``).
 
-    ``connections`` above 1 gives a PostgreSQL saver a pool of that many connections, for many
-    concurrent runs (a server); one connection serves one query at a time.
+    ``connections`` above 1 puts a PostgreSQL saver on a pool of up to that many connections,
+    which also replaces a connection the database dropped. LangGraph's saver runs one query at
+    a time whatever the pool, so this buys resilience, not parallel queries.
     """
     kind = checkpoint_kind(url)
     if kind == "memory":
         yield InMemorySaver()
         return
-    if kind == "postgres" and connections > 1:
-        async with _pooled_postgres_saver(url, connections) as saver:
-            await saver.setup()
-            yield saver
-        return
-    async with _saver(kind, url, asynchronous=True) as saver:
+    opened = (
+        _pooled_postgres_saver(url, connections)
+        if kind == "postgres" and connections > 1
+        else _saver(kind, url, asynchronous=True)
+    )
+    async with opened as saver:
         if kind == "postgres":
-            await saver.setup()
+            await _setup_postgres(url, saver)
         yield saver
+
+
+async def _setup_postgres(url: str, saver: Any) -> None:
+    """Run LangGraph's migrations, one process at a time (the lock ends with its connection)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as lock:
+        while not _locked(await (await lock.execute(_TRY_LOCK, (_SETUP_LOCK,))).fetchone()):
+            await asyncio.sleep(_SETUP_POLL_SECONDS)
+        await saver.setup()
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+
+
+def _locked(row: Any) -> bool:
+    """Whether ``pg_try_advisory_lock`` took the lock (its one column)."""
+    return bool(row and row[0])
 
 
 @asynccontextmanager
@@ -126,5 +165,7 @@ async def _pooled_postgres_saver(url: str, connections: int) -> AsyncIterator[An
     from psycopg_pool import AsyncConnectionPool
 
     options = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
-    async with AsyncConnectionPool(url, max_size=connections, kwargs=options, open=False) as pool:
+    async with AsyncConnectionPool(
+        url, min_size=1, max_size=connections, kwargs=options, open=False
+    ) as pool:
         yield saver_class(conn=pool)

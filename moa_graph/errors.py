@@ -36,11 +36,11 @@ class AggregatorError(MoAError):
 
 
 class ThreadInUseError(ValueError):
-    """A call kept on a thread (``moa_thread``) that holds another conversation's run."""
+    """A call kept on a thread (``moa_thread``) that holds another request's run."""
 
     def __init__(self, thread: str) -> None:
         self.thread = thread
         super().__init__(
-            f"moa_thread: thread {thread!r} holds another conversation; "
-            "one thread keeps one run: give a new thread id"
+            f"moa_thread: thread {thread!r} holds the run of another request (conversation, "
+            "stop or choices); one thread keeps one run: give a new thread id"
         )

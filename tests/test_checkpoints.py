@@ -62,3 +62,25 @@ def test_a_missing_extra_is_named_with_its_install_command(
     refused = pytest.raises(ValueError, match=r"pip install 'moa-graph\[postgres\]'")
     with refused, checkpointer("postgresql://moa@127.0.0.1:1/postgres"):
         pass
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_processes_opening_a_new_database_at_once_take_turns(
+    postgres_database: str, connections: int
+) -> None:
+    """As ``serve --workers N`` does: LangGraph's migrations run under a lock, not in a race."""
+
+    async def open_one() -> str:
+        async with async_checkpointer(postgres_database, connections=connections) as saver:
+            return type(saver).__name__
+
+    async def open_together() -> list[str]:
+        return await asyncio.gather(*(open_one() for _ in range(4)))
+
+    assert asyncio.run(open_together()) == ["AsyncPostgresSaver"] * 4
+
+
+def test_a_password_never_shows_in_the_refusal() -> None:
+    with pytest.raises(ValueError) as refused, checkpointer("postgresql+psycopg://u:pw@db/x"):
+        pass
+    assert "pw" not in str(refused.value) and "u:***@db" in str(refused.value)

@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import SecretStr
 
-from moa_graph import ChatMixtureOfAgents, ProposerSpec
+from moa_graph import ChatMixtureOfAgents, ProposerSpec, ThreadInUseError
 from moa_graph.testing import ModelScript, OpenAICompatibleServer
 from tests.test_durable import (
     AGGREGATOR,
@@ -27,6 +27,7 @@ from tests.test_durable import (
     WAIT_S,
     call_counts,
     hanging_call_in_flight,
+    saved_proposals,
     scripts_for,
 )
 
@@ -67,15 +68,19 @@ async def answer(moa: ChatMixtureOfAgents, mode: str, **kwargs: Any) -> AIMessag
 @pytest.mark.parametrize("mode", ["ainvoke", "invoke", "astream", "stream"])
 def test_a_retry_finishes_the_stopped_run_without_paying_finished_proposers(mode: str) -> None:
     with OpenAICompatibleServer(scripts_for(DEEP)) as server:
-        moa = mixture(server).with_checkpointer(InMemorySaver())
+        saver = InMemorySaver()
+        moa = mixture(server).with_checkpointer(saver)
 
         async def give_up_then_retry() -> tuple[dict[str, int], AIMessage]:
             first = asyncio.ensure_future(answer(moa, "astream", moa_thread="request-1"))
             deadline = time.monotonic() + WAIT_S
-            while not hanging_call_in_flight(server, DEEP):
+            config: Any = {"configurable": {"thread_id": "request-1"}}
+            while not (  # the call hangs in layer 2, the other answers saved
+                hanging_call_in_flight(server, DEEP)
+                and saved_proposals(saver, config) == sorted(DEEP.finished_in_hanging_layer)
+            ):
                 assert time.monotonic() < deadline and not first.done(), "layer 2 never hung"
                 await asyncio.sleep(0.02)
-            await asyncio.sleep(0.2)  # the finished proposers' writes are saved in the background
             first.cancel()  # the client went away mid-layer 2
             with pytest.raises(asyncio.CancelledError):
                 await first
@@ -114,13 +119,24 @@ def fakes(*replies: str) -> GenericFakeChatModel:
     return GenericFakeChatModel(messages=iter(replies))
 
 
-def test_a_thread_is_never_given_another_conversation() -> None:
+@pytest.mark.parametrize(
+    ("conversation", "options"),
+    [
+        ([("system", "Be brief."), ("user", "And of Italy?")], {}),
+        ([("system", "Be brief.")], {}),  # the start of the kept conversation: not its run
+        ([("system", "Be brief."), ("user", QUESTION)], {"stop": ["###"]}),
+    ],
+    ids=["another-question", "a-prefix", "another-stop"],
+)
+def test_a_thread_answers_only_its_own_request(
+    conversation: list[tuple[str, str]], options: dict[str, Any]
+) -> None:
     model = fakes("Paris.", "Paris, surely.")
     moa = ChatMixtureOfAgents(proposers=[model], aggregator=model, layers=2)
     kept = moa.with_checkpointer(InMemorySaver())
-    kept.invoke(QUESTION, moa_thread="request-1")
-    with pytest.raises(ValueError, match="thread 'request-1' holds another conversation"):
-        kept.invoke("And of Italy?", moa_thread="request-1")
+    kept.invoke([("system", "Be brief."), ("user", QUESTION)], moa_thread="request-1")
+    with pytest.raises(ThreadInUseError, match="thread 'request-1' holds the run of another"):
+        kept.invoke(conversation, moa_thread="request-1", **options)
 
 
 def test_a_thread_needs_a_checkpointer() -> None:

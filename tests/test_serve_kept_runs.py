@@ -23,13 +23,27 @@ import httpx
 import openai
 import pytest
 
-from moa_graph.serve.openai_app import MoAServer
+from moa_graph.serve.openai_app import MoAServer, create_app
 from moa_graph.testing import ModelScript, OpenAICompatibleServer
+from tests.test_durable import saved_proposals, stored_proposals, wait_until
 from tests.test_serve import ANSWER, NAME, USER, mixture
+from tests.test_serve_hardening import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+LEASE_S = 5
 KEY_HEADER = "Idempotency-Key"
-WAIT_S = 20.0
+
+
+def thread_of(key: str) -> Any:
+    """The config of the thread a key's run is kept on."""
+    return {"configurable": {"thread_id": f"idempotency:{NAME}:{key}"}}
+
+
+def saved_in(served: MoAServer, key: str) -> list[str]:
+    """The proposers whose answers the server saved for ``key``'s run."""
+    runs = served._endpoints.kept_runs
+    assert runs is not None
+    return saved_proposals(runs._saver, thread_of(key))
 
 
 @pytest.fixture
@@ -45,14 +59,6 @@ def upstream() -> Iterator[OpenAICompatibleServer]:
 
 def calls(upstream: OpenAICompatibleServer) -> Counter[str]:
     return Counter(record.model for record in upstream.requests())
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def post(base_url: str, key: str | None, stream: bool = False, **body: Any) -> httpx.Response:
@@ -75,8 +81,8 @@ def test_a_retry_after_the_client_left_pays_no_proposer_twice(
             client.chat.completions.create(
                 model=NAME, messages=USER, stream=stream, extra_headers={KEY_HEADER: "order-7"}
             )  # type: ignore[call-overload]
-        wait_for(lambda: calls(upstream) == {"p1": 1, "p2": 1}, "the first run's calls")
-        time.sleep(0.2)  # p1's answer is saved in the background
+        wait_until(lambda: calls(upstream) == {"p1": 1, "p2": 1}, "the first run's calls")
+        wait_until(lambda: saved_in(served, "order-7") == ["p1"], "p1's answer saved")
         upstream.set_script("p2", ModelScript(reply="It is Paris."))
         with openai.OpenAI(base_url=served.base_url, api_key="x", max_retries=0) as client:
             reply = client.chat.completions.create(
@@ -119,6 +125,24 @@ def test_a_key_reused_for_another_conversation_is_422(upstream: OpenAICompatible
     assert calls(upstream) == {"p1": 1, "p2": 1, "agg": 1}  # refused before any call
 
 
+def test_a_key_whose_run_is_going_on_is_409_with_retry_after(
+    upstream: OpenAICompatibleServer,
+) -> None:
+    upstream.set_script("p2", ModelScript(reply="It is Paris.", ttft=2.0))  # a slow run
+    with MoAServer(mixture(upstream), model_name=NAME, checkpoint="memory") as served:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, served.base_url, "order-5")
+            wait_until(lambda: calls(upstream) == {"p1": 1, "p2": 1}, "the first run's calls")
+            again = post(served.base_url, "order-5")  # while the first run goes on
+            assert first.result().status_code == 200
+        after = post(served.base_url, "order-5")  # the run ended: its answer, no call
+    assert again.status_code == 409, again.text
+    assert again.json()["error"]["code"] == "idempotency_key_in_use"
+    assert int(again.headers["Retry-After"]) >= 1
+    assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == ANSWER
+    assert calls(upstream)["p1"] == 1  # the refused request paid nothing
+
+
 def test_without_a_checkpoint_the_key_is_reported_ignored(
     upstream: OpenAICompatibleServer,
 ) -> None:
@@ -132,38 +156,34 @@ def test_without_a_checkpoint_the_key_is_reported_ignored(
 # -- two server processes sharing PostgreSQL; the first is killed mid-layer --------------------
 
 
-def start_serve(recipe: Path, port: int, checkpoint: str) -> subprocess.Popen[str]:
+def start_serve(recipe: Path, port: int, checkpoint: str, log: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-c", "import sys; from moa_graph.cli import main; sys.exit(main())",
                "serve", "--config", str(recipe), "--port", str(port), "--model-name", NAME,
-               "--checkpoint", checkpoint]  # fmt: skip
+               "--checkpoint", checkpoint, "--lease-seconds", str(LEASE_S)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOA_GRAPH_")}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_up(base_url: str, process: subprocess.Popen[str]) -> None:
+def wait_up(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 90  # the process imports LangChain first
     while True:
-        assert process.poll() is None, f"moa-graph serve exited: {process.stderr}"
+        assert process.poll() is None, f"moa-graph serve exited:\n{log.read_text()}"
         try:
             if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, "moa-graph serve did not start"
+        assert time.monotonic() < deadline, f"moa-graph serve did not start:\n{log.read_text()}"
         time.sleep(0.2)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_another_server_finishes_the_run_of_a_killed_one(
     upstream: OpenAICompatibleServer, postgres_database: str, tmp_path: Path
 ) -> None:
+    """Two ``moa-graph serve`` processes share a PostgreSQL store; the first is SIGKILLed while
+    its request waits on p2. Until the dead worker's lease lapses the key is 409 everywhere;
+    then the retry to the second server finishes the run, paying p1 nothing."""
     recipe = tmp_path / "recipe.toml"
     model = f'base_url = "{upstream.base_url}", api_key = "sk-up"'
     recipe.write_text(
@@ -171,27 +191,67 @@ def test_another_server_finishes_the_run_of_a_killed_one(
         f'aggregator = {{model = "openai:agg", {model}}}\n'
         "layers = 2\nmax_retries = 0\n"
     )
-    ports = free_port(), free_port()
-    first, second = (start_serve(recipe, port, postgres_database) for port in ports)
+    ports, logs = (free_port(), free_port()), (tmp_path / "first.log", tmp_path / "second.log")
+    first, second = (
+        start_serve(recipe, port, postgres_database, log)
+        for port, log in zip(ports, logs, strict=True)
+    )
     urls = [f"http://127.0.0.1:{port}/v1" for port in ports]
     try:
-        for url, process in zip(urls, (first, second), strict=True):
-            wait_up(url, process)
+        for url, process, log in zip(urls, (first, second), logs, strict=True):
+            wait_up(url, process, log)
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(post, urls[0], "order-42")
-            wait_for(lambda: calls(upstream) == {"p1": 1, "p2": 1}, "layer 1's calls")
-            time.sleep(0.5)  # p1's answer is saved in the background
+            wait_until(lambda: calls(upstream) == {"p1": 1, "p2": 1}, "layer 1's calls")
+            wait_until(
+                lambda: stored_proposals(postgres_database, thread_of("order-42")) == ["p1"],
+                "p1's answer saved",
+            )
+            killed_at = time.monotonic()
             first.send_signal(signal.SIGKILL)  # the server dies under the request
             with pytest.raises(httpx.TransportError):
                 pending.result()
         upstream.set_script("p2", ModelScript(reply="It is Paris."))
+        too_soon = post(urls[1], "order-42")
+        within_lease = time.monotonic() - killed_at < LEASE_S - 1  # unless the machine stalled
+        time.sleep(max(0.0, LEASE_S + 0.5 - (time.monotonic() - killed_at)))
         retried = post(urls[1], "order-42")
     finally:
         for process in (first, second):
             process.kill()
             process.wait(10)
-            if process.stderr:
-                process.stderr.close()
+    if within_lease:  # the dead worker's lease still holds the key
+        assert too_soon.status_code == 409, too_soon.text
+        assert int(too_soon.headers["Retry-After"]) <= LEASE_S
     assert retried.status_code == 200, retried.text
     assert retried.json()["choices"][0]["message"]["content"] == ANSWER
     assert calls(upstream) == {"p1": 1, "p2": 2, "agg": 1}  # p1 answered once, paid once
+
+
+def test_an_unreachable_store_stops_the_server_from_starting(
+    upstream: OpenAICompatibleServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"postgresql://moa:pw-not-shown@127.0.0.1:{free_port()}/runs"  # nothing listens
+    server = MoAServer(mixture(upstream), model_name=NAME, checkpoint=url)
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start()
+    assert "cannot open the run store postgresql://moa:***@127.0.0.1" in caplog.text
+    assert "pw-not-shown" not in caplog.text
+
+
+async def test_a_mounted_app_answers_503_while_the_store_is_unreachable(
+    upstream: OpenAICompatibleServer,
+) -> None:
+    upstream.set_script("p2", ModelScript(reply="It is Paris."))
+    url = f"postgresql://moa@127.0.0.1:{free_port()}/runs"
+    app = create_app(mixture(upstream), model_name=NAME, checkpoint=url)  # no lifespan: lazy
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://moa") as client:
+        body = {"model": NAME, "messages": USER}
+        first = await client.post("/v1/chat/completions", json=body, headers={KEY_HEADER: "k"})
+        second = await client.post("/v1/chat/completions", json=body, headers={KEY_HEADER: "k"})
+        unkeyed = await client.post("/v1/chat/completions", json=body)
+    assert first.status_code == second.status_code == 503
+    assert first.json()["error"]["code"] == "store_unavailable"
+    assert unkeyed.status_code == 200  # requests without a key need no store
+    assert calls(upstream) == {"p1": 1, "p2": 1, "agg": 1}

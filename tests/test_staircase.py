@@ -347,6 +347,37 @@ def test_a_proposer_that_never_answers_times_out_and_is_left_out(
     assert answer.content == words("agg")
 
 
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_writer_with_nothing_to_add_has_answered(
+    server: OpenAICompatibleServer, mode: str
+) -> None:
+    """An answer that ends on a chunk's edge: the next round continues it with nothing, which
+    is the end of the answer (llama.cpp stops at once, finish_reason "stop"), not a failure.
+    Readers of a layer (layer 2's proposers, the aggregator) write in rounds."""
+
+    def on_the_edge(name: str) -> Any:
+        def reply(request: dict[str, Any]) -> str:
+            last = request["messages"][-1]
+            if last["role"] == "assistant":  # continued: nothing more to write
+                return str(last["content"])
+            return words(name, CHUNK) + " (cut off by the chunk)"
+
+        return reply
+
+    for name in ("p1", "agg"):
+        server.set_script(name, ModelScript(reply=on_the_edge(name)))
+    moa = mixture(server, layers=3)
+    answer = moa.invoke(QUESTION) if mode == "invoke" else asyncio.run(moa.ainvoke(QUESTION))
+    proposals = answer.response_metadata["proposals"]
+    (p1,) = [p for p in proposals if p["proposer"] == "p1" and p["layer"] == 2]
+    assert (p1["status"], p1["error"], p1["text"]) == ("answered", None, words("p1", CHUNK))
+    assert p1["rounds"] == 2
+    assert len(server.requests_for("p1")) == 1 + 2  # layer 1's, then two rounds: no retry
+    assert STOPPED_MARK not in system_text(server.requests_for("agg")[-1])
+    assert answer.content == words("agg", CHUNK)
+    assert len(server.requests_for("agg")) == answer.response_metadata["moa_staircase"]["rounds"]
+
+
 def test_a_layer_deadline_cuts_off_the_slow_and_keeps_their_chunks(
     server: OpenAICompatibleServer,
 ) -> None:
@@ -369,7 +400,11 @@ def test_embedded_models_continue_in_rounds_reading_little_anew() -> None:
     record = answer.response_metadata["moa_staircase"]
     assert record["rounds"] >= 2
     later = list(zip(record["fresh_prompt_tokens"], record["prompt_tokens"], strict=True))[1:]
-    assert all(fresh < whole for fresh, whole in later)  # the prompt cache served the rest
+    # The prompt cache serves what a round read before. Not every time: llama.cpp may give a
+    # round a slot whose cache holds another sequence (seen once in three runs), so the test
+    # asks for the cache's effect over the rounds, which no cache at all would fail.
+    fresh, whole = (sum(column) for column in zip(*later, strict=True))
+    assert fresh < 0.8 * whole, later
 
 
 def test_with_every_proposer_failed_the_aggregator_may_answer_alone(

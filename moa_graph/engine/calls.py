@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -115,8 +116,11 @@ def is_transient(error: BaseException) -> bool:
     return any(word in name for word in ("Connection", "Timeout", "RemoteProtocol", "ReadError"))
 
 
-def check_answer(message: BaseMessage) -> BaseMessage:
-    """Refuse an answer with neither text nor tool calls (``EmptyAnswerError``)."""
+def check_answer(message: BaseMessage, continuing: bool = False) -> BaseMessage:
+    """Refuse an answer with neither text nor tool calls (``EmptyAnswerError``), unless it
+    ``continuing`` a partial answer, where nothing more to write means the answer is complete."""
+    if continuing:
+        return message
     if not message.text.strip() and not getattr(message, "tool_calls", None):
         raise EmptyAnswerError("the model answered with empty text")
     return message
@@ -140,16 +144,21 @@ async def call_async(
     race: LayerRace | None = None,
     on_retry: RetryHook | None = None,
     can_retry: Callable[[], bool] = lambda: True,
+    continuing: bool = False,
 ) -> BaseMessage:
     """Run ``attempt`` under ``policy`` on the running loop; a stopped ``race`` cancels it.
+
+    ``continuing``: the call continues a partial answer, so an empty answer is accepted (the
+    model has nothing to add) instead of raising ``EmptyAnswerError``.
 
     Raises the last error when retries are exhausted, the error is not transient or
     ``can_retry()`` says no (say, tokens were already streamed); ``CallTimeoutError`` when an
     attempt exceeds ``policy.timeout``; ``CallCancelled`` when the race stopped first.
     """
+    retrying = partial(_retrying, attempt, policy, on_retry, can_retry, continuing)
     if race is None:  # awaited in place: a task of its own would start a loop turn later
-        return await _retrying(attempt, policy, on_retry, can_retry)
-    task = asyncio.ensure_future(_retrying(attempt, policy, on_retry, can_retry))
+        return await retrying()
+    task = asyncio.ensure_future(retrying())
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     race.subscribe(lambda: loop.call_soon_threadsafe(stopped.set))
@@ -171,13 +180,14 @@ async def _retrying(
     policy: CallPolicy,
     on_retry: RetryHook | None,
     can_retry: Callable[[], bool],
+    continuing: bool,
 ) -> BaseMessage:
     rng = random.Random()
     attempts = 0
     while True:
         attempts += 1
         try:
-            return check_answer(await _with_deadline(attempt(), policy.timeout))
+            return check_answer(await _with_deadline(attempt(), policy.timeout), continuing)
         except Exception as error:
             delay = _retry_delay(policy, attempts, error, can_retry, rng)
             if delay is None:
@@ -194,6 +204,7 @@ def call_sync(
     race: LayerRace | None = None,
     on_retry: RetryHook | None = None,
     can_retry: Callable[[], bool] = lambda: True,
+    continuing: bool = False,
 ) -> BaseMessage:
     """The blocking twin of ``call_async``.
 
@@ -209,7 +220,7 @@ def call_sync(
     while True:
         attempts += 1
         try:
-            return check_answer(_attempt_sync(attempt, policy.timeout, race, wake))
+            return check_answer(_attempt_sync(attempt, policy.timeout, race, wake), continuing)
         except CallCancelled:
             raise
         except Exception as error:

@@ -142,7 +142,8 @@ class StaircaseRun:
                 emit_round(self.scope.runtime, "round_started", model.who, round_)
                 message = call_sync(partial(self._round_sync, model, writer, round_),
                                     model.policy, race=race,
-                                    can_retry=self._no_text_since(writer))  # fmt: skip
+                                    can_retry=self._no_text_since(writer),
+                                    continuing=bool(writer.text))  # fmt: skip
                 writer.finish_round(round_, message)
                 emit_round(self.scope.runtime, "round_finished", model.who, round_)
         except GraphBubbleUp:
@@ -170,7 +171,8 @@ class StaircaseRun:
                 emit_round(self.scope.runtime, "round_started", model.who, round_)
                 message = await call_async(partial(self._round_async, model, writer, round_),
                                            model.policy, race=race,
-                                           can_retry=self._no_text_since(writer))  # fmt: skip
+                                           can_retry=self._no_text_since(writer),
+                                           continuing=bool(writer.text))  # fmt: skip
                 writer.finish_round(round_, message)
                 emit_round(self.scope.runtime, "round_finished", model.who, round_)
         except GraphBubbleUp:
@@ -333,7 +335,7 @@ class StaircaseRun:
             with self._reported_as_aggregator_failure():
                 message = call_sync(
                     partial(self._aggregator_round_sync, model, writer, round_), model.policy,
-                    can_retry=lambda: not watcher.streamed,
+                    can_retry=lambda: not watcher.streamed, continuing=bool(writer.text),
                 )  # fmt: skip
             writer.finish_round(round_, message)
             emit_round(self.scope.runtime, "round_finished", model.who, round_)
@@ -352,7 +354,7 @@ class StaircaseRun:
             with self._reported_as_aggregator_failure():
                 message = await call_async(
                     partial(self._aggregator_round_async, model, writer, round_), model.policy,
-                    can_retry=lambda: not watcher.streamed,
+                    can_retry=lambda: not watcher.streamed, continuing=bool(writer.text),
                 )  # fmt: skip
             writer.finish_round(round_, message)
             emit_round(self.scope.runtime, "round_finished", model.who, round_)

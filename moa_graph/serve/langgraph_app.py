@@ -19,8 +19,11 @@ answer and every proposal; ``context`` (``MoAContext``) is passed with each run.
 Threads live where the server keeps them: LangGraph Platform in its PostgreSQL, ``langgraph dev``
 in memory. To keep them in your own PostgreSQL (or SQLite) without the Platform, serve
 ``langgraph-postgres.json``, whose ``checkpointer`` is :func:`served_checkpointer`, and set
-``MOA_GRAPH_CHECKPOINT`` to the database's URL. A run whose worker died is then finished by any
-server sharing that database, re-paying no proposer that had answered.
+``MOA_GRAPH_CHECKPOINT`` to the database's URL. The threads' checkpoints then outlive the server:
+``moa_graph.checkpoints.checkpointer(url)`` reads them from Python, and ``graph.invoke(None,
+config)`` there finishes a run whose server died, re-paying no proposer that had answered.
+(``langgraph dev`` keeps its own records of threads and runs in its process; LangGraph
+Platform keeps those in its database too.)
 """
 
 from __future__ import annotations

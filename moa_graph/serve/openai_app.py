@@ -18,11 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -42,12 +42,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from moa_graph.chat_model import THREAD_KWARG, ChatMixtureOfAgents
-from moa_graph.checkpoints import async_checkpointer
 from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
 from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
 from moa_graph.serve.guards import FramingGuard, read_body
+from moa_graph.serve.kept_runs import KeptRuns, KeyInUseError, StoreUnavailableError
 from moa_graph.serve.openai_requests import (
     ChatRequest,
     RequestError,
@@ -82,9 +82,6 @@ header of that name)."""
 
 MAX_IDEMPOTENCY_KEY = 255
 """The longest ``Idempotency-Key`` accepted, in characters."""
-
-CHECKPOINT_CONNECTIONS = 8
-"""Database connections of one worker's checkpointer, shared by its concurrent runs."""
 
 
 class MixtureSource(TypedDict, total=False):
@@ -128,6 +125,7 @@ class _Endpoints:
         max_body_bytes: int,
         body_timeout: float,
         checkpoint: str | None = None,
+        lease_seconds: float = DEFAULTS.lease_seconds,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key: give a non-empty key, or None for no authentication")
@@ -139,32 +137,7 @@ class _Endpoints:
         self.body_timeout = body_timeout
         self._api_key = api_key.encode() if api_key else None
         self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
-        self.checkpoint = checkpoint
-        self._saver: Any = None
-        self._kept: tuple[ChatMixtureOfAgents, ChatMixtureOfAgents] | None = None
-        self._opening = asyncio.Lock()
-        self._resources = AsyncExitStack()
-
-    async def kept_mixture(self) -> ChatMixtureOfAgents:
-        """The served mixture keeping its runs in the ``checkpoint``.
-
-        The checkpointer is opened on first use, in the worker's own event loop (a uvicorn
-        worker has no other start-up hook here), and stays open for the process's life.
-        """
-        if self.checkpoint is None:
-            raise RuntimeError("no checkpoint configured")
-        async with self._opening:
-            if self._saver is None:
-                self._saver = await self._resources.enter_async_context(
-                    async_checkpointer(self.checkpoint, connections=CHECKPOINT_CONNECTIONS)
-                )
-            if self._kept is None or self._kept[0] is not self.moa:  # the mixture was replaced
-                self._kept = (self.moa, self.moa.with_checkpointer(self._saver))
-        return self._kept[1]
-
-    async def close(self) -> None:
-        """Close the checkpointer, if one was opened."""
-        await self._resources.aclose()
+        self.kept_runs = KeptRuns(checkpoint, lease_seconds) if checkpoint else None
 
     def app(self) -> Starlette:
         routes = [
@@ -184,11 +157,16 @@ class _Endpoints:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        """Close the checkpointer when the server stops (mounted apps: at process exit)."""
+        """Open the store of kept runs as the server starts (an unreachable one stops it), and
+        close it as it stops. A mounted app gets no lifespan: the store opens with the first
+        kept request and closes with the process."""
+        if self.kept_runs is not None:
+            await self.kept_runs.open()
         try:
             yield
         finally:
-            await self.close()
+            if self.kept_runs is not None:
+                await self.kept_runs.close()
 
     def _unauthorized(self, request: Request) -> Response | None:
         """401 unless the request carries the key (compared in constant time); nothing read."""
@@ -219,7 +197,7 @@ class _Endpoints:
             thread = self._thread_of(request)
         except RequestError as exc:
             return error_response(exc)
-        if IDEMPOTENCY_HEADER in request.headers and self.checkpoint is None:
+        if IDEMPOTENCY_HEADER in request.headers and self.kept_runs is None:
             chat = dataclasses.replace(chat, ignored=(*chat.ignored, IDEMPOTENCY_HEADER))
         return _RunResponse(self, chat, thread)
 
@@ -227,7 +205,7 @@ class _Endpoints:
         """The thread keeping this request's run: from its ``Idempotency-Key``, if any and
         if runs are kept (``checkpoint``)."""
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is None or self.checkpoint is None:
+        if key is None or self.kept_runs is None:
             return None
         if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise RequestError(
@@ -235,15 +213,20 @@ class _Endpoints:
                 f"{IDEMPOTENCY_HEADER}: give 1 to {MAX_IDEMPOTENCY_KEY} characters",
                 code="invalid_idempotency_key",
             )
-        return f"idempotency:{key}"
+        return f"idempotency:{self.model_name}:{key}"
 
     def run_error(self, exc: BaseException) -> RequestError:
         """A failed run as an error response: 502 for a mixture failure, 422 for an
         ``Idempotency-Key`` reused with another conversation, else 500; redacted."""
         text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
         if isinstance(exc, ThreadInUseError):
-            message = f"{IDEMPOTENCY_HEADER} already used for another conversation; give a new key"
+            message = f"{IDEMPOTENCY_HEADER} already used for another request; give a new key"
             return RequestError(422, message, code="idempotency_key_reused")
+        if isinstance(exc, KeyInUseError):
+            message = f"a run of this {IDEMPOTENCY_HEADER} is in progress; retry later"
+            return RequestError(409, message, code="idempotency_key_in_use")
+        if isinstance(exc, StoreUnavailableError):
+            return RequestError(503, "the run store is unreachable", code="store_unavailable")
         if isinstance(exc, MoAError):
             logger.warning("mixture run failed: %s", text)
             return RequestError(502, text, type_="server_error", code="mixture_failed")
@@ -277,22 +260,40 @@ class _RunResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with ClientWatch(receive, send) as client:
-            answer = self._stream if self.chat.stream else self._complete
-            await client.run(answer(scope, receive, client))
+            await client.run(self._answer(scope, receive, client))
 
-    async def _mixture(self) -> tuple[ChatMixtureOfAgents, dict[str, Any]]:
-        """The mixture to run and its call keywords (the thread of a kept run)."""
-        if self.thread is None:
-            return self.endpoints.moa, {"stop": self.chat.stop}
-        kept = await self.endpoints.kept_mixture()
-        return kept, {"stop": self.chat.stop, THREAD_KWARG: self.thread}
+    async def _answer(self, scope: Scope, receive: Receive, client: ClientWatch) -> None:
+        """Run the mixture, or with a key, the kept mixture on the key's leased thread."""
+        answer = self._stream if self.chat.stream else self._complete
+        runs = self.endpoints.kept_runs
+        if self.thread is None or runs is None:
+            await answer(scope, receive, client, self.endpoints.moa, {})
+            return
+        async with AsyncExitStack() as lease:
+            try:
+                moa = await runs.mixture(self.endpoints.moa)
+                await lease.enter_async_context(runs.leased(self.thread))
+            except (KeyInUseError, StoreUnavailableError) as exc:
+                headers = dict(self.headers_out)
+                if isinstance(exc, KeyInUseError):
+                    headers["Retry-After"] = str(math.ceil(exc.retry_after))
+                response = error_response(self.endpoints.run_error(exc), headers)
+                await response(scope, receive, client.send)
+                return
+            await answer(scope, receive, client, moa, {THREAD_KWARG: self.thread})
 
-    async def _complete(self, scope: Scope, receive: Receive, client: ClientWatch) -> None:
+    async def _complete(
+        self,
+        scope: Scope,
+        receive: Receive,
+        client: ClientWatch,
+        moa: ChatMixtureOfAgents,
+        kwargs: dict[str, Any],
+    ) -> None:
         """Answer with one ``chat.completion`` object."""
         endpoints = self.endpoints
         try:
-            moa, kwargs = await self._mixture()
-            answer = await moa.ainvoke(self.chat.messages, **kwargs)
+            answer = await moa.ainvoke(self.chat.messages, stop=self.chat.stop, **kwargs)
         except Exception as exc:
             response = error_response(endpoints.run_error(exc), self.headers_out)
             await response(scope, receive, client.send)
@@ -307,7 +308,14 @@ class _RunResponse(Response):
         )
         await JSONResponse(body, headers=self.headers_out)(scope, receive, client.send)
 
-    async def _stream(self, scope: Scope, receive: Receive, client: ClientWatch) -> None:
+    async def _stream(
+        self,
+        scope: Scope,
+        receive: Receive,
+        client: ClientWatch,
+        moa: ChatMixtureOfAgents,
+        kwargs: dict[str, Any],
+    ) -> None:
         """Answer with server-sent ``chat.completion.chunk`` events as the aggregator writes.
 
         The response starts with the first token, so a run that fails before any token
@@ -321,10 +329,8 @@ class _RunResponse(Response):
         headers = [*openai_wire.SSE_HEADERS, *self.headers_out.items()]
         started = False
         usage, finish = None, "stop"
-        chunks: AsyncIterator[Any] | None = None
+        chunks = moa.astream(self.chat.messages, stop=self.chat.stop, **kwargs)
         try:
-            moa, kwargs = await self._mixture()
-            chunks = moa.astream(self.chat.messages, **kwargs)
             async for chunk in chunks:
                 if chunk.usage_metadata:
                     usage = chunk.usage_metadata
@@ -346,8 +352,7 @@ class _RunResponse(Response):
             await client.send(body_message(event + openai_wire.SSE_DONE, more=False))
             return
         finally:
-            if chunks is not None:
-                await _aclose(chunks)
+            await _aclose(chunks)
         if not started:
             await client.send(start_message(200, headers))
             await client.send(body_message(fmt.event(openai_wire.ROLE_DELTA), more=True))
@@ -372,6 +377,7 @@ def create_app(
     max_body_bytes: int = DEFAULTS.max_body_bytes,
     body_timeout: float = DEFAULTS.body_timeout,
     checkpoint: str | None = DEFAULTS.checkpoint,
+    lease_seconds: float = DEFAULTS.lease_seconds,
 ) -> Starlette:
     """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
 
@@ -385,6 +391,7 @@ def create_app(
         checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept (a
             ``moa_graph.checkpoints`` URL); without it the header is ignored (and listed in
             ``X-MoA-Ignored-Params``).
+        lease_seconds: How long the key of a run whose worker died stays locked (409).
 
     Example:
         >>> from moa_graph.presets import local_tiny
@@ -399,6 +406,7 @@ def create_app(
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
         checkpoint=checkpoint,
+        lease_seconds=lease_seconds,
     )
     return endpoints.app()
 
@@ -419,6 +427,7 @@ class MoAServer(UvicornServer):
         body_timeout: Seconds a client has to send its body (then 408).
         timeout_keep_alive: Seconds an idle keep-alive connection stays open.
         checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept.
+        lease_seconds: How long the key of a run whose worker died stays locked (409).
 
     Example:
         >>> import openai
@@ -451,6 +460,7 @@ class MoAServer(UvicornServer):
         body_timeout: float = DEFAULTS.body_timeout,
         timeout_keep_alive: int = DEFAULTS.timeout_keep_alive,
         checkpoint: str | None = DEFAULTS.checkpoint,
+        lease_seconds: float = DEFAULTS.lease_seconds,
     ) -> None:
         self._endpoints = _Endpoints(
             moa,
@@ -459,6 +469,7 @@ class MoAServer(UvicornServer):
             max_body_bytes=max_body_bytes,
             body_timeout=body_timeout,
             checkpoint=checkpoint,
+            lease_seconds=lease_seconds,
         )
         super().__init__(
             self._endpoints.app(),
@@ -505,6 +516,7 @@ def app_from_environment() -> Starlette:
         max_body_bytes=settings["max_body_bytes"],
         body_timeout=settings["body_timeout"],
         checkpoint=settings["checkpoint"],
+        lease_seconds=settings["lease_seconds"],
     )
 
 
@@ -522,7 +534,8 @@ def serve(
         api_key: Require ``Authorization: Bearer <api_key>`` on every request. With workers it
             reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
         **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
-            ``checkpoint``, ``max_body_bytes``, ``body_timeout``, ``timeout_keep_alive``).
+            ``checkpoint``, ``lease_seconds``, ``max_body_bytes``, ``body_timeout``,
+            ``timeout_keep_alive``).
 
     Raises:
         ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
@@ -551,6 +564,7 @@ def serve(
             "max_body_bytes": opts.max_body_bytes,
             "body_timeout": opts.body_timeout,
             "checkpoint": opts.checkpoint,
+            "lease_seconds": opts.lease_seconds,
         }
         os.environ[SERVE_ENV] = json.dumps(settings)
         if api_key:
@@ -568,6 +582,7 @@ def serve(
             max_body_bytes=opts.max_body_bytes,
             body_timeout=opts.body_timeout,
             checkpoint=opts.checkpoint,
+            lease_seconds=opts.lease_seconds,
         )
     name = repr(model_name) if model_name else "the mixture"
     url = http_url(opts.host, opts.port) + "/v1"

@@ -40,6 +40,12 @@ class ServeOptions:
         "repeats the run instead of paying for it again",
         shown="none",
     )
+    lease_seconds: float = _option(
+        30.0,
+        "with --checkpoint: how long the key of a run whose worker died stays locked (409) "
+        "before a retry may finish the run",
+        minimum=1,
+    )
     # A mixture accepts 400,000 characters of conversation by default (``max_input_chars``); as
     # JSON one character takes up to 12 bytes (an emoji escaped as a ``\uXXXX`` surrogate pair,
     # as Python's ``json`` does), so 4.8 MB plus the messages' structure: 8 MiB takes any

@@ -8,6 +8,7 @@ belongs to the ``postgres`` user and its programs run as that user.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -82,10 +83,12 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
                   str(self.root / "server.log"), "-w", "start")  # fmt: skip
         self.started = True
+        atexit.register(self.stop)  # also when the caller forgets, or fails before its own stop
         return self.url
 
     def stop(self) -> None:
         if self.started:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
             self.started = False
+            atexit.unregister(self.stop)
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
