@@ -152,7 +152,8 @@ def _side(recipe: Path, env: dict[str, str], workers: int, clients: int,
     if checkpoint:
         command += ["--checkpoint", checkpoint]
     base_url = f"http://127.0.0.1:{port}/v1"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = subprocess.DEVNULL  # the workers' access log
+    process = subprocess.Popen(command, env=env, stdout=quiet, stderr=quiet)
     try:
         _wait_up(base_url, process, workers)
         with _PeakMemory(process.pid) as memory:
