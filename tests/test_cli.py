@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,9 +89,34 @@ def test_chat_keeps_the_conversation(
     assert second_turn.messages[1]["content"] == "Visit the park and the island."
 
 
+def test_chat_on_a_kept_thread_goes_on_later(
+    server: OpenAICompatibleServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    argv = ["chat", *MIXTURE, "--checkpoint", f"sqlite:///{tmp_path / 'chats.db'}"]
+    lines = iter(["first question", "second question", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(argv) == 0
+    (thread,) = re.findall(r"thread: (\w+) \(go on with it later", capsys.readouterr().err)
+
+    lines = iter(["third question", "/reset", "a new conversation", "/exit"])  # another session
+    assert main([*argv, "--thread", thread]) == 0
+    err = capsys.readouterr().err
+    assert f"thread: {thread}, going on after 4 earlier messages" in err
+    later = [r.messages for r in server.requests_for("p1")][2:]
+    assert [m["role"] for m in later[0]] == ["user", "assistant", "user", "assistant", "user"]
+    assert (later[0][0]["content"], later[0][-1]["content"]) == ("first question", "third question")
+    assert [m["content"] for m in later[1]] == ["a new conversation"]  # /reset: a new thread
+    assert len(re.findall(r"thread: \w+", err)) == 2
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["chat", *MIXTURE, "--thread", "t1"], "--thread: give the --checkpoint"),
+        (["chat", *MIXTURE, "--checkpoint", "mysql://db"], "checkpoint: must be one of"),
         (
             ["ask", "--proposer", "nosuch:x", "--aggregator", "openai:agg", "Q"],
             "unknown provider 'nosuch'",

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from pydantic import ValidationError
 
 from moa_graph.chat_model import ChatMixtureOfAgents
@@ -54,14 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question")
     ask.add_argument("question", nargs="?", help="the question to answer")
     ask.add_argument("--json", action="store_true", help="print a JSON result instead of text")
-    ask.add_argument("--checkpoint", metavar="URL",
-                     help="keep the run's thread there, to resume it if the run stops: "
-                          "sqlite:///PATH or postgresql://...")  # fmt: skip
-    ask.add_argument("--thread", metavar="ID", help="the thread's id (default: a new one)")
+    add_thread_options(ask, "keep the run's thread there, to resume it if the run stops")
     ask.add_argument("--resume", action="store_true",
                      help="finish the unfinished run of --thread instead of asking anew; "
                           "no answered proposer is called again")  # fmt: skip
     chat = commands.add_parser("chat", help="a multi-turn conversation in the terminal")
+    add_thread_options(chat, "keep the conversation's thread there, to go on with it later")
     serve = commands.add_parser("serve", help="serve the mixture as an OpenAI-compatible API")
     for command in (ask, chat, serve):
         add_mixture_options(command)
@@ -73,6 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     # ``eval`` has its own parser (``moa-graph eval --help``), loaded only when it runs.
     commands.add_parser("eval", help="evaluate systems on a data set", add_help=False)
     return parser
+
+
+def add_thread_options(parser: argparse.ArgumentParser, keep: str) -> None:
+    """``--checkpoint URL`` and ``--thread ID``: where a thread is kept, and which."""
+    parser.add_argument("--checkpoint", metavar="URL",
+                        help=f"{keep}: sqlite:///PATH or postgresql://...")  # fmt: skip
+    parser.add_argument("--thread", metavar="ID", help="the thread's id (default: a new one)")
+
+
+def checked_checkpoint(args: argparse.Namespace) -> None:
+    """Refuse a ``--checkpoint`` that is not a checkpoint URL (before any model is built)."""
+    if args.checkpoint:
+        from moa_graph.checkpoints import checkpoint_kind
+
+        try:
+            checkpoint_kind(args.checkpoint)
+        except ValueError as exc:
+            raise UsageError(_first_line(exc)) from None
 
 
 def build_mixture(args: argparse.Namespace) -> ChatMixtureOfAgents:
@@ -100,13 +117,7 @@ def command_ask(args: argparse.Namespace) -> int:
         raise UsageError("--resume: give the --checkpoint and the --thread of the run to finish")
     if args.resume == bool(args.question):
         raise UsageError("ask: give a question, or --resume a thread (not both)")
-    if args.checkpoint:
-        from moa_graph.checkpoints import checkpoint_kind
-
-        try:
-            checkpoint_kind(args.checkpoint)
-        except ValueError as exc:
-            raise UsageError(_first_line(exc)) from None
+    checked_checkpoint(args)
     moa = build_mixture(args)
     printer = ProgressPrinter(stream_answer=not args.json, show_proposals=args.show_proposals)
     _announce(moa)
@@ -149,28 +160,91 @@ def run_on_thread(
 
 
 def command_chat(args: argparse.Namespace) -> int:
+    checked_checkpoint(args)
+    if args.thread and not args.checkpoint:
+        raise UsageError("--thread: give the --checkpoint where the thread is kept")
     moa = build_mixture(args)
     printer = ProgressPrinter(show_proposals=args.show_proposals)
     _announce(moa)
     print("Type a message; /reset starts over, /exit (or Ctrl-D) quits.", file=sys.stderr)
-    history: list[BaseMessage] = []
-    while True:
+    with contextlib.ExitStack() as opened:
+        conversation = KeptConversation(moa, args, opened) if args.checkpoint else Conversation(moa)
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                print("", file=sys.stderr)
+                return 0
+            text = line.strip()
+            if text in {"/exit", "/quit"}:
+                return 0
+            if text == "/reset":
+                conversation.reset()
+                continue
+            if text:
+                conversation.say(text, printer)
+
+
+class Conversation:
+    """A terminal conversation kept in memory."""
+
+    def __init__(self, moa: ChatMixtureOfAgents) -> None:
+        self.moa = moa
+        self.history: list[BaseMessage] = []
+
+    def say(self, text: str, printer: ProgressPrinter) -> None:
+        self.history.append(HumanMessage(text))
+        self.history.append(run_once(self.moa, self.history, printer).answer)
+
+    def reset(self) -> None:
+        self.history.clear()
+
+
+class KeptConversation:
+    """A terminal conversation kept on a thread at ``--checkpoint``: each turn runs on the
+    thread, which holds the conversation, so ``--thread ID`` goes on with it later (from any
+    machine reaching the store), and a turn whose run stopped is finished first."""
+
+    def __init__(
+        self, moa: ChatMixtureOfAgents, args: argparse.Namespace, opened: contextlib.ExitStack
+    ) -> None:
+        from moa_graph.checkpoints import checkpointer
+        from moa_graph.engine.graph import build_graph
+
         try:
-            line = input("you> ")
-        except EOFError:
-            print("", file=sys.stderr)
-            return 0
-        text = line.strip()
-        if text in {"/exit", "/quit"}:
-            return 0
-        if text == "/reset":
-            history.clear()
-            continue
-        if not text:
-            continue
-        history.append(HumanMessage(text))
-        outcome = run_once(moa, history, printer)
-        history.append(outcome.answer)
+            saver = opened.enter_context(checkpointer(args.checkpoint))
+        except ValueError as exc:
+            raise UsageError(_first_line(exc)) from None
+        self.graph = build_graph(moa.plan).compile(checkpointer=saver, name="mixture_of_agents")
+        self.run_config = moa.plan.run_config()
+        self.where = masked_url(args.checkpoint)
+        self._open(args.thread or uuid.uuid4().hex)
+
+    def _open(self, thread: str) -> None:
+        self.config = RunnableConfig(**self.run_config, configurable={"thread_id": thread})
+        state = self.graph.get_state(self.config)
+        earlier = len(state.values.get("messages", []))
+        going_on = f", going on after {earlier} earlier messages" if earlier else ""
+        print(f"thread: {thread}{going_on} (go on with it later with --checkpoint {self.where} "
+              f"--thread {thread})", file=sys.stderr)  # fmt: skip
+        self.unfinished = bool(state.next)
+
+    def say(self, text: str, printer: ProgressPrinter) -> None:
+        if self.unfinished:  # the last turn's run stopped: its answer comes first
+            print("finishing the turn that stopped first:", file=sys.stderr)
+            self._run(None, printer)
+        self._run({"messages": [HumanMessage(text)]}, printer)
+
+    def _run(self, run_input: Any, printer: ProgressPrinter) -> None:
+        self.unfinished = True  # until the run ends
+        stream = self.graph.stream(
+            run_input, self.config, stream_mode=["custom", "messages", "updates"]
+        )
+        follow_run(stream, printer)  # type: ignore[arg-type]
+        self.unfinished = False
+
+    def reset(self) -> None:
+        self._open(uuid.uuid4().hex)
 
 
 def command_serve(args: argparse.Namespace) -> int:
