@@ -41,3 +41,35 @@ def confidence_weights(confidences: Sequence[float], temperature: float) -> list
     top = max(scores)
     exps = [math.exp(score - top) for score in scores]
     return [value / sum(exps) for value in exps]
+
+
+def weighted_votes(
+    answers: Sequence[str | None], confidences: Sequence[float | None], temperature: float
+) -> dict[str, float]:
+    """Each final answer's total weight: the answers with a confidence vote, weighted by
+    :func:`confidence_weights` (answers ``None``, unreadable, and those without a confidence do
+    not vote).
+
+    Example:
+        >>> totals = weighted_votes(["18", "20", "20", None], [0.9, 0.5, 0.5, 0.99], 0.25)
+        >>> max(totals, key=totals.__getitem__), round(sum(totals.values()), 6)
+        ('18', 1.0)
+    """
+    voters = [i for i, answer in enumerate(answers)
+              if answer is not None and confidences[i] is not None]  # fmt: skip
+    if not voters:
+        return {}
+    weights = confidence_weights([float(confidences[i] or 0.0) for i in voters], temperature)
+    totals: dict[str, float] = {}
+    for position, weight in zip(voters, weights, strict=True):
+        answer = str(answers[position])
+        totals[answer] = totals.get(answer, 0.0) + weight
+    return totals
+
+
+def clear_winner(totals: dict[str, float]) -> str | None:
+    """The answer with the most weight, or ``None`` when there is none or the top two tie."""
+    ranked = sorted(totals.values(), reverse=True)
+    if not ranked or (len(ranked) > 1 and ranked[0] - ranked[1] <= 1e-9):
+        return None
+    return max(totals, key=lambda answer: totals[answer])

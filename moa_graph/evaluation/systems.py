@@ -283,9 +283,13 @@ def _mixture_reply(message: BaseMessage) -> Reply:
     calls = aggregator_calls + sum(int(p.get("attempts", 1)) for p in proposals)
     kept = [
         {key: p.get(key) for key in ("layer", "index", "model", "status", "text", "error")}
+        | ({"confidence": p["confidence"]} if p.get("confidence") is not None else {})
         for p in proposals
     ]
-    return Reply(message.text, usage, calls, {"proposals": kept})
+    extra: dict[str, Any] = {"proposals": kept}
+    if "moa_votes" in metadata:  # what the vote saw: lets a study re-weigh it offline
+        extra["moa_votes"] = metadata["moa_votes"]
+    return Reply(message.text, usage, calls, extra)
 
 
 def self_moa(

@@ -11,7 +11,7 @@ confidence, or the weights tie, the aggregator decides as in ``vote``.
 
 from __future__ import annotations
 
-from moa_graph.confidence import confidence_weights
+from moa_graph.confidence import clear_winner, weighted_votes
 from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
 
 
@@ -27,22 +27,15 @@ class WeightedVote(Strategy):
         count = steps.votes(steps.refs)
         record = steps.extra["moa_votes"] = count.record()
         record["confidences"] = list(steps.confidences)
-        voters = [i for i, answer in enumerate(count.answers)
-                  if answer is not None and steps.confidences[i] is not None]  # fmt: skip
-        if voters:
-            confidences = [float(steps.confidences[i] or 0.0) for i in voters]
-            weights = confidence_weights(confidences, steps.confidence_temperature)
-            totals: dict[str, float] = {}
-            for position, weight in zip(voters, weights, strict=True):
-                answer = str(count.answers[position])
-                totals[answer] = totals.get(answer, 0.0) + weight
+        totals = weighted_votes(count.answers, steps.confidences, steps.confidence_temperature)
+        if totals:
             record["weights"] = {answer: round(total, 4) for answer, total in totals.items()}
-            ranked = sorted(totals.values(), reverse=True)
-            if len(ranked) == 1 or ranked[0] - ranked[1] > 1e-9:
-                winner = max(totals, key=lambda answer: totals[answer])
-                record["winner"], record["decided_by"] = winner, "confidence-weighted majority"
-                backers = [p for p in voters if count.answers[p] == winner]
-                return steps.verbatim(max(backers, key=lambda p: steps.confidences[p] or 0.0))
+        winner = clear_winner(totals)
+        if winner is not None:
+            record["winner"], record["decided_by"] = winner, "confidence-weighted majority"
+            backers = [p for p, answer in enumerate(count.answers)
+                       if answer == winner and steps.confidences[p] is not None]  # fmt: skip
+            return steps.verbatim(max(backers, key=lambda p: steps.confidences[p] or 0.0))
         record["winner"], record["decided_by"] = None, "aggregator"
         return (yield steps.synthesis(steps.refs, count.summary()))
 

@@ -1,0 +1,101 @@
+"""Choose ``confidence_temperature`` on held-out items, from a vote's recorded confidences.
+
+A vote that asked for log-probabilities (``self-moa:...,aggregation=vote`` on the embedded
+models) records, for every item, each sample's final answer and confidence
+(``moa_votes`` in the answer's ``extra``). Weighing those votes again at another temperature
+costs no model call, so the temperature of ``weighted_vote`` can be chosen on items the
+experiment does not report: those answered beyond the test draw (``--test-limit`` items drawn
+with ``--seed``, the experiment's own ``--limit`` and ``--seed``). Then run the weighted vote
+over the test items with the chosen temperature; its requests are the vote's, served from the
+call cache.
+
+An item whose weights tie goes to the plain majority's answer here (the engine would ask the
+aggregator), so the figures are for choosing, not for reporting.
+
+Run: ``python experiments/calibrate_confidence.py experiments/gsm8k-local --dataset gsm8k
+--system self-moa-vote-5 --test-limit 200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from moa_graph.answers import numbers_match
+from moa_graph.confidence import clear_winner, weighted_votes
+from moa_graph.evaluation.datasets import Dataset, load_dataset
+
+TEMPERATURES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def vote_records(cache: Path, system: str) -> dict[str, dict[str, Any]]:
+    """Item id -> the ``moa_votes`` record of ``system``'s answer (votes with confidences)."""
+    records: dict[str, dict[str, Any]] = {}
+    for line in cache.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") != "answer" or not record["key"][0].startswith(f"{system}#"):
+            continue
+        extra = record["value"].get("extra") or [{}]
+        votes = extra[-1].get("moa_votes")
+        if votes and votes.get("confidences"):
+            records[record["key"][1]] = votes
+    return records
+
+
+def is_right(dataset: Dataset, item_id: str, answer: str | None) -> bool:
+    gold = next(item.gold for item in dataset if item.id == item_id)
+    if answer is None or gold is None:
+        return False
+    return numbers_match(answer, gold) if dataset.metric == "numeric" else answer == gold
+
+
+def majority(answers: Sequence[str | None]) -> str | None:
+    counted = {a: answers.count(a) for a in answers if a is not None}
+    return clear_winner({a: float(n) for a, n in counted.items()})
+
+
+def accuracy_by_temperature(
+    dataset: Dataset, votes: dict[str, dict[str, Any]], temperatures: Iterable[float]
+) -> dict[str, float]:
+    """Accuracy of the plain majority and of the weighted vote at each temperature."""
+    if not votes:
+        raise ValueError("no held-out item has a vote with confidences")
+    plain = {item: majority(v["answers"]) for item, v in votes.items()}
+    table = {"majority": sum(is_right(dataset, i, a) for i, a in plain.items()) / len(votes)}
+    for temperature in temperatures:
+        right = 0
+        for item, vote in votes.items():
+            totals = weighted_votes(vote["answers"], vote["confidences"], temperature)
+            right += is_right(dataset, item, clear_winner(totals) or plain[item])
+        table[f"T={temperature:g}"] = right / len(votes)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="the experiment's folder (its cache.jsonl)")
+    parser.add_argument("--dataset", required=True, help="gsm8k, arc or jsonl:PATH")
+    parser.add_argument("--system", required=True, help="the vote system's name")
+    parser.add_argument("--test-limit", type=int, required=True, help="the reported items")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
+    args = parser.parse_args(argv)
+    dataset = load_dataset(args.dataset)
+    test = set(dataset.subset(args.test_limit, seed=args.seed).ids())
+    votes = vote_records(args.folder / "cache.jsonl", args.system)
+    held_out = {item: vote for item, vote in votes.items() if item not in test}
+    table = accuracy_by_temperature(dataset, held_out, args.temperatures)
+    print(f"{len(held_out)} held-out items ({len(votes) - len(held_out)} test items left out)")
+    for name, accuracy in table.items():
+        print(f"{name:>10}: {100 * accuracy:.1f}%")
+    best = max((name for name in table if name != "majority"), key=lambda name: table[name])
+    print(f"best: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
