@@ -1,0 +1,30 @@
+#!/bin/sh
+# Issue 16's experiment: does a vote over samples of the best embedded model beat the model
+# alone, with enough items to tell? GSM8K then ARC-Challenge, seed 0, 250 items: the first 200
+# drawn are reported, the other 50 are held out to choose confidence_temperature
+# (experiments/calibrate_confidence.py). Shares the folders of run_local.sh: the model alone and
+# the 5-sample vote keep their names and settings there, so their first 60 answers are reused;
+# the vote and the weighted votes ask for the same requests (the embedded models give
+# log-probabilities at no cost), which the call cache serves once.
+# Usage: sh experiments/run_samples.sh [moa-graph command]
+set -e
+MOA=${1:-moa-graph}
+M=local:qwen2.5-coder-1.5b
+SYSTEMS="$M self-moa:$M,n=5,aggregation=vote,name=self-moa-vote-5 \
+  self-moa:$M,n=5,aggregation=weighted_vote,name=self-moa-weighted-vote-5 \
+  self-moa:$M,n=3,aggregation=weighted_vote,name=self-moa-weighted-vote-3"
+run() {  # run DATASET LIMIT [more options]: one stage, its report in DATASET-local/samples
+  dataset=$1 limit=$2
+  shift 2
+  $MOA eval --dataset "$dataset" --limit "$limit" --seed 0 --max-tokens 320 --quiet \
+    --out "experiments/$dataset-local" --report-dir "experiments/$dataset-local/samples" \
+    --systems $SYSTEMS "$@" > /dev/null
+}
+for limit in 100 150 200 250; do
+  for dataset in gsm8k arc; do
+    run $dataset $limit
+  done
+done
+for dataset in gsm8k arc; do  # the report: the 200 test items, not the held-out ones
+  run $dataset 200 --report-only
+done
