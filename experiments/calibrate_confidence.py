@@ -9,8 +9,9 @@ with ``--seed``, the experiment's own ``--limit`` and ``--seed``). Then run the 
 over the test items with the chosen temperature; its requests are the vote's, served from the
 call cache.
 
-An item whose weights tie goes to the plain majority's answer here (the engine would ask the
-aggregator), so the figures are for choosing, not for reporting.
+An item whose weights tie goes to the plain majority's answer here, and one whose majority ties
+counts as wrong (the engine would ask the aggregator in both cases); the number of such items is
+printed. The figures are for choosing, not for reporting.
 
 Run: ``python experiments/calibrate_confidence.py experiments/gsm8k-local --dataset gsm8k
 --system self-moa-vote-5 --test-limit 200``.
@@ -25,9 +26,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from moa_graph.answers import numbers_match
 from moa_graph.confidence import clear_winner, weighted_votes
-from moa_graph.evaluation.datasets import Dataset, load_dataset
+from moa_graph.evaluation.datasets import Dataset, Item, Metric, load_dataset
+from moa_graph.evaluation.scoring import score_answer
 
 TEMPERATURES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -46,11 +47,9 @@ def vote_records(cache: Path, system: str) -> dict[str, dict[str, Any]]:
     return records
 
 
-def is_right(dataset: Dataset, item_id: str, answer: str | None) -> bool:
-    gold = next(item.gold for item in dataset if item.id == item_id)
-    if answer is None or gold is None:
-        return False
-    return numbers_match(answer, gold) if dataset.metric == "numeric" else answer == gold
+def is_right(items: dict[str, Item], metric: Metric, item_id: str, answer: str | None) -> bool:
+    """Whether ``answer`` is right, scored as the evaluation scores it."""
+    return answer is not None and bool(score_answer(metric, items[item_id], answer).correct)
 
 
 def majority(answers: Sequence[str | None]) -> str | None:
@@ -60,19 +59,26 @@ def majority(answers: Sequence[str | None]) -> str | None:
 
 def accuracy_by_temperature(
     dataset: Dataset, votes: dict[str, dict[str, Any]], temperatures: Iterable[float]
-) -> dict[str, float]:
-    """Accuracy of the plain majority and of the weighted vote at each temperature."""
+) -> tuple[dict[str, float], int]:
+    """Accuracy of the plain majority and of the weighted vote at each temperature, and the
+    number of items whose majority tied."""
     if not votes:
         raise ValueError("no held-out item has a vote with confidences")
+    items = {item.id: item for item in dataset}
+    missing = sorted(set(votes) - set(items))
+    if missing:
+        raise ValueError(f"items not in the data set {dataset.name}: {missing[:3]}")
     plain = {item: majority(v["answers"]) for item, v in votes.items()}
-    table = {"majority": sum(is_right(dataset, i, a) for i, a in plain.items()) / len(votes)}
+    right = sum(is_right(items, dataset.metric, i, a) for i, a in plain.items())
+    table = {"majority": right / len(votes)}
     for temperature in temperatures:
         right = 0
         for item, vote in votes.items():
             totals = weighted_votes(vote["answers"], vote["confidences"], temperature)
-            right += is_right(dataset, item, clear_winner(totals) or plain[item])
+            answer = clear_winner(totals) or plain[item]
+            right += is_right(items, dataset.metric, item, answer)
         table[f"T={temperature:g}"] = right / len(votes)
-    return table
+    return table, sum(answer is None for answer in plain.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,8 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = set(dataset.subset(args.test_limit, seed=args.seed).ids())
     votes = vote_records(args.folder / "cache.jsonl", args.system)
     held_out = {item: vote for item, vote in votes.items() if item not in test}
-    table = accuracy_by_temperature(dataset, held_out, args.temperatures)
-    print(f"{len(held_out)} held-out items ({len(votes) - len(held_out)} test items left out)")
+    table, ties = accuracy_by_temperature(dataset, held_out, args.temperatures)
+    print(f"{len(held_out)} held-out items ({len(votes) - len(held_out)} test items left out); "
+          f"{ties} with a tied or unreadable majority")  # fmt: skip
     for name, accuracy in table.items():
         print(f"{name:>10}: {100 * accuracy:.1f}%")
     best = max((name for name in table if name != "majority"), key=lambda name: table[name])

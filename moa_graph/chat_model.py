@@ -670,12 +670,25 @@ class _Run:
 
 
 def _request_digest(messages: Sequence[BaseMessage], context: Mapping[str, Any]) -> str:
-    """A digest of a call: its whole conversation (without message ids) and its choices."""
-    request = {
-        "messages": [message.model_dump(exclude={"id"}) for message in messages],
-        "context": context,
-    }
-    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+    """A digest of a call, the same in every process: what each message says (type, content,
+    name, tool calls; not ids or metadata, which a caller's own store may not keep) and the
+    call's choices (objects JSON cannot write count by their type's name, never a ``repr``
+    holding an address)."""
+    said = [
+        {"type": m.type, "content": m.content, "name": m.name,
+         "tool_calls": getattr(m, "tool_calls", None),
+         "tool_call_id": getattr(m, "tool_call_id", None)}
+        for m in messages
+    ]  # fmt: skip
+    text = json.dumps({"messages": said, "context": context}, sort_keys=True, default=_stable)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stable(value: Any) -> Any:
+    """A JSON stand-in for what ``json`` cannot write, equal across processes."""
+    if isinstance(value, set | frozenset):
+        return sorted(map(str, value))
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
 @contextmanager

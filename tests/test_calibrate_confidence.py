@@ -39,6 +39,6 @@ def test_a_temperature_is_chosen_on_held_out_items_from_the_votes_recorded(
             "--test-limit", "2", "--temperatures", "0.25", "2"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "2 held-out items (2 test items left out)" in out
+    assert "2 held-out items (2 test items left out); 0 with a tied" in out
     assert "majority: 0.0%" in out and "T=0.25: 100.0%" in out and "T=2: 0.0%" in out
     assert out.strip().endswith("best: T=0.25")

@@ -117,6 +117,7 @@ def test_chat_on_a_kept_thread_goes_on_later(
     [
         (["chat", *MIXTURE, "--thread", "t1"], "--thread: give the --checkpoint"),
         (["chat", *MIXTURE, "--checkpoint", "mysql://db"], "checkpoint: must be one of"),
+        (["chat", *MIXTURE, "--checkpoint", "memory"], "keeps nothing once the command ends"),
         (
             ["ask", "--proposer", "nosuch:x", "--aggregator", "openai:agg", "Q"],
             "unknown provider 'nosuch'",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import SecretStr
 
@@ -146,3 +146,16 @@ def test_a_thread_needs_a_checkpointer() -> None:
         moa.invoke(QUESTION, moa_thread="request-1")
     assert moa.with_checkpointer(InMemorySaver())._kept is not None
     assert moa._kept is None  # the original mixture keeps nothing
+
+
+def test_a_retry_is_recognised_whatever_its_messages_carry_besides_what_they_say() -> None:
+    """A caller's own store may drop ids and metadata, or add them: the request is the same."""
+    model = fakes("Paris.", "Paris, surely.")
+    moa = ChatMixtureOfAgents(proposers=[model], aggregator=model, layers=2)
+    kept = moa.with_checkpointer(InMemorySaver())
+    first = kept.invoke([HumanMessage(QUESTION, id="a1")], moa_thread="request-1")
+    again = kept.invoke(
+        [HumanMessage(QUESTION, id="b2", response_metadata={"from": "my-store"})],
+        moa_thread="request-1",
+    )
+    assert again.content == first.content == "Paris, surely."

@@ -255,3 +255,47 @@ async def test_a_mounted_app_answers_503_while_the_store_is_unreachable(
     assert first.json()["error"]["code"] == "store_unavailable"
     assert unkeyed.status_code == 200  # requests without a key need no store
     assert calls(upstream) == {"p1": 1, "p2": 1, "agg": 1}
+
+
+# -- leases on PostgreSQL, directly -----------------------------------------------------------
+
+
+async def test_a_worker_takes_back_its_own_lease_and_no_other_worker_can(
+    postgres_database: str,
+) -> None:
+    from moa_graph.serve.kept_runs import KeptRuns, KeyInUseError
+
+    first, second = KeptRuns(postgres_database), KeptRuns(postgres_database)
+    try:
+        await first.open()
+        await second.open()
+        await first._claim("t")  # say its release failed: the row stays
+        await first._claim("t")  # its own retry is not locked out
+        with pytest.raises(KeyInUseError) as refused:
+            await second._claim("t")
+        assert 1 <= refused.value.retry_after <= 30
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_run_whose_lease_another_worker_took_is_stopped(postgres_database: str) -> None:
+    import asyncio
+
+    import psycopg
+
+    from moa_graph.serve.kept_runs import KeptRuns
+
+    runs = KeptRuns(postgres_database, lease_seconds=1.5)
+    try:
+        await runs.open()
+        with pytest.raises(asyncio.CancelledError):
+            async with runs.leased("t"):
+                async with await psycopg.AsyncConnection.connect(
+                    postgres_database, autocommit=True
+                ) as other:  # another worker holds the key now (this one was too slow)
+                    await other.execute("UPDATE moa_graph_leases SET owner = 'other', "
+                                        "expires = now() + interval '1 minute'")  # fmt: skip
+                await asyncio.sleep(5)  # the run goes on until its next renewal finds out
+    finally:
+        await runs.close()

@@ -87,9 +87,12 @@ def checked_checkpoint(args: argparse.Namespace) -> None:
         from moa_graph.checkpoints import checkpoint_kind
 
         try:
-            checkpoint_kind(args.checkpoint)
+            kind = checkpoint_kind(args.checkpoint)
         except ValueError as exc:
             raise UsageError(_first_line(exc)) from None
+        if kind == "memory":
+            raise UsageError("--checkpoint memory keeps nothing once the command ends: "
+                             "give sqlite:///PATH or postgresql://...")  # fmt: skip
 
 
 def build_mixture(args: argparse.Namespace) -> ChatMixtureOfAgents:
@@ -228,6 +231,10 @@ class KeptConversation:
         print(f"thread: {thread}{going_on} (go on with it later with --checkpoint {self.where} "
               f"--thread {thread})", file=sys.stderr)  # fmt: skip
         self.unfinished = bool(state.next)
+        if self.unfinished:
+            asked = state.values["messages"][-1].text
+            print(f"its last turn stopped before the answer ({asked!r}): it is finished before "
+                  "your next message", file=sys.stderr)  # fmt: skip
 
     def say(self, text: str, printer: ProgressPrinter) -> None:
         if self.unfinished:  # the last turn's run stopped: its answer comes first

@@ -117,9 +117,11 @@ def is_transient(error: BaseException) -> bool:
 
 
 def check_answer(message: BaseMessage, continuing: bool = False) -> BaseMessage:
-    """Refuse an answer with neither text nor tool calls (``EmptyAnswerError``), unless it
-    ``continuing`` a partial answer, where nothing more to write means the answer is complete."""
-    if continuing:
+    """Refuse an answer with neither text nor tool calls (``EmptyAnswerError``), unless it is
+    ``continuing`` a partial answer and the model stopped on its own: it had nothing to add,
+    the answer is complete (an empty answer for any other reason is still refused, and so
+    retried)."""
+    if continuing and message.response_metadata.get("finish_reason") == "stop":
         return message
     if not message.text.strip() and not getattr(message, "tool_calls", None):
         raise EmptyAnswerError("the model answered with empty text")

@@ -7,7 +7,7 @@ checkpoints): a worker takes a *lease* on the key for the run's duration and ren
 the run goes on. With PostgreSQL the leases are rows every worker and machine sees, and a dead
 worker's lease expires after ``lease_seconds``; with ``memory`` or SQLite they hold within
 the worker only. A request whose key is leased gets 409 with ``Retry-After`` (which OpenAI's
-clients retry). How long a dead worker's lease lasts is the server's ``lease_seconds``.
+clients retry).
 
 The leases are hand-written because LangGraph's checkpointers lock nothing across processes
 (LangGraph Platform queues runs per thread in its own server, which is not open source).
@@ -33,11 +33,13 @@ logger = logging.getLogger(__name__)
 STORE_CONNECTIONS = 8
 """Database connections of one worker's checkpointer (see ``async_checkpointer``)."""
 
-OPEN_TIMEOUT = 10.0
-"""Seconds to reach the store; while it cannot be reached, requests fail at once for
-:data:`RETRY_OPEN_AFTER` seconds instead of each waiting in turn."""
+POOL_TIMEOUT = 10.0
+"""Seconds to wait for a database connection (a cut-off mid-migration could leave an invalid
+index, so only connecting is bounded)."""
 
 RETRY_OPEN_AFTER = 5.0
+"""While the store cannot be reached, requests fail at once for this many seconds (503 with
+``Retry-After``) instead of each waiting in turn."""
 
 
 class StoreUnavailableError(RuntimeError):
@@ -58,7 +60,7 @@ _LEASES_LOCK = 727_274_003
 _CLAIM = """INSERT INTO moa_graph_leases AS lease (thread, owner, expires)
     VALUES (%(thread)s, %(owner)s, now() + make_interval(secs => %(seconds)s))
     ON CONFLICT (thread) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
-    WHERE lease.expires < now()
+    WHERE lease.expires < now() OR lease.owner = excluded.owner
     RETURNING owner"""
 _LEASED_FOR = "SELECT extract(epoch FROM expires - now()) FROM moa_graph_leases WHERE thread = %s"
 _RENEW = """UPDATE moa_graph_leases SET expires = now() + make_interval(secs => %(seconds)s)
@@ -67,7 +69,8 @@ _RELEASE = "DELETE FROM moa_graph_leases WHERE thread = %s AND owner = %s"
 
 
 class KeptRuns:
-    """A worker's store of kept runs and its leases, opened once on first use.
+    """A worker's store of kept runs and its leases, opened once (at start-up, or by the first
+    kept request of an app without a lifespan).
 
     Args:
         url: The store (a ``moa_graph.checkpoints`` URL).
@@ -106,9 +109,8 @@ class KeptRuns:
                 return
             if time.monotonic() < self._unreachable_until:
                 raise StoreUnavailableError(f"the run store {masked_url(self.url)} is unreachable")
-            try:
-                async with asyncio.timeout(OPEN_TIMEOUT):
-                    await self._open()
+            try:  # the pool waits POOL_TIMEOUT for a connection; migrations are not cut short
+                await self._open()
             except (OSError, TimeoutError, _database_error()) as exc:
                 await self._resources.aclose()
                 self._resources = AsyncExitStack()
@@ -125,9 +127,8 @@ class KeptRuns:
         if self.shared_leases:
             from psycopg_pool import AsyncConnectionPool
 
-            pool = AsyncConnectionPool(
-                self.url, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
-            )
+            pool = AsyncConnectionPool(self.url, min_size=1, max_size=2, timeout=POOL_TIMEOUT,
+                                       kwargs={"autocommit": True}, open=False)  # fmt: skip
             self._pool = await self._resources.enter_async_context(pool)
             async with self._pool.connection() as connection, connection.transaction():
                 # workers starting together take turns: concurrent CREATE TABLE IF NOT EXISTS
@@ -150,8 +151,8 @@ class KeptRuns:
         Raises:
             KeyInUseError: a run of the thread is going on here or in another worker.
         """
-        if thread in self._running:
-            raise KeyInUseError(retry_after=1.0)
+        if thread in self._running:  # the same worker runs it: retry about when it renews
+            raise KeyInUseError(retry_after=self.lease_seconds / 3)
         self._running.add(thread)
         try:
             if not self.shared_leases:
@@ -164,14 +165,18 @@ class KeptRuns:
                 raise StoreUnavailableError(
                     f"the run store {masked_url(self.url)} is unreachable"
                 ) from None
-            renewing = asyncio.create_task(self._renew(thread))
+            except asyncio.CancelledError:  # the row may be written: never leave it behind
+                await asyncio.shield(self._release(thread))
+                raise
+            run = asyncio.current_task()
+            renewing = asyncio.create_task(self._renew(thread, run))
             try:
                 yield
             finally:
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
-                await self._release(thread)
+                await asyncio.shield(self._release(thread))
         finally:
             self._running.discard(thread)
 
@@ -183,15 +188,26 @@ class KeptRuns:
                 left = await (await connection.execute(_LEASED_FOR, (thread,))).fetchone()
                 raise KeyInUseError(retry_after=max(1.0, float(left[0]) if left else 1.0))
 
-    async def _renew(self, thread: str) -> None:
+    async def _renew(self, thread: str, run: asyncio.Task[Any] | None) -> None:
+        """Renew the lease every third of its length. A lease found taken by another worker
+        (this one could not renew it in time) stops the run: two runs of one key must not go
+        on at once."""
         arguments = {"thread": thread, "owner": self.owner, "seconds": self.lease_seconds}
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 async with self._pool.connection() as connection:
-                    await connection.execute(_RENEW, arguments)
+                    renewed = (await connection.execute(_RENEW, arguments)).rowcount
+                    if not renewed:  # lapsed: take it again unless another worker has
+                        renewed = await (await connection.execute(_CLAIM, arguments)).fetchone()
             except Exception as exc:  # the run goes on; the lease may lapse meanwhile
                 logger.warning("could not renew the lease of a kept run: %s", exc)
+                continue
+            if not renewed:
+                logger.error("the lease of a kept run passed to another worker: run stopped")
+                if run is not None:
+                    run.cancel()
+                return
 
     async def _release(self, thread: str) -> None:
         try:

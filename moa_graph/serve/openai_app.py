@@ -47,7 +47,12 @@ from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
 from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
 from moa_graph.serve.guards import FramingGuard, read_body
-from moa_graph.serve.kept_runs import KeptRuns, KeyInUseError, StoreUnavailableError
+from moa_graph.serve.kept_runs import (
+    RETRY_OPEN_AFTER,
+    KeptRuns,
+    KeyInUseError,
+    StoreUnavailableError,
+)
 from moa_graph.serve.openai_requests import (
     ChatRequest,
     RequestError,
@@ -275,8 +280,8 @@ class _RunResponse(Response):
                 await lease.enter_async_context(runs.leased(self.thread))
             except (KeyInUseError, StoreUnavailableError) as exc:
                 headers = dict(self.headers_out)
-                if isinstance(exc, KeyInUseError):
-                    headers["Retry-After"] = str(math.ceil(exc.retry_after))
+                wait = exc.retry_after if isinstance(exc, KeyInUseError) else RETRY_OPEN_AFTER
+                headers["Retry-After"] = str(math.ceil(wait))
                 response = error_response(self.endpoints.run_error(exc), headers)
                 await response(scope, receive, client.send)
                 return
