@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
 from moa_graph.chat_model import ChatMixtureOfAgents
@@ -107,12 +108,34 @@ def run_once(
     moa: ChatMixtureOfAgents, messages: list[BaseMessage], printer: ProgressPrinter
 ) -> RunOutcome:
     """Run the mixture on a conversation, printing progress and the answer as they come."""
-    stream: Iterator[tuple[str, Any]] = moa.graph.stream(  # type: ignore[assignment]
-        {"messages": messages},
-        moa.plan.run_config(),
-        stream_mode=["custom", "messages", "updates"],
+    return follow_graph(moa.graph, {"messages": messages}, moa.plan.run_config(), printer)
+
+
+def follow_graph(
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+    run_input: Any,
+    config: RunnableConfig,
+    printer: ProgressPrinter,
+) -> RunOutcome:
+    """Run ``graph`` (``run_input`` ``None``: finish its thread's run), printing as it goes."""
+    stream: Iterator[tuple[str, Any]] = graph.stream(  # type: ignore[assignment]
+        run_input, config, stream_mode=["custom", "messages", "updates"]
     )
     return follow_run(stream, printer)
+
+
+def kept_graph(
+    moa: ChatMixtureOfAgents, url: str, opened: contextlib.ExitStack
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The mixture's graph keeping its threads at ``url`` (open until ``opened`` closes)."""
+    from moa_graph.checkpoints import checkpointer
+    from moa_graph.engine.graph import build_graph
+
+    try:
+        saver = opened.enter_context(checkpointer(url))
+    except ValueError as exc:
+        raise UsageError(_first_line(exc)) from None
+    return build_graph(moa.plan).compile(checkpointer=saver, name="mixture_of_agents")
 
 
 def command_ask(args: argparse.Namespace) -> int:
@@ -137,16 +160,9 @@ def run_on_thread(
     moa: ChatMixtureOfAgents, args: argparse.Namespace, printer: ProgressPrinter
 ) -> tuple[str, RunOutcome]:
     """Run (or with ``--resume``, finish) the mixture on a thread kept at ``--checkpoint``."""
-    from moa_graph.checkpoints import checkpointer
-    from moa_graph.engine.graph import build_graph
-
     thread = args.thread or uuid.uuid4().hex
     with contextlib.ExitStack() as opened:
-        try:
-            saver = opened.enter_context(checkpointer(args.checkpoint))
-        except ValueError as exc:
-            raise UsageError(_first_line(exc)) from None
-        graph = build_graph(moa.plan).compile(checkpointer=saver, name="mixture_of_agents")
+        graph = kept_graph(moa, args.checkpoint, opened)
         config: Any = {**moa.plan.run_config(), "configurable": {"thread_id": thread}}
         if args.resume and not graph.get_state(config).next:
             raise UsageError(f"--resume: thread {thread} has no unfinished run in that checkpoint")
@@ -155,8 +171,7 @@ def run_on_thread(
                   f"{masked_url(args.checkpoint)} --thread {thread} --resume)",
                   file=sys.stderr)  # fmt: skip
         run_input: Any = None if args.resume else {"messages": [HumanMessage(args.question)]}
-        stream = graph.stream(run_input, config, stream_mode=["custom", "messages", "updates"])
-        outcome = follow_run(stream, printer)  # type: ignore[arg-type]
+        outcome = follow_graph(graph, run_input, config, printer)
         state = graph.get_state(config).values
     outcome.proposals = list(state.get("proposals", outcome.proposals))  # saved ones too
     return str(state["messages"][0].text), outcome
@@ -211,14 +226,7 @@ class KeptConversation:
     def __init__(
         self, moa: ChatMixtureOfAgents, args: argparse.Namespace, opened: contextlib.ExitStack
     ) -> None:
-        from moa_graph.checkpoints import checkpointer
-        from moa_graph.engine.graph import build_graph
-
-        try:
-            saver = opened.enter_context(checkpointer(args.checkpoint))
-        except ValueError as exc:
-            raise UsageError(_first_line(exc)) from None
-        self.graph = build_graph(moa.plan).compile(checkpointer=saver, name="mixture_of_agents")
+        self.graph = kept_graph(moa, args.checkpoint, opened)
         self.run_config = moa.plan.run_config()
         self.where = masked_url(args.checkpoint)
         self._open(args.thread or uuid.uuid4().hex)
@@ -244,10 +252,7 @@ class KeptConversation:
 
     def _run(self, run_input: Any, printer: ProgressPrinter) -> None:
         self.unfinished = True  # until the run ends
-        stream = self.graph.stream(
-            run_input, self.config, stream_mode=["custom", "messages", "updates"]
-        )
-        follow_run(stream, printer)  # type: ignore[arg-type]
+        follow_graph(self.graph, run_input, self.config, printer)
         self.unfinished = False
 
     def reset(self) -> None:
