@@ -5,14 +5,14 @@
 # (experiments/calibrate_confidence.py). Shares the folders of run_local.sh: the model alone and
 # the 5-sample vote keep their names and settings there, so their first 60 answers are reused;
 # the vote and the weighted votes ask for the same requests (the embedded models give
-# log-probabilities at no cost), which the call cache serves once.
+# log-probabilities at no cost), which the call cache serves once. A weighted vote over 3
+# samples would be a request of its own (n=3): about 2.5 hours more on this machine, left out.
 # Usage: sh experiments/run_samples.sh [moa-graph command]
 set -e
 MOA=${1:-moa-graph}
 M=local:qwen2.5-coder-1.5b
 SYSTEMS="$M self-moa:$M,n=5,aggregation=vote,name=self-moa-vote-5 \
-  self-moa:$M,n=5,aggregation=weighted_vote,name=self-moa-weighted-vote-5 \
-  self-moa:$M,n=3,aggregation=weighted_vote,name=self-moa-weighted-vote-3"
+  self-moa:$M,n=5,aggregation=weighted_vote,name=self-moa-weighted-vote-5"
 run() {  # run DATASET LIMIT [more options]: one stage, its report in DATASET-local/samples
   dataset=$1 limit=$2
   shift 2
