@@ -31,11 +31,13 @@ LABELS = {
     "self-moa-rank": "Self-MoA 1.5B x3, rank (LLM-ranker)",
     "self-moa-vote": "Self-MoA 1.5B x3, vote",
     "self-moa-vote-5": "Self-MoA 1.5B x5, vote",
+    "self-moa-weighted-vote-5": "Self-MoA 1.5B x5, confidence-weighted vote (CISC)",
     "moa-local-staircase": "MoA `local`, synthesize, staircase 8",
     "self-moa-staircase": "Self-MoA 1.5B x3, synthesize, staircase 8",
     **{f"moa-local-staircase-{n}": f"MoA `local`, synthesize, staircase {n}" for n in (16, 32, 64)},
 }
-"""README names of the systems of ``experiments/run_local.sh`` (others keep their own name)."""
+"""README names of the systems of ``experiments/run_local.sh`` and ``run_samples.sh`` (others
+keep their own name)."""
 
 
 def _accuracy(row: dict[str, Any]) -> str:
