@@ -1,8 +1,14 @@
 """Load time, memory and generation speed of each embedded model on this machine.
 
 For each model: seconds to load, resident memory added by loading it, and tokens per second
-while streaming a fixed 128-token answer (after one warm-up call). Models are measured one after
-another in one process, so each figure is the model's own.
+while streaming a fixed 128-token answer (after one warm-up call; the median of ``--runs``
+streams, since a shared machine's speed wanders from one answer to the next). Each model is
+measured in a process of its own, one after another, so each figure is the model's own.
+
+Then, in one more process, every model is loaded first and each is streamed again
+(``tokens_per_s_all_loaded``), as a mixture of them runs. The two speeds should match: before
+``moa_graph.local`` set its OpenMP defaults, llama.cpp's threads slept at every barrier once
+several models were loaded, and each model streamed about a third slower than alone.
 
 Run: ``python -m benchmarks.local_models`` (part of ``make bench``).
 """
@@ -11,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from moa_graph.local import create_local_chat_model
@@ -27,7 +36,17 @@ def _rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure(name: str, tokens: int) -> dict[str, Any]:
+def _streamed_tokens_per_second(model: Any) -> tuple[int, float]:
+    started = time.perf_counter()
+    produced = 0
+    for chunk in model.stream(PROMPT):
+        usage = getattr(chunk, "usage_metadata", None)
+        if usage:
+            produced = usage["output_tokens"]
+    return produced, produced / (time.perf_counter() - started)
+
+
+def measure(name: str, tokens: int, runs: int) -> dict[str, Any]:
     model = create_local_chat_model(name, temperature=0.0, max_tokens=tokens, seed=0)
     before = _rss_mb()
     started = time.perf_counter()
@@ -35,28 +54,45 @@ def measure(name: str, tokens: int) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     loaded = _rss_mb()
     model.invoke("Hi")  # warm-up
-    started = time.perf_counter()
-    produced = 0
-    for chunk in model.stream(PROMPT):
-        usage = getattr(chunk, "usage_metadata", None)
-        if usage:
-            produced = usage["output_tokens"]
-    elapsed = time.perf_counter() - started
+    streams = [_streamed_tokens_per_second(model) for _ in range(runs)]
     return {
         "model": name,
         "load_s": round(load_s, 2),
         "rss_added_mb": round(loaded - before),
-        "output_tokens": produced,
-        "tokens_per_s": round(produced / elapsed, 1),
+        "output_tokens": streams[0][0],
+        "tokens_per_s": round(statistics.median(speed for _, speed in streams), 1),
     }
+
+
+def measure_all_loaded(names: list[str], tokens: int, runs: int) -> dict[str, float]:
+    """Each model's streaming speed with all of ``names`` loaded in this process."""
+    models = {name: create_local_chat_model(name, temperature=0.0, max_tokens=tokens, seed=0)
+              for name in names}  # fmt: skip
+    for model in models.values():
+        model.invoke("Hi")  # loaded and warm
+    return {name: round(statistics.median(_streamed_tokens_per_second(model)[1]
+                                          for _ in range(runs)), 1)
+            for name, model in models.items()}  # fmt: skip
+
+
+def _in_new_process(function: Any, *args: Any) -> Any:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        return pool.submit(function, *args).result()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args()
-    print(json.dumps([measure(name, args.tokens) for name in args.models], indent=2))
+    results = [_in_new_process(measure, name, args.tokens, args.runs) for name in args.models]
+    together = _in_new_process(measure_all_loaded, args.models, args.tokens, args.runs)
+    for result in results:
+        result["tokens_per_s_all_loaded"] = together[result["model"]]
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +31,7 @@ from langchain_core.messages import (
 
 from moa_graph.local import weights as local_models
 from moa_graph.local.chat_model import (
+    OPENMP_DEFAULTS,
     ChatLocalModel,
     _to_openai_messages,
     create_local_chat_model,
@@ -332,6 +337,40 @@ def test_model_loads_lazily_and_once_per_process(
     assert loads == [n_ctx]
     assert first._engine() is second._engine()
     assert first._engine().path == ensure_model_file("smollm2-135m")
+
+
+_OPENMP_PROBE = """
+import json, os, sys
+from moa_graph.local import ChatLocalModel
+
+def gomp_loaded():
+    with open("/proc/self/maps") as maps:
+        return any("libgomp" in line for line in maps)
+
+before = gomp_loaded()
+ChatLocalModel(model="smollm2-135m", max_tokens=2, n_ctx=1024).invoke("Hi")
+print(json.dumps({"gomp_before": before, "gomp_after": gomp_loaded(),
+                  "policy": os.environ.get("OMP_WAIT_POLICY"),
+                  "spins": os.environ.get("GOMP_SPINCOUNT")}))
+"""
+
+
+@pytest.mark.local_model
+@pytest.mark.parametrize("own_policy", [None, "PASSIVE"])
+def test_openmp_defaults_are_set_before_llama_cpp_loads_openmp(
+    model_cache: Path, own_policy: str | None
+) -> None:
+    """libgomp reads its settings once, when it is loaded: they must be in the environment
+    before the first model loads it (and a user's own setting wins)."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_DEFAULTS}
+    if own_policy is not None:
+        env["OMP_WAIT_POLICY"] = own_policy
+    done = subprocess.run([sys.executable, "-c", _OPENMP_PROBE], env=env, capture_output=True,
+                          text=True, timeout=120, check=True)  # fmt: skip
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (seen["gomp_before"], seen["gomp_after"]) == (False, True)
+    assert seen["policy"] == (own_policy or OPENMP_DEFAULTS["OMP_WAIT_POLICY"])
+    assert seen["spins"] == OPENMP_DEFAULTS["GOMP_SPINCOUNT"]
 
 
 # --- registry, assembly and validation (no real model needed) -------------------------------
