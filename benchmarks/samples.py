@@ -57,7 +57,7 @@ def _timed(run: Callable[[], int]) -> tuple[float, int]:
 
 
 def measure(
-    model_name: str, samples: int, question_count: int, runs: int, tokens: int
+    model_name: str, samples: int, prompts: list[str], runs: int, tokens: int
 ) -> dict[str, Any]:
     model = ChatLocalModel(model=model_name, temperature=0.7, max_tokens=tokens)
     model.invoke("Hi")  # loaded and warm before timing
@@ -84,7 +84,6 @@ def measure(
         "vote, one request": vote(True),
         "vote, apart": vote(False),
     }
-    prompts = questions(question_count)
     walls = dict.fromkeys(variants, 0.0)
     output_tokens = dict.fromkeys(variants, 0)
     for seed in range(runs):
@@ -112,7 +111,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=320)
     args = parser.parse_args()
-    report = measure(args.model, args.samples, args.questions, args.runs, args.tokens)
+    report = measure(args.model, args.samples, questions(args.questions), args.runs, args.tokens)
     print(json.dumps(report, indent=2))
 
 

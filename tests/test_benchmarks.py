@@ -90,11 +90,23 @@ def test_the_staircase_benchmark_compares_each_chunk_size_with_staircase_off() -
 def test_the_samples_benchmark_compares_a_vote_drawn_together_and_apart() -> None:
     from benchmarks import samples
 
-    report = samples.measure("smollm2-135m", samples=2, runs=1, tokens=8)
+    prompts = ["What is 2 + 3? End with 'The answer is N'.", "What is 4 + 4?"]
+    report = samples.measure("smollm2-135m", samples=2, prompts=prompts, runs=1, tokens=8)
+    assert report["questions"] == 2
     assert {"one answer", "llama.cpp alone", "vote, one request", "vote, apart"} <= set(report)
     assert all(report[name]["tokens_per_s"] > 0 for name in ("one answer", "llama.cpp alone"))
     assert report["vote, one request"]["x_one_answer"] > 0
     assert report["vote, apart"]["x_one_answer"] > 0
+
+
+def test_the_local_models_benchmark_measures_each_model_alone_and_all_loaded() -> None:
+    from benchmarks import local_models
+
+    alone = local_models._in_new_process(local_models.measure, "smollm2-135m", 4, 1)
+    assert alone["model"] == "smollm2-135m" and alone["output_tokens"] == 4
+    assert alone["load_s"] > 0 and alone["rss_added_mb"] > 0 and alone["tokens_per_s"] > 0
+    together = local_models.measure_all_loaded(["smollm2-135m"], 4, 1)
+    assert set(together) == {"smollm2-135m"} and together["smollm2-135m"] > 0
 
 
 def test_a_worker_killed_in_each_layer_is_finished_by_another_process(postgres_url: str) -> None:
