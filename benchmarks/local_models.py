@@ -46,33 +46,40 @@ def _streamed_tokens_per_second(model: Any) -> tuple[int, float]:
     return produced, produced / (time.perf_counter() - started)
 
 
+def _median_speed(model: Any, runs: int) -> tuple[int, float]:
+    """The output tokens of one stream and the median tokens a second of ``runs`` streams."""
+    streams = [_streamed_tokens_per_second(model) for _ in range(runs)]
+    return streams[0][0], round(statistics.median(speed for _, speed in streams), 1)
+
+
+def _greedy(name: str, tokens: int) -> Any:
+    return create_local_chat_model(name, temperature=0.0, max_tokens=tokens, seed=0)
+
+
 def measure(name: str, tokens: int, runs: int) -> dict[str, Any]:
-    model = create_local_chat_model(name, temperature=0.0, max_tokens=tokens, seed=0)
+    model = _greedy(name, tokens)
     before = _rss_mb()
     started = time.perf_counter()
     model.preload()
     load_s = time.perf_counter() - started
     loaded = _rss_mb()
     model.invoke("Hi")  # warm-up
-    streams = [_streamed_tokens_per_second(model) for _ in range(runs)]
+    output_tokens, tokens_per_s = _median_speed(model, runs)
     return {
         "model": name,
         "load_s": round(load_s, 2),
         "rss_added_mb": round(loaded - before),
-        "output_tokens": streams[0][0],
-        "tokens_per_s": round(statistics.median(speed for _, speed in streams), 1),
+        "output_tokens": output_tokens,
+        "tokens_per_s": tokens_per_s,
     }
 
 
 def measure_all_loaded(names: list[str], tokens: int, runs: int) -> dict[str, float]:
     """Each model's streaming speed with all of ``names`` loaded in this process."""
-    models = {name: create_local_chat_model(name, temperature=0.0, max_tokens=tokens, seed=0)
-              for name in names}  # fmt: skip
+    models = {name: _greedy(name, tokens) for name in names}
     for model in models.values():
         model.invoke("Hi")  # loaded and warm
-    return {name: round(statistics.median(_streamed_tokens_per_second(model)[1]
-                                          for _ in range(runs)), 1)
-            for name, model in models.items()}  # fmt: skip
+    return {name: _median_speed(model, runs)[1] for name, model in models.items()}
 
 
 def _in_new_process(function: Any, *args: Any) -> Any:

@@ -4,7 +4,7 @@
 # drawn are reported, the other 50 are held out to choose confidence_temperature
 # (experiments/calibrate_confidence.py). Shares the folders of run_local.sh: the model alone and
 # the 5-sample vote keep their names and settings there, so their first 60 answers are reused;
-# the vote and the weighted votes ask for the same requests (the embedded models give
+# the vote and the weighted vote ask for the same requests (the embedded models give
 # log-probabilities at no cost), which the call cache serves once. A weighted vote over 3
 # samples would be a request of its own (n=3): about 2.5 hours more on this machine, left out.
 # Usage: sh experiments/run_samples.sh [moa-graph command]
