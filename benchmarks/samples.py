@@ -18,8 +18,13 @@ of the sums. One question is not enough: a vote lasts as long as its longest sam
 much longer that is than one answer varies from question to question (one question alone gave
 ratios from 3.8 to 4.4 here, and samples of equal length 3.25).
 
+Then the ceiling two cores set (``equal lengths``): the same llama.cpp server asked directly for
+one answer and for ``samples`` answers in one request, every answer forced to ``--tokens``
+tokens (``ignore_eos``), so that no sample is longer than another: the ratio a vote would reach
+if its samples were as long as one answer.
+
 Run: ``python -m benchmarks.samples`` (part of ``make bench``); ``--model``, ``--samples``,
-``--questions``, ``--runs``, ``--tokens``.
+``--questions``, ``--runs``, ``--tokens``; ``--ceiling-only`` measures only the ceiling.
 """
 
 from __future__ import annotations
@@ -103,6 +108,25 @@ def measure(
     return report
 
 
+def batch_ceiling(model_name: str, samples: int, prompt: str, tokens: int) -> dict[str, Any]:
+    """One answer against ``samples`` answers in one request, all exactly ``tokens`` long."""
+    model = ChatLocalModel(model=model_name, temperature=0.7, max_tokens=tokens, seed=0)
+    model.invoke("Hi")  # loaded and warm before timing
+    server = model._engine().server
+
+    def forced(n: int) -> int:
+        request = model._request([HumanMessage(prompt)], None, {"n": n}, stream=False)
+        request["ignore_eos"] = True
+        usage = server.handle_chat_completions(request)["usage"]
+        return n * int(usage["completion_tokens"])  # llama.cpp counts one answer of n
+
+    one_wall, one_tokens = _timed(partial(forced, 1))
+    batch_wall, batch_tokens = _timed(partial(forced, samples))
+    return {"tokens": tokens, "one answer tokens_per_s": round(one_tokens / one_wall, 1),
+            f"{samples} in one request tokens_per_s": round(batch_tokens / batch_wall, 1),
+            "x_one_answer": round(batch_wall / one_wall, 2)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
@@ -110,8 +134,13 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=6)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=320)
+    parser.add_argument("--ceiling-only", action="store_true")
     args = parser.parse_args()
-    report = measure(args.model, args.samples, questions(args.questions), args.runs, args.tokens)
+    prompts = questions(args.questions)
+    report: dict[str, Any] = {}
+    if not args.ceiling_only:
+        report = measure(args.model, args.samples, prompts, args.runs, args.tokens)
+    report["equal lengths"] = batch_ceiling(args.model, args.samples, prompts[0], args.tokens)
     print(json.dumps(report, indent=2))
 
 

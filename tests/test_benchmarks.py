@@ -97,6 +97,9 @@ def test_the_samples_benchmark_compares_a_vote_drawn_together_and_apart() -> Non
     assert all(report[name]["tokens_per_s"] > 0 for name in ("one answer", "llama.cpp alone"))
     assert report["vote, one request"]["x_one_answer"] > 0
     assert report["vote, apart"]["x_one_answer"] > 0
+    ceiling = samples.batch_ceiling("smollm2-135m", 2, prompts[0], tokens=6)
+    assert ceiling["one answer tokens_per_s"] > 0 and ceiling["2 in one request tokens_per_s"] > 0
+    assert ceiling["x_one_answer"] > 0
 
 
 def test_the_local_models_benchmark_measures_each_model_alone_and_all_loaded() -> None:

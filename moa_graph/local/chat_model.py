@@ -84,7 +84,8 @@ def _openmp_defaults() -> None:
     threads sleep and wake at every one of the hundreds of barriers of a token: measured here,
     Qwen2.5-Coder-1.5B fell from 18 to 12 tokens a second once the two other embedded models
     were loaded, with a core idle a fifth of the time. ``OMP_WAIT_POLICY=ACTIVE`` raises that
-    cut to 1,000 turns, enough to keep the speed (17.6 tokens a second with all three loaded),
+    cut to 1,000 turns, enough to keep most of the speed (16.8 tokens a second with all three
+    loaded against 18.6 alone, ``python -m benchmarks.local_models``),
     and ``GOMP_SPINCOUNT`` keeps the usual 300,000 turns (a few milliseconds) otherwise, so an
     idle model does not keep a core busy. libgomp reads them once, when it is loaded: a process
     that loaded it before (another OpenMP library) keeps its own settings.
