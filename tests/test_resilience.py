@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, FunctionMessage, HumanMessage
 
-from moa_graph import ChatMixtureOfAgents, ProposalsFailedError, ProposerSpec
+from moa_graph import ChatMixtureOfAgents, ProposalsFailedError, ProposerSpec, create_moa_graph
 from moa_graph.errors import AggregatorError
 from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
 
@@ -153,6 +153,20 @@ def test_fail_fast_cancels_the_layer_at_the_first_failure(server: OpenAICompatib
     assert "bad (bad): OpenAIAuthenticationError: Error code: 401" in message
     assert "slow (slow): cancelled: fail_fast" in message
     assert server.request_count("agg") == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_first_k_holds_when_the_calls_of_a_layer_run_one_after_another(
+    server: OpenAICompatibleServer, mode: str
+) -> None:
+    graph = create_moa_graph([spec(server, name) for name in "abc"], aggregator=spec(server, "agg"),
+                             layers=2, first_k=1).compile()  # fmt: skip
+    # one task at a time: the layer's later calls start after the first has answered
+    state, config = {"messages": [HumanMessage(QUESTION)]}, {"max_concurrency": 1}
+    result = asyncio.run(graph.ainvoke(state, config)) if mode == "async" else graph.invoke(
+        state, config)  # fmt: skip
+    assert [p["status"] for p in result["proposals"]] == ["answered", "cancelled", "cancelled"]
+    assert sum(server.request_count(name) for name in "abc") == 1
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

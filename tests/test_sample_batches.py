@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+from langchain_core.messages import HumanMessage
 from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 
-from moa_graph import ChatMixtureOfAgents, ProposerSpec
+from moa_graph import ChatMixtureOfAgents, ProposerSpec, create_moa_graph
 from moa_graph.local.chat_model import ChatLocalModel
 from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
 from tests.fakes import ScriptedChatModel
@@ -59,6 +60,21 @@ async def test_async_runs_draw_the_samples_in_one_request_too(
     answer = await sampled(server).ainvoke(QUESTION)
     assert [r.params["n"] for r in server.requests_for("p")] == [3]
     assert answer.content == "42."
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_samples_whose_calls_run_one_after_another_share_one_request(
+    server: OpenAICompatibleServer, use_async: bool
+) -> None:
+    graph = create_moa_graph(
+        [spec(server, "p", samples=3, samples_in_one_request=True), spec(server, "q")],
+        aggregator=spec(server, "agg"), layers=2, seed=5,
+    ).compile()  # fmt: skip
+    # one task at a time: each sample's call starts once the one before it has ended
+    state, config = {"messages": [HumanMessage(QUESTION)]}, {"max_concurrency": 1}
+    result = await graph.ainvoke(state, config) if use_async else graph.invoke(state, config)
+    assert [r.params["n"] for r in server.requests_for("p")] == [3]
+    assert [p["text"] for p in result["proposals"][:3]] == ["It is 42."] * 3
 
 
 def test_a_model_not_declared_is_sampled_one_request_a_sample(

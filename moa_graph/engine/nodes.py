@@ -58,30 +58,30 @@ class MixtureNodes:
         return _sends(scope, 1, state, [])
 
     def propose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
-        call = ProposerCall(self.mixture.scope(runtime), task, config)
-        if call.race is not None and call.race.stopped:
-            return call.outcome()
-        try:
-            message = call_sync(call.attempt_sync, call.slot.policy, race=call.race,
-                                on_retry=call.on_retry)  # fmt: skip
-        except GraphBubbleUp:
-            raise
-        except Exception as error:
-            return call.outcome(error=error)
-        return call.outcome(message=message)
+        with ProposerCall(self.mixture.scope(runtime), task, config) as call:
+            if call.race is not None and call.race.stopped:
+                return call.outcome()
+            try:
+                message = call_sync(call.attempt_sync, call.slot.policy, race=call.race,
+                                    on_retry=call.on_retry)  # fmt: skip
+            except GraphBubbleUp:
+                raise
+            except Exception as error:
+                return call.outcome(error=error)
+            return call.outcome(message=message)
 
     async def apropose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
-        call = ProposerCall(self.mixture.scope(runtime), task, config)
-        if call.race is not None and call.race.stopped:
-            return call.outcome()
-        try:
-            message = await call_async(call.attempt_async, call.slot.policy, race=call.race,
-                                       on_retry=call.on_retry)  # fmt: skip
-        except GraphBubbleUp:
-            raise
-        except Exception as error:
-            return call.outcome(error=error)
-        return call.outcome(message=message)
+        with ProposerCall(self.mixture.scope(runtime), task, config) as call:
+            if call.race is not None and call.race.stopped:
+                return call.outcome()
+            try:
+                message = await call_async(call.attempt_async, call.slot.policy, race=call.race,
+                                           on_retry=call.on_retry)  # fmt: skip
+            except GraphBubbleUp:
+                raise
+            except Exception as error:
+                return call.outcome(error=error)
+            return call.outcome(message=message)
 
     def after_propose(self, state: MoAState, runtime: Runtime) -> str:
         """A proposer's layer is joined by ``collect_layer``; the last layer by the aggregator."""
@@ -171,6 +171,7 @@ def _finish_layer(scope: RunScope, state: MoAState, config: RunnableConfig) -> s
     must call its failed proposers again, ``_FAILED`` below quorum with the aggregator's
     fallback on (without it, ``ProposalsFailedError``), else ``_DONE``."""
     layer = latest_layer(state["proposals"])
+    scope.layer_joined(state["run_id"], layer)
     proposals = [p for p in state["proposals"] if p["layer"] == layer]
     counts = {status: sum(p["status"] == status for p in proposals)
               for status in ("answered", "failed", "cancelled")}  # fmt: skip

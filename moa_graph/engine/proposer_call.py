@@ -38,7 +38,8 @@ logger = logging.getLogger("moa_graph")
 
 
 class ProposerCall:
-    """One proposer's call in one run."""
+    """One proposer's call in one run; a context manager that lets go of its layer's race and
+    sample batch when it ends."""
 
     def __init__(self, scope: RunScope, task: ProposerTask, config: RunnableConfig) -> None:
         self.slot = slot = next(s for s in scope.layer(task["layer"]) if s.index == task["index"])
@@ -59,12 +60,20 @@ class ProposerCall:
         )
         shuffle = {f"moa_{key}": value for key, value in self.shuffle.items()}
         self.config = proposer_config(scope, slot, config, shuffle)
-        members = task.get("batch") or []
-        self.batch = scope.sample_batch(task["run_id"], slot.layer, members) if members else None
+        self.run_id, members = task["run_id"], task.get("batch") or []
+        self.batch = scope.sample_batch(self.run_id, slot.layer, members) if members else None
         self.attempts = 0
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
             emit(self.runtime, moa_event="proposal_started", **identity(slot))
+
+    def __enter__(self) -> ProposerCall:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """The call ended (answered, failed, cancelled or abandoned): let go of what it shares."""
+        members = self.batch.members if self.batch is not None else None
+        self.scope.call_ended(self.run_id, self.slot, race=self.race is not None, batch=members)
 
     def attempt_sync(self) -> BaseMessage:
         self.attempts += 1

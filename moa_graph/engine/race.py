@@ -8,7 +8,6 @@ callback that is called once, when the layer stops waiting.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,22 +106,3 @@ class LayerRace:
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-
-
-class RaceRegistry:
-    """Finds the race of ``(run_id, layer)``; a race lives while a call of the layer holds it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._races: weakref.WeakValueDictionary[tuple[str, int], LayerRace] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def race(self, run_id: str, layer: int, width: int, rules: RaceRules) -> LayerRace:
-        """The race of this layer of this run, created by its first call with ``rules``."""
-        with self._lock:
-            race = self._races.get((run_id, layer))
-            if race is None:
-                race = LayerRace(rules, width)
-                self._races[(run_id, layer)] = race
-            return race

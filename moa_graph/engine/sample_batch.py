@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
@@ -149,25 +148,6 @@ def counted_once(answers: list[BaseMessage]) -> list[BaseMessage]:
     if len(answers) < 2 or usages[0] is None or any(u != usages[0] for u in usages[1:]):
         return answers
     return [answers[0], *(a.model_copy(update={"usage_metadata": None}) for a in answers[1:])]
-
-
-class BatchRegistry:
-    """Finds the batch of ``(run_id, layer, members)``; it lives while a call of it holds it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._batches: weakref.WeakValueDictionary[tuple[Any, ...], SampleBatch] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
-        key = (run_id, layer, tuple(members))
-        with self._lock:
-            batch = self._batches.get(key)
-            if batch is None:
-                batch = SampleBatch(members)
-                self._batches[key] = batch
-            return batch
 
 
 def chat_model_of(model: Runnable[Any, BaseMessage]) -> tuple[BaseChatModel, dict[str, Any]]:

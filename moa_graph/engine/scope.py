@@ -21,7 +21,7 @@ from moa_graph.aggregator import bind_aggregator
 from moa_graph.engine.events import emit, run_name, truncation_record
 from moa_graph.engine.limits import CallLimiter
 from moa_graph.engine.plan import MixturePlan, ProposerSlot
-from moa_graph.engine.race import LayerRace, RaceRegistry
+from moa_graph.engine.race import LayerRace
 from moa_graph.engine.references import Truncation, answered, fit_to_budget
 from moa_graph.engine.run_choices import (
     answer_must_be_written,
@@ -30,7 +30,8 @@ from moa_graph.engine.run_choices import (
     run_key,
     run_plan,
 )
-from moa_graph.engine.sample_batch import BatchRegistry, SampleBatch
+from moa_graph.engine.sample_batch import SampleBatch
+from moa_graph.engine.shared_by_calls import SharedByCalls
 from moa_graph.models import CHEAP_LOGPROBS_ATTRIBUTE, declared
 from moa_graph.redact import redact
 from moa_graph.state import Proposal
@@ -57,8 +58,8 @@ class Mixture:
 
     def __init__(self, plan: MixturePlan) -> None:
         self.plan = plan
-        self.races = RaceRegistry()
-        self.batches = BatchRegistry()
+        self.races: SharedByCalls[LayerRace] = SharedByCalls()
+        self.batches: SharedByCalls[SampleBatch] = SharedByCalls()
         self.limiter = CallLimiter(plan.options.max_concurrent_calls)
         self._variants: dict[tuple[Any, ...], tuple[MixturePlan, Runnables]] = {}
         self._configured = (plan, _runnables(plan))
@@ -127,8 +128,12 @@ class RunScope:
         return self.choices.get("stream_proposers") is not False
 
     def sample_batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
-        """The request that draws the samples ``members`` of ``layer`` together."""
-        return self._batches.batch(run_id, layer, members)
+        """The request that draws the samples ``members`` of ``layer`` together, held by the
+        calling proposer until it ends (``call_ended``)."""
+        members = tuple(members)
+        return self._batches.hold(
+            (run_id, layer, members), callers=len(members), make=lambda: SampleBatch(members)
+        )
 
     # -- layers ------------------------------------------------------------------------------
 
@@ -136,12 +141,34 @@ class RunScope:
         """The proposer calls of layer ``number`` (from 1)."""
         return self.plan.proposer_layers[number - 1]
 
-    def race(self, run_id: str, slot: ProposerSlot) -> LayerRace | None:
-        """The race of the slot's layer, when the run may stop waiting early."""
+    def new_race(self, layer: int) -> LayerRace | None:
+        """A race for ``layer`` when the run may stop waiting early (its deadline starts now)."""
         rules = self.plan.race_rules
+        return LayerRace(rules, len(self.layer(layer))) if rules.can_stop_early else None
+
+    def race(self, run_id: str, slot: ProposerSlot) -> LayerRace | None:
+        """The race of the slot's layer in this run, held by the calling proposer until it
+        ends (``call_ended``); ``None`` when the run never stops waiting early."""
+        rules, width = self.plan.race_rules, len(self.layer(slot.layer))
         if not rules.can_stop_early:
             return None
-        return self._races.race(run_id, slot.layer, len(self.layer(slot.layer)), rules)
+        return self._races.hold(
+            (run_id, slot.layer), callers=width, make=lambda: LayerRace(rules, width)
+        )
+
+    def call_ended(
+        self, run_id: str, slot: ProposerSlot, *, race: bool, batch: Sequence[int] | None
+    ) -> None:
+        """A proposer call that held its layer's ``race`` and/or a ``batch`` has ended."""
+        if race:
+            self._races.release((run_id, slot.layer))
+        if batch:
+            self._batches.release((run_id, slot.layer, tuple(batch)))
+
+    def layer_joined(self, run_id: str, layer: int) -> None:
+        """Every call of ``layer`` has ended: forget what calls that never came still held."""
+        self._races.forget(run_id, layer)
+        self._batches.forget(run_id, layer)
 
     def layer_failed(self, proposals: Sequence[Proposal]) -> bool:
         """Whether a layer's answers fall below ``min_proposals`` (or any failed, fail-fast)."""

@@ -92,6 +92,7 @@ class StaircaseRun:
         """Why the run failed, once it did."""
         self._lock = threading.Lock()
         self._reported: set[int] = set()
+        self._races: dict[int, LayerRace | None] = {}
         register(self.run_id, self)
 
     # -- the shape ---------------------------------------------------------------------------
@@ -114,6 +115,13 @@ class StaircaseRun:
     def _slot(self, layer: int, index: int) -> ProposerSlot:
         return next(slot for slot in self.scope.layer(layer) if slot.index == index)
 
+    def _race(self, layer: int) -> LayerRace | None:
+        """The race of ``layer``, made by its first proposer; the run owns it to its end."""
+        with self._lock:
+            if layer not in self._races:
+                self._races[layer] = self.scope.new_race(layer)
+            return self._races[layer]
+
     # -- proposers ---------------------------------------------------------------------------
 
     def _proposer_model(self, slot: ProposerSlot, config: RunnableConfig) -> _Model:
@@ -128,7 +136,7 @@ class StaircaseRun:
         slot, started = self._slot(layer, index), time.perf_counter()
         model = self._proposer_model(slot, config)
         writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
-        race = self.scope.race(self.run_id, slot)
+        race = self._race(slot.layer)
         if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
             race.subscribe(self.board.poke)
         emit(self.scope.runtime, moa_event="proposal_started", **model.who)
@@ -157,7 +165,7 @@ class StaircaseRun:
         slot, started = self._slot(layer, index), time.perf_counter()
         model = self._proposer_model(slot, config)
         writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
-        race = self.scope.race(self.run_id, slot)
+        race = self._race(slot.layer)
         if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
             race.subscribe(self.board.poke)
         emit(self.scope.runtime, moa_event="proposal_started", **model.who)
