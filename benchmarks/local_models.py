@@ -1,9 +1,10 @@
 """Load time, memory and generation speed of each embedded model on this machine.
 
-For each model: seconds to load, resident memory added by loading it, and tokens per second
-while streaming a fixed 128-token answer (after one warm-up call; the median of ``--runs``
-streams, since a shared machine's speed wanders from one answer to the next). Each model is
-measured in a process of its own, one after another, so each figure is the model's own.
+For each model: seconds to load, resident memory added by loading it, tokens per second while
+streaming a fixed 128-token answer (after one warm-up call; the median of ``--runs`` streams,
+since a shared machine's speed wanders from one answer to the next), and prompt tokens read per
+second (a new prompt of about 500 tokens each run, so the prompt cache cannot serve it). Each
+model is measured in a process of its own, one after another, so each figure is the model's own.
 
 Then, in one more process, every model is loaded first and each is streamed again
 (``tokens_per_s_all_loaded``), as a mixture of them runs. The two speeds should match: before
@@ -52,6 +53,19 @@ def _median_speed(model: Any, runs: int) -> tuple[int, float]:
     return streams[0][0], round(statistics.median(speed for _, speed in streams), 1)
 
 
+def _reading_speed(name: str, runs: int) -> float:
+    """The median prompt tokens read a second, over ``runs`` prompts new to the model."""
+    model = _greedy(name, 1)
+    speeds = []
+    for run in range(runs):
+        prompt = f"Run {run}. Count the words: " + " ".join(f"w{run}x{i}" for i in range(160))
+        started = time.perf_counter()
+        message = model.invoke(prompt)
+        read = message.usage_metadata["input_tokens"] if message.usage_metadata else 0
+        speeds.append(read / (time.perf_counter() - started))
+    return round(statistics.median(speeds), 1)
+
+
 def _greedy(name: str, tokens: int) -> Any:
     return create_local_chat_model(name, temperature=0.0, max_tokens=tokens, seed=0)
 
@@ -71,6 +85,7 @@ def measure(name: str, tokens: int, runs: int) -> dict[str, Any]:
         "rss_added_mb": round(loaded - before),
         "output_tokens": output_tokens,
         "tokens_per_s": tokens_per_s,
+        "prompt_tokens_per_s": _reading_speed(name, runs),
     }
 
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The experiment on the embedded local models: GSM8K then ARC-Challenge, 60 items each,
 # standard synthesis against a staircase (8-token first chunk, growing twofold) among them,
-# seed 0; each staircase system is also paired against its standard synthesis. Runs in stages
+# seed 0 (the `local` recipe's own staircase grows eightfold: the system names its twofold growth);
+# each staircase system is also paired against its standard synthesis. Runs in stages
 # (20, 40, 60 items, alternating data sets; a stage's items include the previous stage's),
 # so an interrupted run leaves complete, reportable subsets of both data sets;
 # rerunning resumes from the caches (answers in cache.jsonl, model calls in calls.sqlite).
@@ -16,7 +17,7 @@ SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,name=moa-local \
   $SELF,aggregation=synthesize_with_votes,name=self-moa-synthesize-votes \
   $SELF,early_exit=true,name=self-moa-early-exit \
   self-moa:$M,n=5,aggregation=vote,name=self-moa-vote-5 \
-  local,staircase=8,name=moa-local-staircase $SELF,staircase=8,name=self-moa-staircase"
+  local,staircase=8,staircase_growth=2,name=moa-local-staircase $SELF,staircase=8,name=self-moa-staircase"
 for limit in 20 40 60; do
   for dataset in gsm8k arc; do
     $MOA eval --dataset $dataset --limit $limit --seed 0 --max-tokens 320 --quiet \

@@ -188,8 +188,8 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         """The mixture's shape, the identifying settings, any other setting not at its default,
-        and the refinements of a setting that is on (the evaluation cache keys results on
-        these)."""
+        and the refinements of a setting that is on, never those of one that is off (they
+        change nothing); the evaluation cache keys results on these."""
         params: dict[str, Any] = {
             "layers": self._plan.layers,
             "proposers": [[slot.name for slot in layer] for layer in self._plan.proposer_layers],
@@ -197,8 +197,11 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         }
         changed = self._plan.options.changed()
         for name, spec in SETTINGS.items():
-            refined = spec.refines is not None and getattr(self, spec.refines) is not None
-            if spec.identifying or name in changed or refined:
+            if spec.refines is not None:
+                included = getattr(self, spec.refines) is not None
+            else:
+                included = spec.identifying or name in changed
+            if included:
                 params[name] = spec.identity(getattr(self, name))
         return params
 

@@ -237,7 +237,7 @@ class MixtureSettings(BaseModel):
     )  # fmt: skip
     staircase_growth: float = setting(
         2.0, "each staircase chunk is this many times the one before (1: all alike)",
-        ge=1, le=4, refines="staircase",
+        ge=1, le=8, refines="staircase",
     )  # fmt: skip
 
     @field_validator("prompt")

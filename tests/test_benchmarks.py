@@ -74,16 +74,20 @@ def test_the_staircase_benchmark_compares_each_chunk_size_with_staircase_off() -
     names = (*staircase.PROPOSERS, staircase.AGGREGATOR)
     scripts = {name: ModelScript(reply=staircase.words(name, 24)) for name in names}
     with OpenAICompatibleServer(scripts=scripts) as server:
+        chosen = [staircase.parse_variant(text, 2.0) for text in ("4", "8", "4@4")]
+        variants = {"None": None, **{staircase.label(v, 2.0): v for v in chosen}}
         report = staircase.measure(
-            lambda chunk: staircase.loopback_mixture(server.base_url, chunk, 2.0),
-            lambda i: f"Question {i}?", [4, 8], 2, staircase._aggregator_rounds,
+            lambda variant: staircase.loopback_mixture(server.base_url, variant),
+            lambda i: f"Question {i}?", variants, 2, staircase._aggregator_rounds,
         )  # fmt: skip
-    assert set(report) == {"None", "4", "8"}
+    assert list(report) == ["None", "4", "8", "4@4"]
     answer = len(staircase.words(staircase.AGGREGATOR, 24))
     assert {variant["answer_chars"] for variant in report.values()} == {answer}
-    assert [report[v]["aggregator_calls"] for v in ("None", "4", "8")] == [0, 3, 2]
-    assert all(report[v]["prompt_tokens_per_call"] > 0 for v in ("4", "8"))
-    assert all({"ttft_ratio", "wall_ratio"} <= set(report[v]) for v in ("4", "8"))
+    # 24-token references shown after each round: 4, 12, whole (from 4 at growth 2); 8, whole;
+    # 4, 20, whole (from 4 at growth 4)
+    assert [report[v]["aggregator_calls"] for v in report] == [0, 3, 2, 3]
+    assert all(report[v]["prompt_tokens_per_call"] > 0 for v in ("4", "8", "4@4"))
+    assert all({"ttft_ratio", "wall_ratio"} <= set(report[v]) for v in ("4", "8", "4@4"))
 
 
 @pytest.mark.local_model
@@ -108,6 +112,7 @@ def test_the_local_models_benchmark_measures_each_model_alone_and_all_loaded() -
     alone = local_models._in_new_process(local_models.measure, "smollm2-135m", 4, 1)
     assert alone["model"] == "smollm2-135m" and alone["output_tokens"] == 4
     assert alone["load_s"] > 0 and alone["rss_added_mb"] > 0 and alone["tokens_per_s"] > 0
+    assert alone["prompt_tokens_per_s"] > 0  # the prompt's tokens, as the model counted them
     together = local_models.measure_all_loaded(["smollm2-135m"], 4, 1)
     assert set(together) == {"smollm2-135m"} and together["smollm2-135m"] > 0
 

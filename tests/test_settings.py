@@ -85,11 +85,15 @@ def test_every_setting_reaches_python_recipes_toml_flags_and_eval(
     spec = SETTINGS[name]
     value, text, toml = sample(spec)
     assert value != spec.default
+    # a refinement counts in a mixture's identity only while the setting it refines is on
+    parent = {} if spec.refines is None else {spec.refines: sample(SETTINGS[spec.refines])}
+    on = {key: parent_value for key, (parent_value, _, _) in parent.items()}
+    on_text = "".join(f",{key}={parent_text}" for key, (_, parent_text, _) in parent.items())
     # Python: the graph factory and the chat model
     graph = create_moa_graph(PROPOSERS, aggregator=AGGREGATOR, layers=2, **{name: value})
     assert graph is not None
     moa = ChatMixtureOfAgents(proposers=PROPOSERS, aggregator=AGGREGATOR, layers=2,
-                              **{name: value})  # fmt: skip
+                              **{name: value, **on})  # fmt: skip
     assert getattr(moa.plan.options, name) == value
     assert moa._identifying_params[name] == spec.identity(value)
     # a preset's recipe, and a TOML recipe
@@ -105,7 +109,7 @@ def test_every_setting_reaches_python_recipes_toml_flags_and_eval(
     ask_help = _subcommand_help(parser, "ask")
     assert spec.flag in ask_help and f"(default: {spec.display(spec.default)})" in ask_help
     # an eval system option (an embedded model: it continues partial answers)
-    system = parse_system(f"self-moa:local:smollm2-135m,n=3,{name}={text}")
+    system = parse_system(f"self-moa:local:smollm2-135m,n=3,{name}={text}{on_text}")
     assert system.config[name] == spec.identity(value)
 
 
