@@ -3,7 +3,8 @@
 For each model: seconds to load, resident memory added by loading it, tokens per second while
 streaming a fixed 128-token answer (after one warm-up call; the median of ``--runs`` streams,
 since a shared machine's speed wanders from one answer to the next), and prompt tokens read per
-second (a new prompt of about 500 tokens each run, so the prompt cache cannot serve it). Each
+second (a prompt of 160 made-up words, new each run so the prompt cache cannot serve it; the
+speed is the prompt's tokens, as the model counted them, over the call's wall time). Each
 model is measured in a process of its own, one after another, so each figure is the model's own.
 
 Then, in one more process, every model is loaded first and each is streamed again

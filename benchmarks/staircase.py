@@ -91,6 +91,7 @@ def loopback_mixture(base_url: str, variant: Variant) -> ChatMixtureOfAgents:
 
 
 def staircase_settings(variant: Variant) -> dict[str, Any]:
+    """The mixture settings of a variant (staircase off, or its first chunk and growth)."""
     if variant is None:
         return {"staircase": None}
     return {"staircase": variant[0], "staircase_growth": variant[1]}
@@ -186,6 +187,8 @@ def main() -> None:
     chosen = [parse_variant(text, args.growth) for text in args.chunks]
     variants: dict[str, Variant] = {"None": None}
     variants.update({label(v, args.growth): v for v in chosen})
+    if len(variants) != len(chosen) + 1:
+        parser.error(f"--chunks names a variant twice: {' '.join(args.chunks)}")
     report: dict[str, Any] = {"growth": args.growth}
     for part in parts:
         report[part] = {"loopback": loopback, "local": local}[part](variants, args.runs)

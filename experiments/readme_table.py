@@ -35,6 +35,7 @@ LABELS = {
     "moa-local-staircase": "MoA `local`, synthesize, staircase 8",
     "self-moa-staircase": "Self-MoA 1.5B x3, synthesize, staircase 8",
     **{f"moa-local-staircase-{n}": f"MoA `local`, synthesize, staircase {n}" for n in (16, 32, 64)},
+    "moa-local-staircase-g8": "MoA `local`, synthesize, staircase 8 growing eightfold",
 }
 """README names of the systems of ``experiments/run_local.sh`` and ``run_samples.sh`` (others
 keep their own name)."""

@@ -142,3 +142,12 @@ class ScriptedChatModel(BaseChatModel):
             self._leave()
         for chunk in self._chunks(messages, text):
             yield chunk
+
+
+def mixture_of(graph: Any) -> Any:
+    """The ``Mixture`` behind a graph of ``create_moa_graph`` (built or compiled), for tests
+    that look at what its runs share."""
+    nodes = graph.nodes
+    node = nodes["propose"]
+    runnable = getattr(node, "bound", None) or node.runnable
+    return runnable.func.__self__.mixture

@@ -55,3 +55,31 @@ def test_calls_arriving_together_from_threads_share_one_object() -> None:
         thread.join()
     assert len(made) == 1 and seen == made * 8
     assert len(shared) == 0
+
+
+def test_an_abandoned_call_drops_its_object_and_a_later_call_starts_afresh() -> None:
+    shared: SharedByCalls[object] = SharedByCalls()
+    first = shared.hold(("run", 1), callers=3, make=object)
+    shared.release(("run", 1))
+    shared.hold(("run", 1), callers=3, make=object)
+    shared.release(("run", 1), abandoned=True)  # the run was cancelled: none of it is kept
+    assert len(shared) == 0
+    assert shared.hold(("run", 1), callers=3, make=object) is not first
+
+
+def test_calls_coming_again_after_all_came_get_a_new_object() -> None:
+    shared: SharedByCalls[object] = SharedByCalls()
+    first = shared.hold(("run", 1), callers=1, make=object)
+    shared.release(("run", 1))
+    assert shared.hold(("run", 1), callers=1, make=object) is not first
+
+
+def test_objects_waiting_for_calls_that_never_come_are_bounded() -> None:
+    shared: SharedByCalls[object] = SharedByCalls(max_idle=2)
+    kept = {}
+    for run in ("a", "b", "c"):
+        kept[run] = shared.hold((run, 1), callers=2, make=object)
+        shared.release((run, 1))  # its second call never comes
+    assert len(shared) == 2  # the oldest went
+    assert shared.hold(("a", 1), callers=2, make=object) is not kept["a"]
+    assert shared.hold(("c", 1), callers=2, make=object) is kept["c"]

@@ -27,7 +27,8 @@ from moa_graph.confidence import answer_confidence
 from moa_graph.engine.calls import CallCancelled, cancel_requested
 from moa_graph.engine.events import PROPOSER_TAG, emit, identity, run_name
 from moa_graph.engine.plan import ProposerSlot
-from moa_graph.engine.sample_batch import draw_async, draw_sync
+from moa_graph.engine.race import LayerRace
+from moa_graph.engine.sample_batch import SampleBatch, draw_async, draw_sync
 from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
@@ -38,13 +39,14 @@ logger = logging.getLogger("moa_graph")
 
 
 class ProposerCall:
-    """One proposer's call in one run; a context manager that lets go of its layer's race and
-    sample batch when it ends."""
+    """One proposer's call in one run; a context manager that holds its layer's race and its
+    sample batch while the call runs (``with ProposerCall(...) as call:``)."""
 
     def __init__(self, scope: RunScope, task: ProposerTask, config: RunnableConfig) -> None:
         self.slot = slot = next(s for s in scope.layer(task["layer"]) if s.index == task["index"])
         self.scope, self.runtime = scope, scope.runtime
-        self.race = scope.race(task["run_id"], slot)
+        self.race: LayerRace | None = None
+        self.batch: SampleBatch | None = None
         self.runnable = scope.runnables[(slot.layer, slot.index)]
         conversation = render_tool_turns(task["messages"])  # proposers never see tool turns
         references, self.shuffle = task["references"], {}
@@ -60,20 +62,27 @@ class ProposerCall:
         )
         shuffle = {f"moa_{key}": value for key, value in self.shuffle.items()}
         self.config = proposer_config(scope, slot, config, shuffle)
-        self.run_id, members = task["run_id"], task.get("batch") or []
-        self.batch = scope.sample_batch(self.run_id, slot.layer, members) if members else None
+        self.run_id, self.members = task["run_id"], task.get("batch") or []
         self.attempts = 0
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> ProposerCall:
+        """Hold the layer's race and the sample batch (taken last: nothing after can fail)."""
+        slot = self.slot
+        self.race = self.scope.race(self.run_id, slot)
+        if self.members:
+            self.batch = self.scope.sample_batch(self.run_id, slot.layer, self.members)
         self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
             emit(self.runtime, moa_event="proposal_started", **identity(slot))
-
-    def __enter__(self) -> ProposerCall:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        """The call ended (answered, failed, cancelled or abandoned): let go of what it shares."""
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        """The call ended, with an outcome or abandoned (an exception: the run was cancelled,
+        interrupted or failed); either way it lets go of what it shares."""
         members = self.batch.members if self.batch is not None else None
-        self.scope.call_ended(self.run_id, self.slot, race=self.race is not None, batch=members)
+        self.scope.call_ended(self.run_id, self.slot, race=self.race is not None, batch=members,
+                              abandoned=exc_type is not None)  # fmt: skip
 
     def attempt_sync(self) -> BaseMessage:
         self.attempts += 1

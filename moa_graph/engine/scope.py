@@ -157,13 +157,15 @@ class RunScope:
         )
 
     def call_ended(
-        self, run_id: str, slot: ProposerSlot, *, race: bool, batch: Sequence[int] | None
-    ) -> None:
-        """A proposer call that held its layer's ``race`` and/or a ``batch`` has ended."""
+        self, run_id: str, slot: ProposerSlot, *, race: bool, batch: Sequence[int] | None,
+        abandoned: bool = False,
+    ) -> None:  # fmt: skip
+        """A proposer call that held its layer's ``race`` and/or a ``batch`` has ended, with an
+        outcome or ``abandoned`` (then what it shares is dropped: the run stops here)."""
         if race:
-            self._races.release((run_id, slot.layer))
+            self._races.release((run_id, slot.layer), abandoned=abandoned)
         if batch:
-            self._batches.release((run_id, slot.layer, tuple(batch)))
+            self._batches.release((run_id, slot.layer, tuple(batch)), abandoned=abandoned)
 
     def layer_joined(self, run_id: str, layer: int) -> None:
         """Every call of ``layer`` has ended: forget what calls that never came still held."""

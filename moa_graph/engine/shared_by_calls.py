@@ -1,32 +1,48 @@
 """What the proposer calls of one layer of one run share (its race, a batch of samples).
 
 LangGraph runs each proposer call as its own task, and nothing guarantees that the tasks of a
-layer overlap in time: on a busy machine one may end before the next starts. So a shared object
-is kept from the first call that asks for it until every call expected to use it has let go,
-not merely while some call holds it (a later call would otherwise find nothing and start over:
-a second race, or the whole batch's request paid again). Calls that never come (a resumed run
-re-runs only the proposers it had not saved) cannot let go; the layer's join forgets what they
-would have released.
+layer overlap in time: on a busy machine, or under ``max_concurrency``, one may end before the
+next starts. So a shared object is kept from the first call that holds it until every call
+expected to hold it has come and gone, not merely while some call holds it (a later call would
+otherwise find nothing and start over: a second race, or the whole batch's request paid again).
+
+Calls that never come cannot let go, so an entry also goes when:
+
+- the layer's join forgets it (a resumed run re-runs only the proposers it had not saved);
+- a call holding it is abandoned, ending by an exception rather than an outcome (the run was
+  cancelled, interrupted or failed: a resumed run must not meet a stale race, whose deadline
+  started in the run before);
+- more than ``max_idle`` entries wait, no call holding them, for calls yet to come (the oldest
+  goes first): a bound for runs abandoned where no call of theirs could tell.
+
+Hand-written because the lifetime spans LangGraph tasks, which share nothing else but the run.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+Key = tuple[Hashable, ...]
+"""``(run_id, layer, ...)``."""
+
 
 @dataclass
 class _Entry(Generic[T]):
     value: T
-    holders: int  # calls still expected to let go
+    expected: int  # calls that will hold it
+    arrived: int = 0
+    active: int = 0  # calls holding it now
 
 
 class SharedByCalls(Generic[T]):
-    """Objects keyed ``(run_id, layer, ...)``, each kept until its expected calls let go.
+    """Objects keyed ``(run_id, layer, ...)``, each kept until its expected calls have come and
+    gone (see the module docstring).
 
     Example:
         >>> shared: SharedByCalls[list[int]] = SharedByCalls()
@@ -39,34 +55,47 @@ class SharedByCalls(Generic[T]):
         0
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_idle: int = 1024) -> None:
+        self.max_idle = max_idle
         self._lock = threading.Lock()
-        self._entries: dict[tuple[Hashable, ...], _Entry[T]] = {}
+        self._entries: dict[Key, _Entry[T]] = {}
+        self._idle: OrderedDict[Key, None] = OrderedDict()  # held by no call, oldest first
 
-    def hold(self, key: tuple[Hashable, ...], *, callers: int, make: Callable[[], T]) -> T:
+    def hold(self, key: Key, *, callers: int, make: Callable[[], T]) -> T:
         """The object of ``key``, made by the first of its ``callers`` calls; each call that
         holds it must ``release`` it once when it ends."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry(make(), callers)
+            entry.arrived += 1
+            entry.active += 1
+            self._idle.pop(key, None)
             return entry.value
 
-    def release(self, key: tuple[Hashable, ...]) -> None:
-        """One call of ``key`` ended; the object goes once every expected call has ended."""
+    def release(self, key: Key, *, abandoned: bool = False) -> None:
+        """A call of ``key`` ended: with an outcome, or ``abandoned`` (by an exception)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                return  # forgotten by the layer's join already
-            entry.holders -= 1
-            if entry.holders <= 0:
-                del self._entries[key]
+                return  # forgotten already
+            entry.active -= 1
+            if abandoned or (entry.active <= 0 and entry.arrived >= entry.expected):
+                self._drop(key)
+            elif entry.active <= 0:
+                self._idle[key] = None
+                while len(self._idle) > self.max_idle:
+                    self._drop(next(iter(self._idle)))
 
     def forget(self, run_id: str, layer: int) -> None:
         """Drop what is left of ``layer`` of ``run_id`` (its join: no call of it runs now)."""
         with self._lock:
             for key in [k for k in self._entries if k[:2] == (run_id, layer)]:
-                del self._entries[key]
+                self._drop(key)
+
+    def _drop(self, key: Key) -> None:
+        self._entries.pop(key, None)
+        self._idle.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)
