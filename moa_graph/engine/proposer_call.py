@@ -67,12 +67,12 @@ class ProposerCall:
         self.started = time.perf_counter()
 
     def __enter__(self) -> ProposerCall:
-        """Hold the layer's race and the sample batch (taken last: nothing after can fail)."""
+        """Hold the layer's race and the sample batch, and report the call started (unless its
+        layer already stopped waiting)."""
         slot = self.slot
         self.race = self.scope.race(self.run_id, slot)
         if self.members:
             self.batch = self.scope.sample_batch(self.run_id, slot.layer, self.members)
-        self.started = time.perf_counter()
         if self.race is None or not self.race.stopped:
             emit(self.runtime, moa_event="proposal_started", **identity(slot))
         return self
