@@ -12,6 +12,10 @@ every variant):
 - ``vote, apart``: the same mixture with one request a sample
   (``samples_in_one_request=False``), as before the engine drew samples together.
 
+Every request reads its prompt whole (``ChatLocalModel(cache_prompt=False)``): otherwise each
+variant would find the prompt the variant before it had read, and the later ones would seem
+faster (llama.cpp after the chat model, on the same question, read one prompt token).
+
 Reported: each variant's wall seconds summed over the questions and runs, its output tokens per
 second (all samples' tokens, for a vote), and each vote's wall time over one answer's, the ratio
 of the sums. One question is not enough: a vote lasts as long as its longest sample, and how
@@ -64,7 +68,8 @@ def _timed(run: Callable[[], int]) -> tuple[float, int]:
 def measure(
     model_name: str, samples: int, prompts: list[str], runs: int, tokens: int
 ) -> dict[str, Any]:
-    model = ChatLocalModel(model=model_name, temperature=0.7, max_tokens=tokens)
+    model = ChatLocalModel(model=model_name, temperature=0.7, max_tokens=tokens,
+                           cache_prompt=False)  # fmt: skip
     model.invoke("Hi")  # loaded and warm before timing
     engine = model._engine()
 
@@ -110,7 +115,8 @@ def measure(
 
 def batch_ceiling(model_name: str, samples: int, prompt: str, tokens: int) -> dict[str, Any]:
     """One answer against ``samples`` answers in one request, all exactly ``tokens`` long."""
-    model = ChatLocalModel(model=model_name, temperature=0.7, max_tokens=tokens, seed=0)
+    model = ChatLocalModel(model=model_name, temperature=0.7, max_tokens=tokens, seed=0,
+                           cache_prompt=False)  # fmt: skip
     model.invoke("Hi")  # loaded and warm before timing
     server = model._engine().server
 

@@ -141,6 +141,18 @@ def test_the_prompt_cache_serves_a_prefix_read_before(smol: ChatLocalModel) -> N
 
 
 @pytest.mark.local_model
+def test_without_cache_prompt_every_prompt_is_read_whole(smol: ChatLocalModel) -> None:
+    cold = smol.model_copy(update={"cache_prompt": False})  # the same loaded engine
+    cold.invoke(PROMPT)
+    again = cold.invoke(PROMPT).usage_metadata
+    assert again is not None and again["input_tokens"] > 10
+    assert (again.get("input_token_details") or {}).get("cache_read", 0) == 0
+    warm = smol.invoke(PROMPT).usage_metadata  # the default reuses what the engine holds
+    assert warm is not None
+    assert (warm.get("input_token_details") or {}).get("cache_read", 0) > 0
+
+
+@pytest.mark.local_model
 def test_call_time_stop_and_max_tokens(smol: ChatLocalModel) -> None:
     prompt = "Count from 1 to 10 separated by commas."
     control = smol.invoke(prompt).text

@@ -301,8 +301,9 @@ class ChatLocalModel(BaseChatModel):
     """A chat model running a small GGUF model in this process, on CPU.
 
     Models load lazily on the first call and are shared process-wide: every
-    instance using the same file, ``n_ctx`` and ``n_threads`` uses one loaded
-    copy, whose calls queue behind a lock. Different models run concurrently.
+    instance using the same file, ``n_ctx``, ``n_threads`` and ``slots`` uses one loaded
+    copy, which generates for up to ``slots`` requests at once in one batch. Different models
+    take turns on the cores.
 
     Example:
         >>> llm = ChatLocalModel(model="smollm2-135m", temperature=0.2, max_tokens=64)
@@ -335,6 +336,10 @@ class ChatLocalModel(BaseChatModel):
     logprobs: bool = False
     """Return each token's log-probability in ``response_metadata["logprobs"]["content"]``
     (OpenAI's layout)."""
+    cache_prompt: bool = True
+    """Start from the longest beginning of the prompt the engine still holds from an earlier
+    request (llama.cpp's ``cache_prompt``). ``False`` reads every prompt whole: slower, for
+    measuring (a benchmark's variants would otherwise find the prompt the one before read)."""
     n: int = Field(default=1, ge=1)
     """Answers drawn in one request (``generate`` returns them all; ``invoke`` the first).
     With a seed, answer k is drawn as a single request with ``seed + k`` would draw it."""
@@ -417,6 +422,8 @@ class ChatLocalModel(BaseChatModel):
         }
         if self.seed is not None:
             request["seed"] = self.seed
+        if not self.cache_prompt:
+            request["cache_prompt"] = False
         request.update({k: v for k, v in kwargs.items() if k in _REQUEST_KWARGS and v is not None})
         stops = stop if stop is not None else self.stop
         if stops:
