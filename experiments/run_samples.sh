@@ -20,8 +20,8 @@ run() {  # run DATASET LIMIT [more options]: one stage, its report in DATASET-lo
     --out "experiments/$dataset-local" --report-dir "experiments/$dataset-local/samples" \
     --systems $SYSTEMS "$@" > /dev/null
 }
-for limit in 100 150 200 250; do
-  for dataset in gsm8k arc; do
+for dataset in gsm8k arc; do  # GSM8K first: the data set the target is about
+  for limit in 100 150 200 250; do
     run $dataset $limit
   done
 done
