@@ -277,6 +277,48 @@ def test_call_cache_times_calls_and_marks_calls_cached_before_timing_unknown(
     assert (untimed.calls, untimed.total) == (1, None)
 
 
+def test_the_answers_of_one_request_are_as_many_calls_timed_at_the_requests_time(
+    tmp_path: Path,
+) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration
+
+    from moa_graph.evaluation.call_cache import CallCache, timing_calls
+
+    cache = CallCache(tmp_path / "calls.sqlite")
+    # three samples of one request, each charged a third of its 6 s (as the embedded models do)
+    samples = [ChatGeneration(message=AIMessage(f"{k}", response_metadata={"compute_seconds": 2.0}))
+               for k in range(3)]  # fmt: skip
+    with timing_calls() as made:
+        assert cache.lookup("prompt", "model") is None
+        cache.update("prompt", "model", samples)
+    with timing_calls() as served:
+        assert len(cache.lookup("prompt", "model") or []) == 3
+    assert (made.calls, made.total) == (served.calls, served.total) == (3, 6.0)
+
+
+@pytest.mark.local_model
+def test_a_vote_over_samples_drawn_together_keeps_its_model_seconds(
+    tmp_path: Path, local_models_present: None
+) -> None:
+    from langchain_core.globals import set_llm_cache
+
+    from moa_graph.evaluation.call_cache import CallCache
+    from moa_graph.local import ChatLocalModel
+
+    model = ChatLocalModel(model="smollm2-135m", max_tokens=24, temperature=0.7)
+    vote = self_moa(model, n=3, seed=1, aggregation="vote", answer_extractor="number")
+    item = Item(id="x/1", turns=("What is 2 + 3? Answer with a number.",))
+    set_llm_cache(CallCache(tmp_path / "calls.sqlite"))
+    try:
+        made, served = vote.answer(item), vote.answer(item)
+    finally:
+        set_llm_cache(None)
+    # the three samples are one request (plus the aggregator when their answers tie)
+    assert made.calls >= 3 and made.model_s is not None and made.model_s > 0
+    assert (served.calls, served.model_s) == (made.calls, made.model_s)  # the cache's record
+
+
 @pytest.mark.parametrize(("dataset", "extractor"), [("gsm8k", "number"), ("arc", "choice")])
 def test_the_committed_experiment_keeps_its_cache_keys(
     dataset: str, extractor: str, local_models_present: None

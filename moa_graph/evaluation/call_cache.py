@@ -72,11 +72,18 @@ class CallTimes:
     calls: int = 0
     unknown: int = 0
 
-    def add(self, seconds: float | None) -> None:
-        """Count one call and its seconds (``None``: not known)."""
-        self.calls += 1
+    def add(self, seconds: float | None, calls: int = 1) -> None:
+        """Count ``calls`` model calls and their seconds (``None``: not known). Samples drawn
+        in one request (``n``) are that many calls, as a mixture counts them, in one entry.
+
+        Example:
+            >>> times = CallTimes()
+            >>> times.add(6.0, calls=3); (times.calls, times.total)
+            (3, 6.0)
+        """
+        self.calls += calls
         if seconds is None:
-            self.unknown += 1
+            self.unknown += calls
         else:
             self.seconds += seconds
 
@@ -109,19 +116,25 @@ def timing_calls() -> Iterator[CallTimes]:
         _current_times.reset(token)
 
 
-def _count(seconds: float | None) -> None:
+def _count(seconds: float | None, generations: Sequence[Generation]) -> None:
     if (times := _current_times.get()) is not None:
-        times.add(seconds)
+        times.add(seconds, calls=max(1, len(generations)))
+
+
+def _reported_seconds(generation: Generation) -> float | None:
+    """The compute seconds a model reports with one answer (``None``: it reports none)."""
+    metadata = getattr(getattr(generation, "message", None), "response_metadata", {})
+    seconds = metadata.get("compute_seconds")
+    return float(seconds) if isinstance(seconds, int | float) else None
 
 
 def _call_seconds(generations: Sequence[Generation], started: float | None) -> float | None:
-    """A call's own time: the compute time the model reports (local models leave out time
-    queued behind other requests), else the time since its cache miss (``None``: unknown)."""
-    for generation in generations:
-        message = getattr(generation, "message", None)
-        reported = getattr(message, "response_metadata", {}).get("compute_seconds")
-        if isinstance(reported, int | float):
-            return round(float(reported), 3)
+    """A request's own time: the compute time its answers report (local models leave out time
+    queued behind other requests, and charge each answer of a request its part, so the parts
+    add up), else the time since its cache miss (``None``: unknown)."""
+    reported = [s for g in generations if (s := _reported_seconds(g)) is not None]
+    if reported:
+        return round(sum(reported), 3)
     return None if started is None else round(time.perf_counter() - started, 3)
 
 
@@ -161,10 +174,10 @@ class CallCache(BaseCache):
                 self._started[key] = time.perf_counter()
                 return None
             self.hits += 1
-        _count(row[1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LangChainBetaWarning)
             generations: list[Generation] = loads(row[0], allowed_objects=_GENERATIONS)
+        _count(row[1], generations)
         return generations
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
@@ -172,7 +185,7 @@ class CallCache(BaseCache):
         with self._lock:
             seconds = _call_seconds(return_val, self._started.pop(key, None))
             self._calls.store(key, dumps(list(return_val)), seconds)
-        _count(seconds)
+        _count(seconds, return_val)
 
     def clear(self, **kwargs: Any) -> None:
         with self._lock:
