@@ -280,6 +280,8 @@ def test_call_cache_times_calls_and_marks_calls_cached_before_timing_unknown(
 def test_the_answers_of_one_request_are_as_many_calls_timed_at_the_requests_time(
     tmp_path: Path,
 ) -> None:
+    import sqlite3
+
     from langchain_core.messages import AIMessage
     from langchain_core.outputs import ChatGeneration
 
@@ -295,6 +297,11 @@ def test_the_answers_of_one_request_are_as_many_calls_timed_at_the_requests_time
     with timing_calls() as served:
         assert len(cache.lookup("prompt", "model") or []) == 3
     assert (made.calls, made.total) == (served.calls, served.total) == (3, 6.0)
+    with sqlite3.connect(tmp_path / "calls.sqlite") as older:  # stored by an older version:
+        older.execute("UPDATE calls SET seconds = 2.0")  # the first answer's part only
+    with timing_calls() as served_from_older_row:
+        cache.lookup("prompt", "model")
+    assert served_from_older_row.total == 6.0
 
 
 @pytest.mark.local_model

@@ -61,3 +61,19 @@ def test_runs_that_end_leave_nothing_behind() -> None:
     for config in ({}, {"max_concurrency": 1}):
         graph.invoke(QUESTION, config)
         assert shared(graph) == (0, 0)
+
+
+def test_a_call_that_fails_as_it_starts_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moa_graph.engine import proposer_call
+
+    def failing_emit(runtime: Any, **event: Any) -> None:
+        if event.get("moa_event") == "proposal_started":
+            raise RuntimeError("the progress stream is closed")
+
+    monkeypatch.setattr(proposer_call, "emit", failing_emit)
+    graph = slow_mixture(0.0, layer_timeout=30).compile()
+    with pytest.raises(RuntimeError, match="progress stream"):
+        graph.invoke(QUESTION, {"max_concurrency": 1})
+    assert shared(graph) == (0, 0)

@@ -517,6 +517,20 @@ def test_user_gguf_path_is_accepted_without_loading(tmp_path: Path) -> None:
     assert model._identifying_params["seed"] == 3
 
 
+def test_an_llm_cache_tells_requests_for_several_answers_or_log_probabilities_apart(
+    tmp_path: Path,
+) -> None:
+    own = tmp_path / "own.gguf"
+    own.write_bytes(b"GGUF" + b"\0" * 60)
+    plain = ChatLocalModel(model=str(own), seed=3)
+    keys = {plain._get_llm_string()}
+    for changed in ({"n": 3}, {"logprobs": True}):
+        keys.add(plain.model_copy(update=changed)._get_llm_string())
+    assert len(keys) == 3
+    # the defaults add nothing: calls cached before these settings counted keep their keys
+    assert "logprobs" not in plain._identifying_params and "n" not in plain._identifying_params
+
+
 @pytest.mark.local_model
 def test_unloadable_gguf_file_raises_a_clear_error(tmp_path: Path) -> None:
     own = tmp_path / "truncated.gguf"

@@ -135,6 +135,27 @@ async def test_a_layer_deadline_cuts_off_a_slow_batch_as_one(
     assert answer.content == "42."
 
 
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_a_sample_whose_request_was_given_up_by_another_call_times_out_by_itself(
+    server: OpenAICompatibleServer, use_async: bool
+) -> None:
+    # one task at a time: the first sample's call makes the request and gives it up at its
+    # deadline before the next sample's call starts; that call must fail the same way (a
+    # timeout: the mixture's, or the HTTP client's, which the model built from a string
+    # shares), not end the run as if it had been cancelled
+    server.set_script("p", ModelScript(reply="It is 42.", ttft=1.0))
+    graph = create_moa_graph(
+        [spec(server, "p", samples=3, samples_in_one_request=True), spec(server, "q")],
+        aggregator=spec(server, "agg"), layers=2, seed=5, timeout=0.3, max_retries=0,
+    ).compile()  # fmt: skip
+    state, config = {"messages": [HumanMessage(QUESTION)]}, {"max_concurrency": 1}
+    result = await graph.ainvoke(state, config) if use_async else graph.invoke(state, config)
+    layer_1 = [p for p in result["proposals"] if p["layer"] == 1]
+    assert [p["status"] for p in layer_1] == ["failed"] * 3 + ["answered"]
+    assert all("TimeoutError" in (p["error"] or "") for p in layer_1[:3])
+    assert result["messages"][-1].content == "42."
+
+
 class _OneAnswerOnly(ScriptedChatModel):
     """Declares samples in one request but answers once, as a server ignoring ``n`` would."""
 

@@ -70,11 +70,15 @@ class ProposerCall:
         """Hold the layer's race and the sample batch, and report the call started (unless its
         layer already stopped waiting)."""
         slot = self.slot
-        self.race = self.scope.race(self.run_id, slot)
-        if self.members:
-            self.batch = self.scope.sample_batch(self.run_id, slot.layer, self.members)
-        if self.race is None or not self.race.stopped:
-            emit(self.runtime, moa_event="proposal_started", **identity(slot))
+        try:
+            self.race = self.scope.race(self.run_id, slot)
+            if self.members:
+                self.batch = self.scope.sample_batch(self.run_id, slot.layer, self.members)
+            if self.race is None or not self.race.stopped:
+                emit(self.runtime, moa_event="proposal_started", **identity(slot))
+        except BaseException as error:  # let go of what was taken: ``__exit__`` will not run
+            self.__exit__(type(error))
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:

@@ -68,9 +68,10 @@ class SampleBatch:
         self._lock = threading.Lock()
 
     def _attempt(self, number: int) -> tuple[Future[list[BaseMessage]], bool]:
-        """The future of attempt ``number`` and whether this caller makes its request."""
+        """The future of attempt ``number`` and whether this caller makes its request (also
+        when the call that made it gave it up, cancelled at its own deadline)."""
         with self._lock:
-            if number in self._attempts:
+            if number in self._attempts and not self._attempts[number].cancelled():
                 return self._attempts[number], False
             future: Future[list[BaseMessage]] = Future()
             self._attempts[number] = future
@@ -96,10 +97,18 @@ class SampleBatch:
     ) -> BaseMessage:
         """The async twin of ``answer_sync``."""
         future, leads = self._attempt(attempt)
-        if not leads:  # shielded: a caller giving up must not cancel the others' answers
+        while not leads:  # shielded: a caller giving up must not cancel the others' answers
             shared = asyncio.wrap_future(future)
             shared.add_done_callback(_retrieved)
-            answers = await asyncio.shield(shared)
+            try:
+                answers = await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                if not future.cancelled() or _being_cancelled():
+                    raise
+                # the call that made the request was cut off at its deadline, this one was not:
+                # it asks again (a run that is cancelled cancels every call, this one too)
+                future, leads = self._attempt(attempt)
+                continue
             return answers[self.members.index(index)]
         try:
             answers = self._checked(await request())
@@ -133,6 +142,12 @@ def _settle(
             future.set_exception(error)
         else:
             future.set_result(answers or [])
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself was asked to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _retrieved(shared: asyncio.Future[Any]) -> None:

@@ -15,6 +15,12 @@ Calls that never come cannot let go, so an entry also goes when:
 - more than ``max_idle`` entries wait, no call holding them, for calls yet to come (the oldest
   goes first): a bound for runs abandoned where no call of theirs could tell.
 
+A known limit: a run stopped while none of its layer's calls held the entry (a sync
+``invoke`` interrupted between two calls under ``max_concurrency``, a ``step_timeout``) leaves
+the entry in place, and a run resumed in the same process meets it, its deadline started in
+the run before. LangGraph gives a resumed run's tasks nothing that tells them from the first
+run's (task ids and the run's id are the same), so no key can part them.
+
 Hand-written because the lifetime spans LangGraph tasks, which share nothing else but the run.
 """
 

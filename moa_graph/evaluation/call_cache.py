@@ -128,13 +128,19 @@ def _reported_seconds(generation: Generation) -> float | None:
     return float(seconds) if isinstance(seconds, int | float) else None
 
 
+def _reported_total(generations: Sequence[Generation]) -> float | None:
+    """The compute time a request's answers report, added up (``None``: they report none)."""
+    reported = [s for g in generations if (s := _reported_seconds(g)) is not None]
+    return round(sum(reported), 3) if reported else None
+
+
 def _call_seconds(generations: Sequence[Generation], started: float | None) -> float | None:
     """A request's own time: the compute time its answers report (local models leave out time
     queued behind other requests, and charge each answer of a request its part, so the parts
     add up), else the time since its cache miss (``None``: unknown)."""
-    reported = [s for g in generations if (s := _reported_seconds(g)) is not None]
-    if reported:
-        return round(sum(reported), 3)
+    reported = _reported_total(generations)
+    if reported is not None:
+        return reported
     return None if started is None else round(time.perf_counter() - started, 3)
 
 
@@ -177,7 +183,10 @@ class CallCache(BaseCache):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LangChainBetaWarning)
             generations: list[Generation] = loads(row[0], allowed_objects=_GENERATIONS)
-        _count(row[1], generations)
+        # a timed row counts the time its answers report where they do: a row of several
+        # answers stored before they were added up holds the first answer's part only
+        reported = _reported_total(generations) if row[1] is not None else None
+        _count(row[1] if reported is None else reported, generations)
         return generations
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:

@@ -375,6 +375,11 @@ class ChatLocalModel(BaseChatModel):
             "n_threads": self.n_threads,
             "seed": self.seed,
             "stop": self.stop,
+            # only when set, so that the keys of calls cached before they counted stay the same:
+            # an LLM cache must not answer a request for n answers, or for log-probabilities,
+            # with a stored call that had neither
+            **({"n": self.n} if self.n != 1 else {}),
+            **({"logprobs": True} if self.logprobs else {}),
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
