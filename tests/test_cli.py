@@ -200,3 +200,13 @@ def test_a_run_that_stopped_is_finished_from_its_thread(
     assert (server.request_count("p1"), server.request_count("p2")) == (1, 2)  # p1 paid once
     assert main([*argv, "--resume"]) == 2
     assert "has no unfinished run" in capsys.readouterr().err
+
+
+def test_python_dash_m_moa_graph_is_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "moa_graph", "settings"], capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "aggregation" in done.stdout and "RuntimeWarning" not in done.stderr
