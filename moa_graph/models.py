@@ -36,6 +36,10 @@ SAMPLES_IN_ONE_REQUEST_ATTRIBUTE = "moa_samples_in_one_request"
 CHEAP_LOGPROBS_ATTRIBUTE = "moa_cheap_logprobs"
 """A chat model class whose token log-probabilities cost next to nothing declares it here: a
 ``vote`` then records each answer's confidence too (``ChatLocalModel`` does)."""
+MAX_SAMPLES_PER_REQUEST_ATTRIBUTE = "moa_max_samples_per_request"
+"""A chat model that draws ``n`` answers in one request but only up to a limit gives the limit
+here (``ChatLocalModel``: its ``slots``); a model sampled more often draws its samples in as
+many requests as it takes, each up to the limit."""
 TAKES_TURNS_ATTRIBUTE = "moa_takes_turns"
 """A chat model class whose generations take turns on shared cores says so here: a staircase
 then writes with it one chunk a call (``ChatLocalModel`` does)."""
@@ -125,6 +129,8 @@ class ResolvedModel:
     """Its generations take turns on shared cores (see ``TAKES_TURNS_ATTRIBUTE``)."""
     samples_in_one_request: bool = False
     """Its samples are drawn in one request (see ``ProposerSpec.samples_in_one_request``)."""
+    samples_per_request: int | None = None
+    """At most this many of its samples in one request (``None``: no limit)."""
 
 
 def to_spec(value: ModelLike, *, field: str) -> ProposerSpec:
@@ -198,6 +204,7 @@ def resolve_model(
         and _first(
             spec.samples_in_one_request, bool(declared(model, SAMPLES_IN_ONE_REQUEST_ATTRIBUTE))
         ),
+        samples_per_request=declared(model, MAX_SAMPLES_PER_REQUEST_ATTRIBUTE),
         max_tokens=_first(
             spec.max_tokens,
             getattr(spec.model, "max_tokens", None)

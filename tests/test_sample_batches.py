@@ -198,3 +198,28 @@ def test_embedded_samples_are_drawn_in_one_request_from_the_first_samples_seed(
     assert len({p["text"] for p in proposals}) > 1  # three draws, not one answer three times
     assert proposals[0]["usage"]["input_tokens"] > 0
     assert [p["usage"]["input_tokens"] for p in proposals[1:]] == [0, 0]  # prompt read once
+
+
+@pytest.mark.local_model
+def test_embedded_samples_beyond_the_models_slots_take_more_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smol = ChatLocalModel(model="smollm2-135m", temperature=1.0, max_tokens=16, n_ctx=2048,
+                          slots=2)  # fmt: skip
+    engine = smol._engine()
+    requests: list[dict[str, Any]] = []
+    real = engine.server
+
+    class Recording:
+        def handle_chat_completions(self, request: dict[str, Any], *callback: Any) -> Any:
+            requests.append(request)
+            return real.handle_chat_completions(request, *callback)
+
+    monkeypatch.setattr(engine, "server", Recording())
+    moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=smol, samples=3)], aggregator=smol,
+                              layers=2, seed=11, aggregation="vote")  # fmt: skip
+    proposals = moa.invoke("Name a colour.").response_metadata["proposals"]
+    # two slots: samples 1-2 in one request (seeds 11, 12), sample 3 alone with its seed, 13
+    drawn = sorted((r.get("n", 1), r["seed"]) for r in requests[:2])
+    assert drawn == [(1, 13), (2, 11)]
+    assert [p["status"] for p in proposals] == ["answered"] * 3

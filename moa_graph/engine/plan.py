@@ -48,6 +48,8 @@ class ProposerSlot:
     """Its generations take turns on shared cores (a staircase writes it a chunk a call)."""
     samples_in_one_request: bool = False
     """Its model's samples in this layer are drawn in one request."""
+    samples_per_request: int | None = None
+    """At most this many of them in one request (``None``: all); more make several requests."""
 
     @property
     def first_sample_index(self) -> int:
@@ -319,6 +321,7 @@ def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list
             max_tokens=resolved.max_tokens,
             takes_turns=resolved.takes_turns,
             samples_in_one_request=resolved.samples_in_one_request,
+            samples_per_request=resolved.samples_per_request,
         )
         for sample in range(resolved.samples)
     ]

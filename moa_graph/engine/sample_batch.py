@@ -31,16 +31,19 @@ from moa_graph.engine.plan import ProposerSlot
 
 def sample_batches(slots: Sequence[ProposerSlot]) -> dict[int, list[int]]:
     """Which calls one request draws together: for each slot's index, the indices of its batch
-    (consecutive samples of one model that draws samples in one request; else itself alone).
+    (consecutive samples of one model that draws samples in one request, up to its
+    ``samples_per_request``; else itself alone).
 
     Example:
         >>> from moa_graph.engine.plan import ProposerSlot
-        >>> def slot(index, sample, batched=True):
+        >>> def slot(index, sample, batched=True, most=None):
         ...     return ProposerSlot(layer=1, index=index, name="m", spec_name="m", model_name="m",
         ...                         model=None, system_prompt=None, policy=None, sample=sample,
-        ...                         samples_in_one_request=batched)
+        ...                         samples_in_one_request=batched, samples_per_request=most)
         >>> sample_batches([slot(0, 0), slot(1, 1), slot(3, 3), slot(4, 0, False)])
         {0: [0, 1], 1: [0, 1], 3: [3], 4: [4]}
+        >>> sample_batches([slot(k, k, most=2) for k in range(3)])
+        {0: [0, 1], 1: [0, 1], 2: [2]}
     """
     batches: dict[int, list[int]] = {}
     current: list[int] = []
@@ -51,6 +54,7 @@ def sample_batches(slots: Sequence[ProposerSlot]) -> dict[int, list[int]]:
             and slot.samples_in_one_request
             and slot.first_sample_index == previous.first_sample_index
             and slot.sample == previous.sample + 1
+            and (slot.samples_per_request is None or len(current) < slot.samples_per_request)
         )
         current = [*current, slot.index] if follows else [slot.index]
         for index in current:

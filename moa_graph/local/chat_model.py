@@ -315,6 +315,13 @@ class ChatLocalModel(BaseChatModel):
     """llama.cpp continues a final assistant message (staircase streaming needs it)."""
     moa_samples_in_one_request: ClassVar[bool] = True
     """Several answers of one prompt come from one request (``n``), the prompt read once."""
+
+    @property
+    def moa_max_samples_per_request(self) -> int:
+        """One request draws at most ``slots`` answers: a model sampled more often is asked in
+        several requests."""
+        return self.slots
+
     moa_cheap_logprobs: ClassVar[bool] = True
     """Token log-probabilities come with the answer at no real cost (a ``vote`` records them)."""
     moa_takes_turns: ClassVar[bool] = True
