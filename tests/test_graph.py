@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -69,14 +68,13 @@ def test_proposers_of_a_layer_run_concurrently(mode: str) -> None:
     delay, width = 0.3, 4
     shared = fake("same", delay=delay)
     graph = create_moa_graph([shared] * width, aggregator=fake(), layers=2).compile()
-    started = time.perf_counter()
     if mode == "sync":
         graph.invoke({"messages": QUESTION})
     else:
         asyncio.run(graph.ainvoke({"messages": QUESTION}))
-    elapsed = time.perf_counter() - started
+    # all four calls were in flight at once (counted by the model: not a wall-time bound,
+    # which a busy machine breaks)
     assert shared.max_active == width
-    assert elapsed < delay * width / 2  # about one call, far from the sum of four
 
 
 def test_heterogeneous_layers_use_their_own_models() -> None:

@@ -401,19 +401,18 @@ def test_heavy_tail_is_seeded_and_reset_reseeds(
 
 
 def test_concurrent_requests_are_served_concurrently(server: OpenAICompatibleServer) -> None:
-    async def run() -> float:
+    async def run() -> None:
         async with openai.AsyncOpenAI(
             base_url=server.base_url, api_key=API_KEY, max_retries=0
         ) as c:
-            started = time.perf_counter()
             replies = await asyncio.gather(
                 *(c.chat.completions.create(model="slow", messages=USER) for _ in range(50))
             )
             assert {r.choices[0].message.content for r in replies} == {"one two three"}
-            return time.perf_counter() - started
 
-    assert asyncio.run(run()) < 2.0  # sequential would take >= 5 s
+    asyncio.run(run())
     assert server.request_count("slow") == 50
+    assert server.most_in_flight("slow") > 1  # not a wall-time bound: a busy machine breaks it
 
 
 def test_keep_alive_reuses_one_connection(

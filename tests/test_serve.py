@@ -374,7 +374,6 @@ async def test_parallel_requests_run_concurrently(
     for model in ("p1", "p2", "agg"):
         upstream.script_for(model).ttft = 0.2
     async with openai.AsyncOpenAI(base_url=served.base_url, api_key="x", max_retries=0) as c:
-        started = time.monotonic()
 
         async def one(i: int) -> str:
             messages = [{"role": "user", "content": f"Question {i}?"}]
@@ -385,10 +384,11 @@ async def test_parallel_requests_run_concurrently(
             return "".join([ch.choices[0].delta.content or "" async for ch in stream])
 
         answers = await asyncio.gather(*(one(i) for i in range(10)))
-        elapsed = time.monotonic() - started
     assert answers == [ANSWER] * 10
     assert upstream.request_count() == 30
-    assert elapsed < 2.0  # one run takes 0.4 s; ten in sequence would take 4 s
+    # runs in sequence would send at most one aggregator request at a time (not a wall-time
+    # bound: a busy machine breaks it)
+    assert upstream.most_in_flight("agg") > 1
 
 
 async def test_client_that_goes_away_cancels_the_run(

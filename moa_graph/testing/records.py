@@ -85,3 +85,22 @@ class RequestLogQueries:
         """Number of recorded requests (for ``model`` if given)."""
         records = self.requests()
         return len(records) if model is None else sum(r.model == model for r in records)
+
+    def most_in_flight(self, model: str | None = None) -> int:
+        """The most requests (for ``model`` if given) the server held at one moment, from their
+        receipt and answer times: 1 for a server that answers one request at a time, whatever
+        the machine's speed (a test of concurrency that holds on a busy machine).
+
+        Example:
+            >>> class Log(RequestLogQueries):
+            ...     def requests(self):
+            ...         spans = [(0.0, 2.0), (1.0, 3.0), (2.5, 4.0)]
+            ...         return [RequestRecord(id=i, model="m", messages=[], params={},
+            ...                               stream=False, received_at=start, answered_at=end)
+            ...                 for i, (start, end) in enumerate(spans)]
+            >>> Log().most_in_flight()
+            2
+        """
+        records = self.requests() if model is None else self.requests_for(model)
+        spans = [(r.received_at, r.answered_at or r.received_at) for r in records]
+        return max((sum(start <= t < end for start, end in spans) for t, _ in spans), default=0)
