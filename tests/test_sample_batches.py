@@ -174,12 +174,11 @@ def test_a_server_that_ignores_n_fails_the_samples_naming_the_fix() -> None:
     assert len(model.calls) == 1
 
 
-@pytest.mark.local_model
-def test_embedded_samples_are_drawn_in_one_request_from_the_first_samples_seed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    smol = ChatLocalModel(model="smollm2-135m", temperature=1.0, max_tokens=16, n_ctx=2048)
-    engine = smol._engine()
+def recorded_requests(
+    model: ChatLocalModel, monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, Any]]:
+    """The requests the embedded engine of ``model`` receives from now on, as it receives them."""
+    engine = model._engine()
     requests: list[dict[str, Any]] = []
     real = engine.server
 
@@ -189,6 +188,15 @@ def test_embedded_samples_are_drawn_in_one_request_from_the_first_samples_seed(
             return real.handle_chat_completions(request, *callback)
 
     monkeypatch.setattr(engine, "server", Recording())
+    return requests
+
+
+@pytest.mark.local_model
+def test_embedded_samples_are_drawn_in_one_request_from_the_first_samples_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smol = ChatLocalModel(model="smollm2-135m", temperature=1.0, max_tokens=16, n_ctx=2048)
+    requests = recorded_requests(smol, monkeypatch)
     moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=smol, samples=3)], aggregator=smol,
                               layers=2, seed=11, aggregation="vote")  # fmt: skip
     proposals = moa.invoke("Name a colour.").response_metadata["proposals"]
@@ -206,16 +214,7 @@ def test_embedded_samples_beyond_the_models_slots_take_more_requests(
 ) -> None:
     smol = ChatLocalModel(model="smollm2-135m", temperature=1.0, max_tokens=16, n_ctx=2048,
                           slots=2)  # fmt: skip
-    engine = smol._engine()
-    requests: list[dict[str, Any]] = []
-    real = engine.server
-
-    class Recording:
-        def handle_chat_completions(self, request: dict[str, Any], *callback: Any) -> Any:
-            requests.append(request)
-            return real.handle_chat_completions(request, *callback)
-
-    monkeypatch.setattr(engine, "server", Recording())
+    requests = recorded_requests(smol, monkeypatch)
     moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=smol, samples=3)], aggregator=smol,
                               layers=2, seed=11, aggregation="vote")  # fmt: skip
     proposals = moa.invoke("Name a colour.").response_metadata["proposals"]
