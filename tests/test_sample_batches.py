@@ -222,3 +222,29 @@ def test_embedded_samples_beyond_the_models_slots_take_more_requests(
     drawn = sorted((r.get("n", 1), r["seed"]) for r in requests[:2])
     assert drawn == [(1, 13), (2, 11)]
     assert [p["status"] for p in proposals] == ["answered"] * 3
+
+
+@pytest.mark.parametrize("model_streams", [None, False, True])
+def test_a_batch_is_not_streamed_when_the_caller_streams_messages(
+    server: OpenAICompatibleServer, model_streams: bool | None
+) -> None:
+    # streamed, the n answers would come back merged into one by LangChain
+    from langchain_openai import ChatOpenAI
+
+    sampled: ProposerSpec = spec(server, "p", samples=3, samples_in_one_request=True)
+    if model_streams is not None:  # a model instance, built to stream every call or not
+        model = ChatOpenAI(model="p", base_url=server.base_url, api_key="sk-test",  # type: ignore[arg-type]
+                           streaming=model_streams)  # fmt: skip
+        sampled = ProposerSpec(model=model, samples=3, samples_in_one_request=True)
+    graph = create_moa_graph(
+        [sampled, spec(server, "q")],
+        aggregator=spec(server, "agg"), layers=2, seed=5,
+    ).compile()  # fmt: skip
+    state = {"messages": [HumanMessage(QUESTION)]}
+    final: dict[str, Any] = {}
+    for mode, chunk in graph.stream(state, stream_mode=["messages", "values"]):
+        if mode == "values":
+            final = chunk
+    assert [p["status"] for p in final["proposals"]] == ["answered"] * 4
+    (request,) = server.requests_for("p")
+    assert (request.params["n"], request.stream) == (3, False)

@@ -12,14 +12,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
-
-# LangGraph's ``stream_mode="messages"`` handler class: the only way to tell it from the
-# caller's handlers (no public name exists), to spare proposers nobody reads per-token work.
-from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from moa_graph.aggregation import call_seed, shuffled
 from moa_graph.aggregator import InjectReferences
@@ -30,6 +25,7 @@ from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.race import LayerRace
 from moa_graph.engine.sample_batch import SampleBatch, draw_async, draw_sync
 from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
+from moa_graph.engine.token_streaming import without_token_streaming
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import Proposal, ProposerTask
@@ -222,22 +218,3 @@ def invoke_until_cancelled(
     if merged is None:
         raise RuntimeError("the model streamed nothing")
     return message_chunk_to_message(merged)
-
-
-def without_token_streaming(callbacks: Any) -> Any:
-    """A copy of a callback manager without the handlers that make chat models stream.
-
-    LangGraph's ``stream_mode="messages"`` handler makes every model call stream token by
-    token; a proposer whose tokens nobody reads then pays for it on the critical path.
-    """
-    if not isinstance(callbacks, BaseCallbackManager):
-        return callbacks
-    handlers = callbacks.handlers + callbacks.inheritable_handlers
-    if not any(isinstance(h, _StreamingCallbackHandler) for h in handlers):
-        return callbacks
-    manager = callbacks.copy()
-    manager.handlers = [h for h in manager.handlers if not isinstance(h, _StreamingCallbackHandler)]
-    manager.inheritable_handlers = [
-        h for h in manager.inheritable_handlers if not isinstance(h, _StreamingCallbackHandler)
-    ]
-    return manager

@@ -27,6 +27,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 
 from moa_graph.engine.plan import ProposerSlot
+from moa_graph.engine.token_streaming import without_token_streaming
 
 
 def sample_batches(slots: Sequence[ProposerSlot]) -> dict[int, list[int]]:
@@ -187,8 +188,11 @@ def chat_model_of(model: Runnable[Any, BaseMessage]) -> tuple[BaseChatModel, dic
 def _n_answers(
     model: Runnable[Any, BaseMessage], n: int, seed: int | None
 ) -> tuple[BaseChatModel, dict[str, Any]]:
-    """The chat model and the call arguments of a request for ``n`` answers."""
+    """The chat model and the call arguments of a request for ``n`` answers, never streamed:
+    LangChain merges a streamed request's chunks into one answer, whatever their choice."""
     chat, kwargs = chat_model_of(model)
+    if getattr(chat, "streaming", None) is True:  # a model built to stream every call
+        chat = chat.model_copy(update={"streaming": False})
     return chat, {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
 
 
@@ -198,7 +202,10 @@ def _messages(result: LLMResult) -> list[BaseMessage]:
 
 
 def _call_arguments(config: RunnableConfig) -> dict[str, Any]:
-    return {"callbacks": config.get("callbacks"), "tags": config.get("tags"),
+    """The traced config as ``generate`` takes it, without the handlers that make it stream
+    (LangGraph's ``stream_mode="messages"``): see ``_n_answers``."""
+    callbacks = without_token_streaming(config.get("callbacks"))
+    return {"callbacks": callbacks, "tags": config.get("tags"),
             "metadata": config.get("metadata"), "run_name": config.get("run_name")}  # fmt: skip
 
 

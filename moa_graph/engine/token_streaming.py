@@ -1,0 +1,36 @@
+"""Model calls that must not stream token by token, though a caller streams the graph's messages.
+
+LangGraph's ``stream_mode="messages"`` attaches a handler that makes every chat model call under
+it stream. Two kinds of call are better off without: a proposer whose tokens nobody reads (it
+would pay for streaming on the critical path) and a request for several answers (``n``), whose
+streamed chunks LangChain would merge into one answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackManager
+
+# LangGraph's ``stream_mode="messages"`` handler class: the only way to tell it from the
+# caller's handlers (no public name exists).
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
+
+
+def without_token_streaming(callbacks: Any) -> Any:
+    """A copy of a callback manager without the handlers that make chat models stream.
+
+    LangGraph's ``stream_mode="messages"`` handler makes every model call stream token by
+    token; a proposer whose tokens nobody reads then pays for it on the critical path.
+    """
+    if not isinstance(callbacks, BaseCallbackManager):
+        return callbacks
+    handlers = callbacks.handlers + callbacks.inheritable_handlers
+    if not any(isinstance(h, _StreamingCallbackHandler) for h in handlers):
+        return callbacks
+    manager = callbacks.copy()
+    manager.handlers = [h for h in manager.handlers if not isinstance(h, _StreamingCallbackHandler)]
+    manager.inheritable_handlers = [
+        h for h in manager.inheritable_handlers if not isinstance(h, _StreamingCallbackHandler)
+    ]
+    return manager
