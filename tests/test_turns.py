@@ -103,3 +103,18 @@ def _wait_for_waiters(turns: Turns, count: int) -> None:
     deadline = time.monotonic() + 5
     while len(turns._waiting) < count and time.monotonic() < deadline:
         time.sleep(0.001)
+
+
+def test_a_request_for_several_answers_takes_as_many_slots_and_shares() -> None:
+    turns = Turns(1)
+    samples = turns.acquire("qwen", slots=3, answers=2)  # a request for two answers
+    assert samples is not None
+    one = turns.acquire("qwen", timeout=0.01, slots=3)  # the third slot
+    assert one is not None
+    assert turns.acquire("qwen", timeout=0.01, slots=3) is None  # all three answers taken
+    time.sleep(0.15)
+    turns.release("qwen", one)
+    turns.release("qwen", samples)
+    # three answers generated together: the request for two is charged two thirds (and all
+    # of the moment it ran alone, after the other ended); an even split would give it half
+    assert one.seconds > 0 and samples.seconds >= 1.9 * one.seconds

@@ -4,9 +4,9 @@ A model sampled k times in a layer is k proposer calls (each its own proposal, t
 saved task). When the model draws several answers in one request (``samples_in_one_request``:
 the embedded models, or an OpenAI-compatible server that honours ``n``), the calls that are sent
 together meet in a ``SampleBatch``: the first to arrive makes the one request for all of them
-(its prompt read once) and each takes its own answer. Sample k keeps its seed, ``seed + k``: the
-request asks for ``n`` answers from the seed of its first sample (the embedded models give
-answer j the draw of ``seed + j``).
+(its prompt read once) and each takes its own answer. The request carries the seed of its first
+sample: the embedded models give answer j the draw of ``seed + j``, so each sample keeps the
+seed it has when drawn apart; an OpenAI-compatible server draws the other answers its own way.
 
 The calls of one batch wait for each other, so a batch ends as one: a cut-off (``first_k``, a
 layer deadline) that stops waiting for one sample stops waiting for the others too.

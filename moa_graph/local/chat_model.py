@@ -167,11 +167,12 @@ class _Engine:
         models each using 2 threads would run several times slower side by side than in turn,
         while requests to one model join its batch. Waiting requests go by ``priority`` (higher
         first), then in order of arrival. ``timing["compute_seconds"]`` is set to the request's
-        share of the model's time (queueing excluded; a batch of k requests charges each 1/k).
+        share of the model's time (queueing excluded; while k answers are generated together,
+        each request is charged 1/k per answer it draws).
         """
         share: Share | None = None
         try:
-            with self.lock.turn(priority) as share:
+            with self.lock.turn(priority, answers=int(request.get("n") or 1)) as share:
                 if cancel is not None and cancel.is_set():  # given up while queued
                     return None
                 if on_chunk is None:

@@ -1,6 +1,7 @@
-"""Turns on the machine's cores: which loaded model generates next, and for how many requests.
+"""Turns on the machine's cores: which loaded model generates next, and for how many answers.
 
-llama.cpp batches the concurrent requests of one loaded model itself (up to its slots), but the
+llama.cpp batches the concurrent requests of one loaded model itself (up to its slots, one slot
+an answer: a request for n answers takes n), but the
 models of a mixture share the machine's cores: at most ``capacity`` models generate at once
 (cores // threads each). ``Turns`` hands out turns under both rules at once: a waiting request
 may start when its model is generating with a slot free (it joins the batch), or when its model
@@ -10,9 +11,10 @@ staircase gives its readers the higher priority (the aggregator the highest), so
 tokens of the answer come early. Taking both in one step also means a request never holds its
 model while waiting for a core.
 
-Each turn also measures its fair share of its model's time: while k requests of one model run
-together, each is charged 1/k of the elapsed time, so the shares of a batch add up to the time
-the model was busy (``Share.seconds``), as if the requests had taken turns.
+Each turn also measures its fair share of its model's time: while k answers of one model are
+generated together, each request is charged 1/k of the elapsed time per answer it draws, so the
+shares of a batch add up to the time the model was busy (``Share.seconds``), as if the requests
+had taken turns.
 
 Hand-written because the scheduling spans models: llama.cpp's own queue sees one model only.
 """
@@ -33,17 +35,20 @@ class _Ticket:
     rank: tuple[int, int]
     model: Hashable = field(compare=False)
     slots: int = field(compare=False, default=1)
+    answers: int = field(compare=False, default=1)
 
 
 @dataclass
 class Share:
-    """A turn's share of its model's time, in seconds (final once the turn ends)."""
+    """A turn's share of its model's time, in seconds (final once the turn ends), for the
+    ``answers`` its request draws."""
 
     seconds: float = 0.0
+    answers: int = 1
 
 
 class Turns:
-    """Turns for ``capacity`` models generating at once, each for up to its ``slots`` requests.
+    """Turns for ``capacity`` models generating at once, each for up to its ``slots`` answers.
 
     Example:
         >>> turns = Turns(1)
@@ -63,11 +68,13 @@ class Turns:
         self._arrivals = itertools.count()
 
     def acquire(
-        self, model: Hashable, priority: int = 0, timeout: float | None = None, slots: int = 1
-    ) -> Share | None:
-        """Take a turn for ``model``, which serves up to ``slots`` requests at once: its share of
-        the model's time, or ``None`` when ``timeout`` seconds pass first."""
-        ticket = _Ticket((-priority, next(self._arrivals)), model, slots)
+        self, model: Hashable, priority: int = 0, timeout: float | None = None, slots: int = 1,
+        answers: int = 1,
+    ) -> Share | None:  # fmt: skip
+        """Take a turn for a request of ``answers`` answers of ``model``, which generates up to
+        ``slots`` answers at once: its share of the model's time, or ``None`` when ``timeout``
+        seconds pass first (a request for more answers than ``slots`` runs alone)."""
+        ticket = _Ticket((-priority, next(self._arrivals)), model, slots, answers)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             self._waiting.append(ticket)
@@ -79,7 +86,7 @@ class Turns:
                     return None
                 self._changed.wait(remaining)
             self._waiting.remove(ticket)
-            share = Share()
+            share = Share(answers=ticket.answers)
             self._settle(model)
             self._running.setdefault(model, []).append(share)
             self._changed.notify_all()  # another may start too (on a free core, another model)
@@ -88,20 +95,20 @@ class Turns:
     def _may_start(self, ticket: _Ticket) -> bool:
         batch = self._running.get(ticket.model)
         if batch is not None:
-            if len(batch) >= ticket.slots:
+            if sum(share.answers for share in batch) + ticket.answers > ticket.slots:
                 return False
         elif len(self._running) >= self.capacity:
             return False
         return not any(t < ticket and t.model not in self._running for t in self._waiting)
 
     def _settle(self, model: Hashable) -> None:
-        """Charge the time since the last change to the model's running turns, evenly."""
+        """Charge the time since the last change to the model's running turns, evenly by answer."""
         now = time.perf_counter()
         batch = self._running.get(model)
         if batch:
-            each = (now - self._since[model]) / len(batch)
+            each = (now - self._since[model]) / sum(share.answers for share in batch)
             for share in batch:
-                share.seconds += each
+                share.seconds += each * share.answers
         self._since[model] = now
 
     def release(self, model: Hashable, share: Share) -> None:
@@ -120,9 +127,11 @@ class Turns:
             return self._changed.wait_for(lambda: model not in self._running, timeout)
 
     @contextmanager
-    def turn(self, model: Hashable, priority: int = 0, slots: int = 1) -> Iterator[Share]:
+    def turn(
+        self, model: Hashable, priority: int = 0, slots: int = 1, answers: int = 1
+    ) -> Iterator[Share]:
         """Hold a turn of ``model`` inside the block (``priority``: higher goes first)."""
-        share = self.acquire(model, priority, slots=slots)
+        share = self.acquire(model, priority, slots=slots, answers=answers)
         assert share is not None  # no timeout: acquire waits for its turn
         try:
             yield share
@@ -130,26 +139,28 @@ class Turns:
             self.release(model, share)
 
     def lock(self, model: Hashable, slots: int = 1) -> ModelLock:
-        """``model``'s turns, serving up to ``slots`` requests at once."""
+        """``model``'s turns, serving up to ``slots`` answers at once."""
         return ModelLock(self, model, slots)
 
 
 @dataclass(frozen=True)
 class ModelLock:
-    """One model's turns: up to ``slots`` requests generate at once, the rest wait."""
+    """One model's turns: up to ``slots`` answers generate at once, the requests beyond wait."""
 
     turns: Turns
     model: Hashable
     slots: int = 1
 
-    def acquire(self, timeout: float | None = None, priority: int = 0) -> Share | None:
-        return self.turns.acquire(self.model, priority, timeout, self.slots)
+    def acquire(
+        self, timeout: float | None = None, priority: int = 0, answers: int = 1
+    ) -> Share | None:
+        return self.turns.acquire(self.model, priority, timeout, self.slots, answers)
 
     def release(self, share: Share) -> None:
         self.turns.release(self.model, share)
 
-    def turn(self, priority: int = 0) -> contextlib.AbstractContextManager[Share]:
-        return self.turns.turn(self.model, priority, self.slots)
+    def turn(self, priority: int = 0, answers: int = 1) -> contextlib.AbstractContextManager[Share]:
+        return self.turns.turn(self.model, priority, self.slots, answers)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return self.turns.wait_idle(self.model, timeout)
