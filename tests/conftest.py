@@ -53,3 +53,15 @@ def postgres_database(postgres_url: str) -> str:
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     return f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_openai_async_clients() -> Iterator[None]:
+    """langchain-openai keeps one async HTTP client per base URL and timeout for the whole
+    process. A test that runs ``asyncio.run`` closes the loop its kept connections belong to; a
+    later test whose loopback server got the same port would reuse them and fail with "Event
+    loop is closed". Each test starts with no such client."""
+    from langchain_openai.chat_models._client_utils import _cached_async_httpx_client
+
+    yield
+    _cached_async_httpx_client.cache_clear()
