@@ -11,7 +11,8 @@ call cache.
 
 An item whose weights tie goes to the plain majority's answer here, and one whose majority ties
 counts as wrong (the engine would ask the aggregator in both cases); the number of such items is
-printed. The figures are for choosing, not for reporting.
+printed. The figures are for choosing, not for reporting; temperatures that tie for the best
+are all named.
 
 Run: ``python experiments/calibrate_confidence.py experiments/gsm8k-local --dataset gsm8k
 --system self-moa-vote-5 --test-limit 200``.
@@ -99,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{ties} with a tied or unreadable majority")  # fmt: skip
     for name, accuracy in table.items():
         print(f"{name:>10}: {100 * accuracy:.1f}%")
-    best = max((name for name in table if name != "majority"), key=lambda name: table[name])
-    print(f"best: {best}")
+    weighted = {name: accuracy for name, accuracy in table.items() if name != "majority"}
+    best = [name for name, accuracy in weighted.items() if accuracy == max(weighted.values())]
+    print(f"best: {', '.join(best)}" + (" (tied)" if len(best) > 1 else ""))
     return 0
 
 

@@ -42,3 +42,6 @@ def test_a_temperature_is_chosen_on_held_out_items_from_the_votes_recorded(
     assert "2 held-out items (2 test items left out); 0 with a tied" in out
     assert "majority: 0.0%" in out and "T=0.25: 100.0%" in out and "T=2: 0.0%" in out
     assert out.strip().endswith("best: T=0.25")
+
+    assert main([*argv, "0.1"]) == 0  # two temperatures tie for the best: both are named
+    assert capsys.readouterr().out.strip().endswith("best: T=0.25, T=0.1 (tied)")
