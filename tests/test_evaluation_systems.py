@@ -188,6 +188,18 @@ def test_parse_system_options_and_errors(local_models_present: None) -> None:
         parse_system("nosuchprovider:model-x")
 
 
+def test_a_single_model_or_best_of_n_spec_sets_its_own_temperature_and_length(
+    local_models_present: None,
+) -> None:
+    greedy = parse_system("local:smollm2-135m,temperature=0,name=greedy", temperature=0.7)
+    assert (greedy.name, greedy.config["temperature"]) == ("greedy", 0.0)  # the spec's wins
+    assert greedy.config != parse_system("local:smollm2-135m", temperature=0.7).config
+    short = parse_system("best-of-n:local:smollm2-135m,n=2,max_tokens=16,temperature=1.2")
+    assert (short.config["max_tokens"], short.config["temperature"]) == (16, 1.2)
+    with pytest.raises(ValueError, match="temperature must be a number, got 'hot'"):
+        parse_system("local:smollm2-135m,temperature=hot")
+
+
 def test_parse_system_mixture_settings_and_seed() -> None:
     system = parse_system(
         "self-moa:local:smollm2-135m,n=3,aggregation=vote,extractor=choice,shuffle=true,"

@@ -396,9 +396,11 @@ def best_of_n_ranker(
 SYSTEM_KINDS = ("single", "moa", "self-moa", "best-of-n")
 MIXTURES = ("moa", "self-moa")
 """The kinds that take mixture settings as options."""
-KIND_OPTIONS = {"single": ("name",), "moa": ("name",), "self-moa": ("name", "n", "layers"),
-                "best-of-n": ("name", "n", "ranker")}  # fmt: skip
-"""The options of each kind besides the mixture settings."""
+KIND_OPTIONS = {"single": ("name", "temperature", "max_tokens"), "moa": ("name",),
+                "self-moa": ("name", "n", "layers"),
+                "best-of-n": ("name", "n", "ranker", "temperature", "max_tokens")}  # fmt: skip
+"""The options of each kind besides the mixture settings (which include ``temperature`` and
+``max_tokens``)."""
 
 
 OPTION_ALIASES = {"extractor": "answer_extractor", "shuffle": "shuffle_references",
@@ -418,6 +420,20 @@ def _mixture_options(options: dict[str, str], extractor: str | None) -> dict[str
     return chosen
 
 
+def _sampling_options(spec: str, own: dict[str, str]) -> dict[str, Any]:
+    """A ``single`` / ``best-of-n`` spec's own ``temperature`` and ``max_tokens``, as numbers."""
+    chosen: dict[str, Any] = {}
+    for key, kind in (("temperature", float), ("max_tokens", int)):
+        if key in own:
+            try:
+                chosen[key] = kind(own[key])
+            except ValueError:
+                raise ValueError(
+                    f"system {spec!r}: {key} must be a number, got {own[key]!r}"
+                ) from None
+    return chosen
+
+
 def parse_system(
     spec: str,
     *,
@@ -428,7 +444,8 @@ def parse_system(
 ) -> System:
     """Build a system from a command-line spec ``KIND:VALUE[,key=value...]``.
 
-    - ``single:MODEL`` (or just ``MODEL``): one model, e.g. ``single:local:smollm2-135m``.
+    - ``single:MODEL`` (or just ``MODEL``): one model, e.g. ``single:local:smollm2-135m``;
+      ``temperature=0`` answers greedily.
     - ``moa:PRESET`` / ``moa:FILE.toml`` (or just ``PRESET``): a mixture recipe.
     - ``self-moa:MODEL,n=6[,layers=2]``: Self-MoA.
     - ``best-of-n:MODEL,n=4[,ranker=MODEL]``: the LLM-ranker baseline.
@@ -436,9 +453,10 @@ def parse_system(
     Every kind takes ``name=...``; ``moa`` and ``self-moa`` also take any mixture setting by
     name (``aggregation=vote``, ``first_k=2``, ``early_exit=true``; ``extractor``, ``shuffle``
     and ``window`` are short for ``answer_extractor``, ``shuffle_references`` and
-    ``aggregation_window``). ``temperature`` / ``max_tokens`` (default: the settings' defaults)
-    apply to models built from strings; a ``moa`` recipe keeps its own settings unless they are
-    given. ``seed`` goes to every system (a model's
+    ``aggregation_window``); ``single`` and ``best-of-n`` take ``temperature`` and
+    ``max_tokens``. The ``temperature`` / ``max_tokens`` arguments (default: the settings'
+    defaults) apply to models built from strings whose spec does not set its own; a ``moa``
+    recipe keeps its own settings unless they are given. ``seed`` goes to every system (a model's
     calls, a mixture's samples and shuffles); ``answer_extractor`` is the mixtures' default
     extractor (the data set's kind of answer).
 
@@ -478,6 +496,7 @@ def parse_system(
         key: getattr(DEFAULTS, key) if set_ is None else set_ for key, set_ in given.items()
     }
     sampling.update(chosen)
+    sampling.update(_sampling_options(spec, own))
     name = own.get("name")
     if kind == "single":
         return single(value, name=name, seed=seed, **sampling)
