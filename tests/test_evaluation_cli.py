@@ -90,11 +90,12 @@ def test_eval_on_jsonl_writes_reports_exports_and_resumes(
     out, err = capsys.readouterr()
     assert "(2 items)" in err and "answers [" not in err
 
-    assert main_eval([*argv, "--report-only", "--quiet", "--pair", "lazy=solver"]) == 0
+    pairs = ["--pair", "lazy=solver", "--pair", "best-of-2-solver=lazy"]  # both are kept
+    assert main_eval([*argv, "--report-only", "--quiet", *pairs]) == 0
     assert server.request_count() == requests_before
     assert "(4 items)" in capsys.readouterr().err
-    lazy = json.loads((tmp_path / "summary.json").read_text())[1]
-    assert lazy["compared_with"] == "solver"
+    _, lazy, best_of_2 = json.loads((tmp_path / "summary.json").read_text())
+    assert (lazy["compared_with"], best_of_2["compared_with"]) == ("solver", "lazy")
     assert (lazy["compared"]["only_a"], lazy["compared"]["only_b"]) == (0, 3)
     assert "- lazy against solver: -75.0 [" in (tmp_path / "summary.md").read_text()
     summary_before, side = (tmp_path / "summary.json").read_text(), tmp_path / "side"

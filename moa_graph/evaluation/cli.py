@@ -87,6 +87,7 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
     parser.add_argument(
         "--pair",
         nargs="+",
+        action="extend",  # a repeated --pair adds its pairs to the earlier ones
         default=[],
         metavar="SYSTEM=OTHER",
         help="also test SYSTEM against OTHER, paired (McNemar), in the summaries",
