@@ -22,6 +22,7 @@ from moa_graph.evaluation.scoring import McNemar
 
 LABELS = {
     "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B alone",
+    "qwen2.5-coder-1.5b-greedy": "Qwen2.5-Coder-1.5B alone, greedy",
     "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B alone",
     "smollm2-135m": "SmolLM2-135M alone",
     "moa-local": "MoA `local` (1.5B, 0.5B, 135M -> 1.5B, synthesize)",

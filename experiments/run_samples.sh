@@ -7,25 +7,35 @@
 # the vote and the weighted vote ask for the same requests (the embedded models give
 # log-probabilities at no cost), which the call cache serves once. A weighted vote over 3
 # samples would be a request of its own (n=3): about 2.5 hours more on this machine, left out.
+# Then the 1.5B answering greedily (temperature 0), on the 200 reported items: the sampled
+# model alone draws with one seed on every item, which on ARC's three-token answers is one
+# fixed draw for the letter (README, "Five samples at 200 items"); greedy is its best answer.
 # Usage: sh experiments/run_samples.sh [moa-graph command]
 set -e
 MOA=${1:-moa-graph}
 M=local:qwen2.5-coder-1.5b
 SYSTEMS="$M self-moa:$M,n=5,aggregation=vote,name=self-moa-vote-5 \
   self-moa:$M,n=5,aggregation=weighted_vote,name=self-moa-weighted-vote-5"
-run() {  # run DATASET LIMIT [more options]: one stage, its report in DATASET-local/samples
-  dataset=$1 limit=$2
-  shift 2
+GREEDY="$M,temperature=0,name=qwen2.5-coder-1.5b-greedy"
+run() {  # run DATASET LIMIT REPORT SYSTEMS [more options]: one stage, its report in REPORT
+  dataset=$1 limit=$2 report=$3 systems=$4
+  shift 4
   $MOA eval --dataset "$dataset" --limit "$limit" --seed 0 --max-tokens 320 --quiet \
-    --out "experiments/$dataset-local" --report-dir "experiments/$dataset-local/samples" \
-    --systems $SYSTEMS "$@" > /dev/null
+    --out "experiments/$dataset-local" --report-dir "experiments/$dataset-local/$report" \
+    --systems $systems "$@" > /dev/null
 }
 for dataset in gsm8k arc; do  # GSM8K first: the data set the target is about
   for limit in 100 150 200 250; do
-    run $dataset $limit
+    run $dataset $limit samples "$SYSTEMS"
   done
 done
-for dataset in gsm8k arc; do  # the report: the 200 test items, not the held-out ones, and
-  # the weighted vote against the plain one (CISC's own comparison) besides the single model
-  run $dataset 200 --report-only --pair self-moa-weighted-vote-5=self-moa-vote-5
+for dataset in gsm8k arc; do
+  run $dataset 200 samples-greedy "$GREEDY"
+done
+for dataset in gsm8k arc; do  # the reports, of the 200 test items (not the held-out ones):
+  # against the sampled model alone, with the weighted vote against the plain one (CISC's own
+  # comparison); then against the best single model, greedy or sampled
+  run $dataset 200 samples "$SYSTEMS" --report-only --pair self-moa-weighted-vote-5=self-moa-vote-5
+  run $dataset 200 samples-greedy "$GREEDY $SYSTEMS" --report-only \
+    --pair self-moa-weighted-vote-5=self-moa-vote-5
 done
