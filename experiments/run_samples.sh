@@ -32,6 +32,11 @@ done
 for dataset in gsm8k arc; do
   run $dataset 200 samples-greedy "$GREEDY"
 done
+# ARC again with another seed (other items, samples seeded 7 to 11): how much of ARC's result
+# rests on seed 0's draws (README)
+$MOA eval --dataset arc --limit 200 --seed 7 --max-tokens 320 --quiet \
+  --out experiments/arc-local-seed7 --pair self-moa-weighted-vote-5=self-moa-vote-5 \
+  --systems $GREEDY $SYSTEMS > /dev/null
 for dataset in gsm8k arc; do  # the reports, of the 200 test items (not the held-out ones):
   # against the sampled model alone, with the weighted vote against the plain one (CISC's own
   # comparison); then against the best single model, greedy or sampled
