@@ -21,13 +21,13 @@ Run: ``python experiments/calibrate_confidence.py experiments/gsm8k-local --data
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from moa_graph.confidence import clear_winner, weighted_votes
+from moa_graph.evaluation.cache import ResultCache
 from moa_graph.evaluation.datasets import Dataset, Item, Metric, load_dataset
 from moa_graph.evaluation.scoring import score_answer
 
@@ -37,14 +37,13 @@ TEMPERATURES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 def vote_records(cache: Path, system: str) -> dict[str, dict[str, Any]]:
     """Item id -> the ``moa_votes`` record of ``system``'s answer (votes with confidences)."""
     records: dict[str, dict[str, Any]] = {}
-    for line in cache.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") != "answer" or not record["key"][0].startswith(f"{system}#"):
+    for (system_key, item), answer in ResultCache(cache).items("answer"):
+        if not system_key.startswith(f"{system}#"):
             continue
-        extra = record["value"].get("extra") or [{}]
+        extra = answer.get("extra") or [{}]
         votes = extra[-1].get("moa_votes")
         if votes and votes.get("confidences"):
-            records[record["key"][1]] = votes
+            records[item] = votes
     return records
 
 

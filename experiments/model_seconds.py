@@ -13,11 +13,11 @@ Run: ``python experiments/model_seconds.py experiments/gsm8k-local --dataset gsm
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from moa_graph.evaluation.cache import ResultCache
 from moa_graph.evaluation.datasets import load_dataset
 
 
@@ -29,16 +29,12 @@ def timed_answers(cache: Path, systems: Sequence[str]) -> dict[str, dict[str, fl
     """
     seconds: dict[str, dict[str, float]] = {system: {} for system in systems}
     keys: dict[str, set[str]] = {system: set() for system in systems}
-    for line in cache.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") != "answer":
-            continue
-        system_key, item = record["key"]
+    for (system_key, item), answer in ResultCache(cache).items("answer"):
         system = system_key.split("#")[0]
         if system not in seconds:
             continue
         keys[system].add(system_key)
-        value = record["value"].get("model_s")
+        value = answer.get("model_s")
         if isinstance(value, int | float):
             seconds[system][item] = float(value)
     for system, found in keys.items():

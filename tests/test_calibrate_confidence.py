@@ -16,12 +16,18 @@ from tests.fakes import ScriptedChatModel
 from tests.test_weighted_vote import CheapConfidence
 
 
+def write_sums(folder: Path, count: int) -> Path:
+    """A JSONL data set of ``count`` sums (ids ``s0``, ``s1``, ...), each answered 9."""
+    data = folder / "sums.jsonl"
+    data.write_text("".join(json.dumps({"id": f"s{i}", "question": f"{i} + 9 - {i}?",
+                                        "answer": "9"}) + "\n" for i in range(count)))  # fmt: skip
+    return data
+
+
 def test_a_temperature_is_chosen_on_held_out_items_from_the_votes_recorded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps({"id": f"s{i}", "question": f"{i} + 9 - {i}?",
-                                        "answer": "9"}) + "\n" for i in range(4)))  # fmt: skip
+    data = write_sums(tmp_path, 4)
     # two unsure samples say 7, one sure sample says 9 (right): only a low temperature is right
     proposers = [CheapConfidence(reply="The answer is 7.", mean_logprob=-1.0),
                  CheapConfidence(reply="It is 7.", mean_logprob=-1.2),

@@ -9,6 +9,7 @@ import pytest
 
 from experiments.model_seconds import main
 from moa_graph.evaluation import load_dataset
+from tests.test_calibrate_confidence import write_sums
 
 
 def _answer(system: str, item: str, seconds: float | None) -> str:
@@ -19,9 +20,7 @@ def _answer(system: str, item: str, seconds: float | None) -> str:
 def test_systems_are_compared_on_the_later_items_every_one_has_timed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps({"id": f"s{i}", "question": f"{i} + 9 - {i}?",
-                                        "answer": "9"}) + "\n" for i in range(6)))  # fmt: skip
+    data = write_sums(tmp_path, 6)
     dataset = load_dataset(f"jsonl:{data}")
     first_two = set(dataset.subset(2, seed=0).ids())
     later = [i for i in dataset.subset(5, seed=0).ids() if i not in first_two]
@@ -40,8 +39,7 @@ def test_systems_are_compared_on_the_later_items_every_one_has_timed(
 
 
 def test_a_system_answered_under_two_configurations_is_refused(tmp_path: Path) -> None:
-    data = tmp_path / "one.jsonl"
-    data.write_text(json.dumps({"id": "s0", "question": "1 + 1?", "answer": "2"}) + "\n")
+    data = write_sums(tmp_path, 1)
     lines = [_answer("vote", "s0", 1.0), _answer("vote", "s0", 2.0).replace("#abc", "#def")]
     (tmp_path / "cache.jsonl").write_text("".join(lines))
     with pytest.raises(ValueError, match="2 configurations"):
