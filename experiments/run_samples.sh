@@ -8,7 +8,7 @@
 # log-probabilities at no cost), which the call cache serves once. A weighted vote over 3
 # samples would be a request of its own (n=3): about 2.5 hours more on this machine, left out.
 # Then the 1.5B answering greedily (temperature 0), on the 200 reported items: the sampled
-# model alone draws with one seed on every item, which on ARC's three-token answers is one
+# model alone draws with one seed on every item, which on ARC's few-token answers is one
 # fixed draw for the letter (README, "Five samples at 200 items"); greedy is its best answer.
 # Usage: sh experiments/run_samples.sh [moa-graph command]
 set -e
