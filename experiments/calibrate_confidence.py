@@ -28,8 +28,8 @@ from typing import Any
 
 from moa_graph.confidence import clear_winner, weighted_votes
 from moa_graph.evaluation.cache import ResultCache
-from moa_graph.evaluation.datasets import Dataset, Item, Metric, load_dataset
-from moa_graph.evaluation.scoring import score_answer
+from moa_graph.evaluation.datasets import Dataset, load_dataset
+from moa_graph.evaluation.scoring import is_right
 
 TEMPERATURES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -45,11 +45,6 @@ def vote_records(cache: Path, system: str) -> dict[str, dict[str, Any]]:
         if votes and votes.get("confidences"):
             records[item] = votes
     return records
-
-
-def is_right(items: dict[str, Item], metric: Metric, item_id: str, answer: str | None) -> bool:
-    """Whether ``answer`` is right, scored as the evaluation scores it."""
-    return answer is not None and bool(score_answer(metric, items[item_id], answer).correct)
 
 
 def majority(answers: Sequence[str | None]) -> str | None:
@@ -69,14 +64,14 @@ def accuracy_by_temperature(
     if missing:
         raise ValueError(f"items not in the data set {dataset.name}: {missing[:3]}")
     plain = {item: majority(v["answers"]) for item, v in votes.items()}
-    right = sum(is_right(items, dataset.metric, i, a) for i, a in plain.items())
+    right = sum(is_right(dataset.metric, items[i], a) for i, a in plain.items())
     table = {"majority": right / len(votes)}
     for temperature in temperatures:
         right = 0
         for item, vote in votes.items():
             totals = weighted_votes(vote["answers"], vote["confidences"], temperature)
             answer = clear_winner(totals) or plain[item]
-            right += is_right(items, dataset.metric, item, answer)
+            right += is_right(dataset.metric, items[item], answer)
         table[f"T={temperature:g}"] = right / len(votes)
     return table, sum(answer is None for answer in plain.values())
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from moa_graph.evaluation.cache import ResultCache
+from moa_graph.evaluation.cache import answers_by_system
 from moa_graph.evaluation.datasets import load_dataset
 
 
@@ -27,22 +27,11 @@ def timed_answers(cache: Path, systems: Sequence[str]) -> dict[str, dict[str, fl
     Raises:
         ValueError: a system answered under two configurations (two keys), which would mix.
     """
-    seconds: dict[str, dict[str, float]] = {system: {} for system in systems}
-    keys: dict[str, set[str]] = {system: set() for system in systems}
-    for (system_key, item), answer in ResultCache(cache).items("answer"):
-        system = system_key.split("#")[0]
-        if system not in seconds:
-            continue
-        keys[system].add(system_key)
-        value = answer.get("model_s")
-        if isinstance(value, int | float):
-            seconds[system][item] = float(value)
-    for system, found in keys.items():
-        if len(found) > 1:
-            raise ValueError(
-                f"{system} answered under {len(found)} configurations: {sorted(found)}"
-            )
-    return seconds
+    return {
+        system: {item: float(answer["model_s"]) for item, answer in answers.items()
+                 if isinstance(answer.get("model_s"), int | float)}
+        for system, answers in answers_by_system(cache, systems).items()
+    }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,8 @@ from tests.test_weighted_vote import CheapConfidence
 
 
 def write_sums(folder: Path, count: int) -> Path:
-    """A JSONL data set of ``count`` sums (ids ``s0``, ``s1``, ...), each answered 9."""
+    """A JSONL data set of ``count`` sums (item ids ``sums/s0``, ``sums/s1``, ...), each
+    answered 9."""
     data = folder / "sums.jsonl"
     data.write_text("".join(json.dumps({"id": f"s{i}", "question": f"{i} + 9 - {i}?",
                                         "answer": "9"}) + "\n" for i in range(count)))  # fmt: skip

@@ -121,6 +121,37 @@ class ResultCache:
                 yield key, value
 
 
+def answers_by_system(
+    path: str | Path, systems: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The stored answers of an experiment's named systems: system name -> item id -> the
+    answer as stored (``turns``, ``usage``, ``calls``, ``model_s``, ``extra``, ...), for scripts
+    that look at the answers item by item.
+
+    Raises:
+        ValueError: a system answered under two configurations (two keys), which would mix.
+
+    Example:
+        >>> answers = answers_by_system("experiments/gsm8k-local/cache.jsonl",
+        ...                             ["self-moa-vote-5"])  # doctest: +SKIP
+        >>> answers["self-moa-vote-5"]["gsm8k/120"]["calls"]  # doctest: +SKIP
+        5
+    """
+    answers: dict[str, dict[str, dict[str, Any]]] = {system: {} for system in systems}
+    keys: dict[str, set[str]] = {system: set() for system in systems}
+    for (system_key, item), answer in ResultCache(path).items("answer"):
+        system = system_key.split("#")[0]
+        if system in answers:
+            keys[system].add(system_key)
+            answers[system][item] = answer
+    for system, found in keys.items():
+        if len(found) > 1:
+            raise ValueError(
+                f"{system} answered under {len(found)} configurations: {sorted(found)}"
+            )
+    return answers
+
+
 def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as file:
         file.seek(-1, os.SEEK_END)

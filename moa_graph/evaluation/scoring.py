@@ -59,6 +59,16 @@ def score_answer(metric: Metric, item: Item, reply: str) -> Score:
     return Score(exact_match(reply, item.gold), final_answer_text(reply))
 
 
+def is_right(metric: Metric, item: Item, reply: str | None) -> bool:
+    """Whether ``reply`` is right, as ``score_answer`` scores it (no reply, or no gold: not right).
+
+    Example:
+        >>> is_right("numeric", Item(id="x/1", turns=("2+2?",), gold="4"), None)
+        False
+    """
+    return reply is not None and bool(score_answer(metric, item, reply).correct)
+
+
 def _z(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
