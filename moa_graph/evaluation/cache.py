@@ -132,9 +132,10 @@ def answers_by_system(
         ValueError: a system answered under two configurations (two keys), which would mix.
 
     Example:
-        >>> answers = answers_by_system("experiments/gsm8k-local/cache.jsonl",
-        ...                             ["self-moa-vote-5"])  # doctest: +SKIP
-        >>> answers["self-moa-vote-5"]["gsm8k/120"]["calls"]  # doctest: +SKIP
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "cache.jsonl"
+        >>> ResultCache(path).put("answer", ["vote#1a2b", "gsm8k/7"], {"turns": ["42"], "calls": 5})
+        >>> answers_by_system(path, ["vote"])["vote"]["gsm8k/7"]["calls"]
         5
     """
     answers: dict[str, dict[str, dict[str, Any]]] = {system: {} for system in systems}
