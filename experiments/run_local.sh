@@ -20,7 +20,7 @@ SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,name=moa-local \
   local,staircase=8,staircase_growth=2,name=moa-local-staircase $SELF,staircase=8,name=self-moa-staircase"
 for limit in 20 40 60; do
   for dataset in gsm8k arc; do
-    $MOA eval --dataset $dataset --limit $limit --seed 0 --max-tokens 320 --quiet \
+    $MOA eval --dataset $dataset --limit $limit --seed 0 --seed-mode fixed --max-tokens 320 --quiet \
       --out experiments/$dataset-local --systems $SYSTEMS \
       --pair moa-local-staircase=moa-local self-moa-staircase=self-moa-synthesize > /dev/null
   done

@@ -20,7 +20,7 @@ GREEDY="$M,temperature=0,name=qwen2.5-coder-1.5b-greedy"
 run() {  # run DATASET LIMIT REPORT SYSTEMS [more options]: one stage, its report in REPORT
   dataset=$1 limit=$2 report=$3 systems=$4
   shift 4
-  $MOA eval --dataset "$dataset" --limit "$limit" --seed 0 --max-tokens 320 --quiet \
+  $MOA eval --dataset "$dataset" --limit "$limit" --seed 0 --seed-mode fixed --max-tokens 320 --quiet \
     --out "experiments/$dataset-local" --report-dir "experiments/$dataset-local/$report" \
     --systems $systems "$@" > /dev/null
 }
@@ -34,7 +34,7 @@ for dataset in gsm8k arc; do
 done
 # ARC again with another seed (other items, samples seeded 7 to 11): how much of ARC's result
 # rests on seed 0's draws (README)
-$MOA eval --dataset arc --limit 200 --seed 7 --max-tokens 320 --quiet \
+$MOA eval --dataset arc --limit 200 --seed 7 --seed-mode fixed --max-tokens 320 --quiet \
   --out experiments/arc-local-seed7 --pair self-moa-weighted-vote-5=self-moa-vote-5 \
   --systems $GREEDY $SYSTEMS > /dev/null
 for dataset in gsm8k arc; do  # the reports, of the 200 test items (not the held-out ones):

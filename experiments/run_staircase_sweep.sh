@@ -17,6 +17,6 @@ for chunk in 16 32 64; do
 done
 SYSTEMS="$SYSTEMS local,staircase=8,name=moa-local-staircase-g8"
 PAIRS="$PAIRS moa-local-staircase-g8=moa-local"
-$MOA eval --dataset gsm8k --limit 20 --seed 0 --max-tokens 320 --quiet \
+$MOA eval --dataset gsm8k --limit 20 --seed 0 --seed-mode fixed --max-tokens 320 --quiet \
   --out experiments/gsm8k-local --report-dir experiments/gsm8k-local/staircase-sweep \
   --systems $SYSTEMS --pair $PAIRS > /dev/null

@@ -216,6 +216,7 @@ class MixtureSettings(BaseModel):
     )  # fmt: skip
     seed: int | None = setting(
         None, "makes runs reproducible: sample k is drawn with seed + k, shuffles derive from it",
+        ge=0, le=2**31 - 1, per_run=True,
         identifying=True,
     )  # fmt: skip
     confidence_temperature: float = setting(
@@ -320,11 +321,11 @@ class SettingSpec:
         base = self.base_type
         words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
         text = words.get(base, "a " + getattr(base, "__name__", str(base)))
-        bounds = dict(self.bounds)
+        bounds = {kind: _number(value) for kind, value in self.bounds}
         if "ge" in bounds and "le" in bounds:
-            return f"{text} from {bounds['ge']:g} to {bounds['le']:g}"
+            return f"{text} from {bounds['ge']} to {bounds['le']}"
         symbols = {"ge": ">=", "gt": ">", "le": "<="}
-        return " ".join([text, *(f"{symbols[k]} {v:g}" for k, v in self.bounds)])
+        return " ".join([text, *(f"{symbols[k]} {v}" for k, v in bounds.items())])
 
     def display(self, value: Any) -> str:
         """A value as recipes and flags write it (a function by its name)."""
@@ -373,6 +374,11 @@ class SettingSpec:
         except ValueError:
             raise ValueError(f"{key or self.name}: expected {self.rule}, got {text!r}") from None
         return text
+
+
+def _number(value: float) -> str:
+    """A bound as written: ``2``, ``0.5``, ``2147483647`` (never ``2.14748e+09``)."""
+    return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
 def _qualname(value: Any) -> str:
@@ -470,7 +476,7 @@ def per_run_keys() -> tuple[str, ...]:
     Example:
         >>> per_run_keys()
         ('layers', 'proposers', 'aggregator', 'aggregator_temperature', 'temperature', \
-'aggregation', 'confidence_temperature', 'staircase')
+'aggregation', 'seed', 'confidence_temperature', 'staircase')
     """
     return (*RUN_CHOICES, *(name for name, spec in SETTINGS.items() if spec.per_run))
 

@@ -184,6 +184,25 @@ def test_sample_k_is_called_with_seed_plus_k_and_the_aggregator_with_the_seed() 
     assert aggregator.call_kwargs[0]["seed"] == 5
 
 
+def test_a_run_chooses_its_own_seed_and_an_invalid_one_is_refused_before_any_call() -> None:
+    sampler, aggregator = fake("draft"), fake("final")
+    moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=sampler, samples=2)],
+                              aggregator=aggregator, layers=2, seed=5)  # fmt: skip
+    moa.invoke(QUESTION, {"configurable": {"moa": {"seed": 40}}})
+    moa.with_config(configurable={"moa": {"seed": 90}}).invoke(QUESTION)
+    moa.graph.invoke({"messages": QUESTION}, context={"seed": 7})
+    moa.invoke(QUESTION)  # the configured seed again
+    drawn = [kwargs["seed"] for kwargs in sampler.call_kwargs]
+    assert sorted(drawn[:2]) == [40, 41] and sorted(drawn[2:4]) == [90, 91]
+    assert sorted(drawn[4:6]) == [7, 8] and sorted(drawn[6:]) == [5, 6]
+    assert [kwargs["seed"] for kwargs in aggregator.call_kwargs] == [40, 90, 7, 5]
+    for bad, message in ((-1, "seed: must be an integer from 0 to 2147483647"),
+                         ("7", "seed: must be an integer")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            moa.invoke(QUESTION, {"configurable": {"moa": {"seed": bad}}})
+    assert len(sampler.call_kwargs) == 8  # refused before any call
+
+
 # -- early exit --------------------------------------------------------------------------------
 
 

@@ -112,6 +112,38 @@ def test_eval_on_jsonl_writes_reports_exports_and_resumes(
     assert server.request_count() == requests_before
 
 
+def test_items_draw_with_their_own_seeds_reproducibly_and_fixed_seeds_are_still_reported(
+    server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moa_graph.evaluation.datasets import load_dataset
+    from moa_graph.evaluation.systems import item_seed
+
+    items = load_dataset(f"jsonl:{ARITHMETIC}").ids()
+    systems = ["single:openai:solver", "self-moa:openai:solver,n=2,aggregation=vote,name=vote"]
+
+    def seeds(*options: str, out: str) -> list[int]:
+        server.reset()
+        argv = ["--dataset", f"jsonl:{ARITHMETIC}", "--systems", *systems, "--out",
+                str(tmp_path / out), "--no-plot", "--no-call-cache", *options]  # fmt: skip
+        assert main_eval(argv) == 0
+        return [r.params["seed"] for r in server.requests()]
+
+    drawn = seeds("--seed", "5", out="a")
+    # item i: the model alone draws with its seed, the vote's two samples with it and it + 1
+    expected = [s for item in items for s in (item_seed(5, item), item_seed(5, item),
+                                              item_seed(5, item) + 1)]  # fmt: skip
+    assert sorted(drawn) == sorted(expected) and len(set(drawn)) == 2 * len(items)
+    report = capsys.readouterr().out
+    assert "Seeds: per-item from 5 (every system)" in report
+    assert sorted(seeds("--seed", "5", out="b")) == sorted(drawn)  # a rerun: the same calls
+    assert set(seeds("--seed", "6", out="c")).isdisjoint(drawn)  # another seed, other draws
+    capsys.readouterr()
+    assert sorted(seeds("--seed", "5", "--seed-mode", "fixed", out="d")) == sorted(
+        [5, 5, 6] * len(items)
+    )
+    assert "Seeds: fixed 5 (every system)" in capsys.readouterr().out
+
+
 def test_eval_mtbench_with_judge_grades_and_compares(
     server: OpenAICompatibleServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,9 +15,11 @@ from moa_graph.evaluation.costs import TokenUsage
 from moa_graph.evaluation.datasets import Item
 from moa_graph.evaluation.systems import (
     Answer,
+    SeedMode,
     best_of_n_ranker,
     config_hash,
     instruction_text,
+    item_seed,
     moa,
     parse_system,
     self_moa,
@@ -138,6 +140,27 @@ def test_best_of_n_falls_back_to_the_first_candidate_on_an_unreadable_ranking() 
         best_of_n_ranker(sampler, 0)
 
 
+@pytest.mark.parametrize("seed_mode", ["per-item", "fixed"])
+def test_every_kind_draws_with_the_items_seed_or_the_fixed_one(seed_mode: SeedMode) -> None:
+    model = ScriptedChatModel(reply="The answer is 4", model_name="m")
+    ranker = ScriptedChatModel(reply="model_1", model_name="r")
+    systems = [single(model, seed=2, seed_mode=seed_mode),
+               best_of_n_ranker(model, 2, ranker=ranker, seed=2, seed_mode=seed_mode),
+               self_moa(model, n=2, seed=2, seed_mode=seed_mode)]  # fmt: skip
+    for item in ("x/1", "x/2"):
+        for system in systems:
+            system.answer(Item(id=item, turns=("What is 2 + 2?",)))
+    drawn = [kwargs["seed"] for kwargs in model.call_kwargs]
+    per_item = seed_mode == "per-item"
+    first, second = (item_seed(2, "x/1"), item_seed(2, "x/2")) if per_item else (2, 2)
+    # per item: alone, two candidates, two samples, the synthesis (with the first sample's seed)
+    assert sorted(drawn[:6]) == sorted([first, first, first + 1, first, first + 1, first])
+    assert sorted(drawn[6:]) == sorted([second, second, second + 1, second, second + 1, second])
+    assert all(system.seed_mode == seed_mode for system in systems)
+    # a fixed seed keeps the configuration (and so the cache keys) of runs made before the mode
+    assert ("seed_mode" in systems[0].config) is per_item
+
+
 def test_ranker_prompt_and_parsing() -> None:
     messages = ranker_messages('Say "hi"', ["a\nb", "c"])
     text = messages[-1].text
@@ -241,8 +264,10 @@ def test_a_shared_call_cache_makes_each_identical_call_once(tmp_path: Path) -> N
         voted = self_moa(model, n=2, seed=3, aggregation="vote", name="vote").answer(item)
     finally:
         set_llm_cache(None)
-    # the single call is sample 1 of both mixtures; sample 2 is shared by the two mixtures
-    assert [kwargs["seed"] for kwargs in model.call_kwargs] == [3, 4, 3, 3]
+    # the single call is sample 1 of both mixtures; sample 2 is shared by the two mixtures; all
+    # draw with the item's seed
+    seed = item_seed(3, item.id)
+    assert [kwargs["seed"] for kwargs in model.call_kwargs] == [seed, seed + 1, seed, seed]
     assert len(model.calls) == 4  # alone, sample 2, synthesis, vote's tie-break synthesis
     assert (alone.text, mixture.text, voted.text) == ("The answer is 1", "The answer is 3",
                                                       "The answer is 4")  # fmt: skip
@@ -355,5 +380,7 @@ def test_the_committed_experiment_keeps_its_cache_keys(
             cached.add(record["key"][0])
     assert len(systems) == 12
     for spec in systems:
-        system = parse_system(spec, max_tokens=320, seed=0, answer_extractor=extractor)
+        system = parse_system(
+            spec, max_tokens=320, seed=0, seed_mode="fixed", answer_extractor=extractor
+        )
         assert system.key in cached or "staircase" in spec, spec  # the staircase ones are new

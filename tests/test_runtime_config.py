@@ -151,7 +151,7 @@ def test_chat_model_refuses_unknown_configurable_keys_and_declares_its_schema() 
     assert "moa" in schema["$defs"]["Configurable"]["properties"]
     assert set(schema["$defs"]["RunChoices"]["properties"]) == {
         "layers", "proposers", "temperature", "aggregator", "aggregator_temperature", "aggregation",
-        "confidence_temperature", "staircase",
+        "seed", "confidence_temperature", "staircase",
     }  # fmt: skip
     assert calls(fakes) == {"a": 0, "b": 0, "c": 0, "d": 0}
 

@@ -176,6 +176,20 @@ def test_stop_goes_to_the_aggregator_and_sampling_hints_are_ignored(
     assert all(p.get("temperature") != 1.5 and p.get("max_tokens") != 3 for p in params.values())
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_requests_seed_is_the_runs_seed(
+    client: openai.OpenAI, upstream: OpenAICompatibleServer, stream: bool
+) -> None:
+    reply = ask(client, seed=41, stream=stream)
+    if stream:
+        assert "".join(c.choices[0].delta.content or "" for c in reply if c.choices) == ANSWER
+    seeds = {r.model: r.params.get("seed") for r in upstream.requests()}
+    assert seeds == {"p1": 41, "p2": 41, "agg": 41}  # each proposer's first (only) sample
+    upstream.reset()
+    ask(client)  # the next request without one draws as the mixture is configured: no seed
+    assert all("seed" not in r.params for r in upstream.requests())
+
+
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == [NAME]
 
@@ -250,6 +264,9 @@ def test_api_key_is_required_when_set(upstream: OpenAICompatibleServer) -> None:
         ({"extra_body": {"base_url": "http://evil.example/v1"}}, "base_url"),
         ({"extra_body": {"api_key": "sk-other"}}, "api_key"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"seed": -1}, "seed: must be an integer from 0"),
+        ({"seed": "7"}, "seed: must be an integer"),
+        ({"seed": 2**40}, "seed: must be an integer from 0 to 2147483647"),
     ],
 )
 def test_bad_requests_are_400_with_openais_error_shape(

@@ -34,7 +34,7 @@ from moa_graph.evaluation.report import (
     write_json,
 )
 from moa_graph.evaluation.runner import run_experiment
-from moa_graph.evaluation.systems import System, parse_system
+from moa_graph.evaluation.systems import SEED_MODES, System, parse_system
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -46,13 +46,28 @@ def build_eval_parser(parser: argparse.ArgumentParser | None = None) -> argparse
     )
     parser.add_argument("--dataset", required=True, help="gsm8k | arc | mtbench | jsonl:PATH")
     parser.add_argument(
-        "--limit", type=int, help="evaluate N items drawn with --seed (default all)"
+        "--limit", type=int, help="evaluate N items drawn with --draw-seed (default all)"
     )
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of the --limit draw, of every model call and of reference shuffles (default 0)",
+        help="the experiment's seed: each item's model calls and reference shuffles draw with "
+        "a seed derived from it and the item's id (default 0)",
+    )
+    parser.add_argument(
+        "--seed-mode",
+        choices=SEED_MODES,
+        default="per-item",
+        help="per-item (default): items draw independently; fixed: every item draws with "
+        "--seed itself, as runs made before per-item seeds did",
+    )
+    parser.add_argument(
+        "--draw-seed",
+        type=int,
+        metavar="SEED",
+        help="seed of the --limit draw of items (default: --seed), so runs with other seeds "
+        "can answer the same items",
     )
     parser.add_argument(
         "--systems",
@@ -128,10 +143,16 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     Arguments:
         --dataset NAME: ``gsm8k`` (GSM8K test, 1319), ``arc`` (ARC-Challenge test, 1172),
             ``mtbench`` (MT-Bench, 80 two-turn questions, needs ``--judge``) or ``jsonl:PATH``.
-        --limit N: evaluate N items drawn with ``--seed`` (kept in data set order; a smaller
-            limit's items are a subset of a larger one's, so raising it reuses the cache).
-        --seed S: seed of that draw, passed with every model call (a mixture's sample k gets
-            S + k) and deriving reference shuffles (default 0).
+        --limit N: evaluate N items drawn with ``--draw-seed`` (kept in data set order; a
+            smaller limit's items are a subset of a larger one's, so raising it reuses the cache).
+        --seed S: the experiment's seed (default 0). Each item's calls draw with the item's own
+            seed, derived from S and its id (``item_seed``): a model alone with it, a mixture's
+            sample k with it plus k, shuffles derived from it. A rerun reproduces every call.
+        --seed-mode per-item|fixed: ``fixed`` gives every item the seed S itself (sample k then
+            makes the same random draws on every item), as runs made before per-item seeds did;
+            their cached answers are found again with it.
+        --draw-seed D: seed of the ``--limit`` draw (default S), so experiments with several
+            seeds answer the same items.
         --systems SPEC...: the systems: ``single:MODEL`` (or just ``MODEL``),
             ``moa:PRESET`` / ``moa:FILE.toml`` (or just ``PRESET``), ``self-moa:MODEL,n=6``,
             ``best-of-n:MODEL,n=4[,ranker=MODEL]``; any may end with ``,name=NAME``.
@@ -233,14 +254,16 @@ def answered_by_all(dataset: Dataset, systems: Sequence[System], cache: ResultCa
 
 
 def _run(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.dataset).subset(args.limit, args.seed)
+    draw_seed = args.seed if args.draw_seed is None else args.draw_seed
+    dataset = load_dataset(args.dataset).subset(args.limit, draw_seed)
     if args.shard:
         dataset = shard_of(dataset, args.shard)
     if args.store and not is_postgres_url(args.store):
         raise ValueError(f"--store: must be a postgresql:// URL (got {args.store!r})")
     systems = [
         parse_system(spec, temperature=args.temperature, max_tokens=args.max_tokens,
-                     seed=args.seed, answer_extractor=_EXTRACTORS.get(dataset.metric))
+                     seed=args.seed, seed_mode=args.seed_mode,
+                     answer_extractor=_EXTRACTORS.get(dataset.metric))
         for spec in args.systems
     ]  # fmt: skip
     pairs = parse_pairs(args.pair, [s.name for s in systems])

@@ -15,7 +15,7 @@ Example:
     >>> from moa_graph.evaluation.costs import TokenUsage
     >>> ds = Dataset("d", (Item(id="d/1", turns=("q",), gold="1"),), "numeric")
     >>> answer = Answer(("1",), {"m": TokenUsage(10, 2)}, wall_s=0.5, calls=1)
-    >>> system = System("m", {"kind": "single"}, lambda messages: None)
+    >>> system = System("m", {"kind": "single"}, _never_called)
     >>> exp = Experiment(ds, (system,), (ItemResult("m", "d/1", answer, Score(True, "1")),))
     >>> rows = summarize(exp)
     >>> rows[0].metrics["accuracy"].value, rows[0].tokens_in
@@ -34,6 +34,12 @@ from typing import Any
 from moa_graph.evaluation.costs import PriceTable, merge_usage
 from moa_graph.evaluation.runner import Experiment, ItemResult
 from moa_graph.evaluation.scoring import McNemar, bootstrap_interval, mcnemar, wilson_interval
+from moa_graph.evaluation.systems import System
+
+
+def _never_called(messages: Any, seed: Any) -> Any:
+    """A responder for systems rebuilt from records: reports never call them."""
+    raise AssertionError("a report makes no model call")
 
 
 class MissingDependencyError(ImportError):
@@ -76,6 +82,9 @@ class SummaryRow:
     paired: McNemar | None = None
     compared_with: str | None = None
     compared: McNemar | None = None
+    seeds: str = "none"
+    """How its calls drew: ``per-item from S``, ``fixed S`` (every item the same seeds: runs
+    made before per-item seeds) or ``none``."""
 
     @property
     def quality(self) -> Estimate | None:
@@ -159,9 +168,28 @@ def summarize(
                 paired=tests.get(system.name),
                 compared_with=chosen[system.name][0] if system.name in chosen else None,
                 compared=chosen[system.name][1] if system.name in chosen else None,
+                seeds=seeds_label(system),
             )
         )
     return rows
+
+
+def seeds_label(system: System) -> str:
+    """How a system's calls drew their random numbers, as reports say it.
+
+    Example:
+        >>> seeds_label(System("m", {"seed": 0, "seed_mode": "per-item"}, _never_called))
+        'per-item from 0'
+        >>> seeds_label(System("m", {"seed": 0}, _never_called))
+        'fixed 0'
+        >>> seeds_label(System("m", {}, _never_called))
+        'none'
+    """
+    mode = system.seed_mode
+    if mode is None:
+        return "none"
+    seed = system.config["seed"]
+    return f"per-item from {seed}" if mode == "per-item" else f"{mode} {seed}"
 
 
 def paired_baseline(experiment: Experiment) -> str:
@@ -310,6 +338,8 @@ def markdown_report(
         "",
         markdown_table(rows, reference=experiment.reference, prices=bool(prices)),
     ]
+    if rows:
+        lines += ["", _seeds_line(rows)]
     if any(row.model_s is not None for row in rows):
         lines += ["", "Model s: the seconds of all of an item's model calls, each counted at the "
                   "time it took when made (also when the shared call cache answered it; local "
@@ -340,6 +370,16 @@ def markdown_report(
         lines += ["", f"{len(experiment.judge_errors)} failed judge call(s); first: "
                   f"{experiment.judge_errors[0]}"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _seeds_line(rows: Sequence[SummaryRow]) -> str:
+    modes = {row.seeds for row in rows}
+    said = (f"{modes.pop()} (every system)" if len(modes) == 1
+            else "; ".join(f"{row.system}: {row.seeds}" for row in rows))  # fmt: skip
+    return (
+        f"Seeds: {said}. Per-item: each item draws with its own seed, derived from the "
+        "experiment's seed and the item's id; fixed: every item draws with the same seeds."
+    )
 
 
 def summary_json(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:

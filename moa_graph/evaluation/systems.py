@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 
 from moa_graph.chat_model import ChatMixtureOfAgents
@@ -51,8 +52,30 @@ class Reply:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Responder = Callable[[list[BaseMessage]], Reply]
-"""Answers one conversation (the last message is the user's turn)."""
+Responder = Callable[[list[BaseMessage], int | None], Reply]
+"""Answers one conversation (the last message is the user's turn) drawing with the seed given
+(``None``: the system's own, fixed when it was built)."""
+
+SeedMode = Literal["per-item", "fixed"]
+SEED_MODES: tuple[SeedMode, ...] = ("per-item", "fixed")
+"""How an experiment's ``seed`` reaches the calls: ``per-item`` derives each item's seed from it
+and the item's id (``item_seed``), so items draw independently; ``fixed`` gives every item the
+seed itself (sample k of a model then makes the same random draws on every item), as runs made
+before per-item seeds did."""
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    """The seed the calls for one item draw with under per-item seeding: a hash of the
+    experiment's seed and the item's id, from 0 to 2**31 - 1 (stable across runs and machines).
+
+    Example:
+        >>> item_seed(0, "gsm8k/1") == item_seed(0, "gsm8k/1")
+        True
+        >>> len({item_seed(0, "gsm8k/1"), item_seed(0, "gsm8k/2"), item_seed(1, "gsm8k/1")})
+        3
+    """
+    digest = hashlib.sha256(f"{seed}/{item_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -115,12 +138,22 @@ class System:
     """A named system: its configuration and the function answering one conversation.
 
     ``key`` (name plus a hash of the configuration) identifies its results in the cache, so
-    changing a setting never reuses answers produced with the old one.
+    changing a setting never reuses answers produced with the old one. With ``item_seeds``
+    (the experiment's seed), each item draws with its own ``item_seed``; the configuration
+    then records ``seed_mode: "per-item"`` (a configuration without it drew with one fixed seed).
     """
 
     name: str
     config: Mapping[str, Any]
     respond: Responder = field(repr=False, compare=False)
+    item_seeds: int | None = None
+
+    @property
+    def seed_mode(self) -> str | None:
+        """``"per-item"``, ``"fixed"`` or ``None`` (no seed: the provider's own draws)."""
+        if self.config.get("seed") is None:
+            return None
+        return str(self.config.get("seed_mode", "fixed"))
 
     @property
     def key(self) -> str:
@@ -130,10 +163,11 @@ class System:
     def answer(self, item: Item) -> Answer:
         """Answer each turn of ``item`` in order (later turns see the earlier answers)."""
         started = time.perf_counter()
+        seed = None if self.item_seeds is None else item_seed(self.item_seeds, item.id)
         replies: list[Reply] = []
         with timing_calls() as times:
             for _ in item.turns:
-                replies.append(self.respond(item.messages([r.text for r in replies])))
+                replies.append(self.respond(item.messages([r.text for r in replies]), seed))
         calls = sum(r.calls for r in replies)
         return Answer(
             turns=tuple(r.text for r in replies),
@@ -162,6 +196,26 @@ def _call(model: Any, label: str, messages: list[BaseMessage]) -> tuple[str, Usa
     return message.text, {label: usage}
 
 
+def _seeding(
+    config: dict[str, Any], seed: int | None, seed_mode: SeedMode
+) -> tuple[int | None, int | None]:
+    """Record ``seed`` in ``config``; returns (the seed to fix at build time, the experiment's
+    seed each item derives its own from)."""
+    if seed_mode not in SEED_MODES:
+        raise ValueError(f"seed_mode: must be one of {', '.join(SEED_MODES)} (got {seed_mode!r})")
+    if seed is None:
+        return None, None
+    config["seed"] = seed
+    if seed_mode == "fixed":
+        return seed, None
+    config["seed_mode"] = seed_mode
+    return None, seed
+
+
+def _with_seed(model: Any, seed: int | None) -> Any:
+    return model if seed is None else model.bind(seed=seed)
+
+
 def _sampling(temperature: float | None, max_tokens: int | None) -> MixtureSettings:
     """The settings a model built from a string is sampled with."""
     return MixtureSettings(temperature=temperature, max_tokens=max_tokens)
@@ -184,6 +238,7 @@ def single(
     temperature: float | None = DEFAULTS.temperature,
     max_tokens: int | None = DEFAULTS.max_tokens,
     seed: int | None = None,
+    seed_mode: SeedMode = "per-item",
 ) -> System:
     """One model on its own (the per-model baseline).
 
@@ -192,8 +247,10 @@ def single(
         name: the system's name (default: the model's label).
         temperature: sampling temperature for a model built from a string.
         max_tokens: answer length limit for a model built from a string.
-        seed: sampling seed passed with every call (a mixture given the same ``seed`` calls
-            the first sample of this model with it, so the two share the call).
+        seed: the experiment's sampling seed (see ``SEED_MODES``; with ``"fixed"``, a mixture
+            given the same ``seed`` calls the first sample of this model with it, so the two
+            share the call).
+        seed_mode: ``"per-item"`` (each item draws with its own seed) or ``"fixed"``.
 
     Example:
         >>> single("local:smollm2-135m").name
@@ -205,16 +262,15 @@ def single(
         defaults=MixtureSettings(temperature=temperature, max_tokens=max_tokens),
     )
     label = resolved.model_name
-    chat = resolved.model if seed is None else resolved.model.bind(seed=seed)
+    config = {"kind": "single", "model": label, **_model_settings(model, temperature, max_tokens)}
+    fixed, item_seeds = _seeding(config, seed, seed_mode)
+    chat = _with_seed(resolved.model, fixed)
 
-    def respond(messages: list[BaseMessage]) -> Reply:
-        text, usage = _call(chat, label, messages)
+    def respond(messages: list[BaseMessage], seed: int | None) -> Reply:
+        text, usage = _call(_with_seed(chat, seed), label, messages)
         return Reply(text, usage, calls=1)
 
-    config = {"kind": "single", "model": label, **_model_settings(model, temperature, max_tokens)}
-    if seed is not None:
-        config["seed"] = seed
-    return System(name or label, config, respond)
+    return System(name or label, config, respond, item_seeds)
 
 
 def moa(
@@ -222,12 +278,16 @@ def moa(
     *,
     name: str | None = None,
     kind: str = "moa",
+    seed_mode: SeedMode = "per-item",
     **overrides: Any,
 ) -> System:
     """A Mixture-of-Agents: a ``Recipe``, a preset name, a TOML recipe file, or a built mixture.
 
-    ``overrides`` replace the recipe's settings (``temperature``, ``max_tokens``, ...). Every
-    proposal (model, status, text) is kept in ``Answer.extra``; token usage is split by model.
+    ``overrides`` replace the recipe's settings (``temperature``, ``max_tokens``, ...). With
+    ``seed_mode="per-item"`` (the default), a ``seed`` among them (or a built mixture's) is the
+    experiment's: each item's run chooses the item's own seed (``item_seed``); ``"fixed"`` keeps
+    the one seed for every item. Every proposal (model, status, text) is kept in
+    ``Answer.extra``; token usage is split by model.
 
     Example:
         >>> system = moa("local-tiny")
@@ -243,13 +303,18 @@ def moa(
             recipe = _recipe(recipe)
         mixture, recipe_name = recipe.chat_model(**overrides), recipe.name
 
-    def respond(messages: list[BaseMessage]) -> Reply:
-        message = mixture.invoke(messages)
-        return _mixture_reply(message)
-
     params = dict(mixture._identifying_params)
     config = {"kind": kind, "recipe": recipe_name, **params}
-    return System(name or recipe_name, config, respond)
+    seed = config.pop("seed", None)
+    _, item_seeds = _seeding(config, seed, seed_mode)
+
+    def respond(messages: list[BaseMessage], seed: int | None) -> Reply:
+        run: RunnableConfig | None = (
+            None if seed is None else {"configurable": {"moa": {"seed": seed}}}
+        )
+        return _mixture_reply(mixture.invoke(messages, run))
+
+    return System(name or recipe_name, config, respond, item_seeds)
 
 
 def _recipe(spec: str) -> Recipe:
@@ -300,12 +365,13 @@ def self_moa(
     name: str | None = None,
     temperature: float | None = DEFAULTS.temperature,
     max_tokens: int | None = DEFAULTS.max_tokens,
+    seed_mode: SeedMode = "per-item",
     **options: Any,
 ) -> System:
     """Self-MoA: one model sampled ``n`` times, its answers aggregated by the same model.
 
     ``options`` are mixture settings (``aggregation="vote"``, ``seed``, ...; see
-    ``create_moa_graph``).
+    ``create_moa_graph``); ``seed_mode`` is as for ``moa``.
 
     Example:
         >>> system = self_moa("local:smollm2-135m", n=3)
@@ -316,8 +382,8 @@ def self_moa(
     label = resolve_model(model, field="model", defaults=MixtureSettings()).model_name
     sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
     overrides = {key: value for key, value in sampling.items() if value is not None}
-    return moa(recipe, name=name or f"self-moa-{label}-x{n}", kind="self-moa", **overrides,
-               **options)  # fmt: skip
+    return moa(recipe, name=name or f"self-moa-{label}-x{n}", kind="self-moa",
+               seed_mode=seed_mode, **overrides, **options)  # fmt: skip
 
 
 def best_of_n_ranker(
@@ -330,13 +396,15 @@ def best_of_n_ranker(
     max_tokens: int | None = DEFAULTS.max_tokens,
     ranker_max_tokens: int | None = 32,
     seed: int | None = None,
+    seed_mode: SeedMode = "per-item",
 ) -> System:
     """Best-of-n with an LLM ranker (the MoA paper's baseline): sample ``model`` n times, let
     ``ranker`` (default: the same model, greedy) pick one answer, and return it verbatim.
 
     An unreadable ranker reply falls back to the first candidate; ``Answer.extra`` records the
     candidates, the chosen index and whether the ranker's reply could be read. With ``seed``,
-    candidate k is drawn with ``seed + k`` (so a shared call cache keeps the n draws distinct).
+    candidate k is drawn with the item's seed (``seed_mode``, as for ``single``) plus k, so a
+    shared call cache keeps the n draws distinct.
 
     Example:
         >>> best_of_n_ranker("local:smollm2-135m", n=3).config["ranker"]
@@ -355,10 +423,20 @@ def best_of_n_ranker(
         defaults=MixtureSettings(temperature=0.0, max_tokens=ranker_max_tokens),
     )
 
-    samplers = [sampler.model if seed is None else sampler.model.bind(seed=seed + k)
-                for k in range(n)]  # fmt: skip
+    config = {
+        "kind": "best-of-n",
+        "model": sampler.model_name,
+        "n": n,
+        "ranker": judge.model_name,
+        "ranker_max_tokens": ranker_max_tokens,
+        **_model_settings(model, temperature, max_tokens),
+    }
+    fixed, item_seeds = _seeding(config, seed, seed_mode)
 
-    def respond(messages: list[BaseMessage]) -> Reply:
+    def respond(messages: list[BaseMessage], item: int | None) -> Reply:
+        first = fixed if item is None else item
+        samplers = [_with_seed(sampler.model, None if first is None else first + k)
+                    for k in range(n)]  # fmt: skip
         with ContextThreadPoolExecutor(max_workers=n) as pool:
             outputs = list(pool.map(lambda model: model.invoke(messages), samplers))
         candidates = [message.text for message in outputs]
@@ -380,17 +458,7 @@ def best_of_n_ranker(
         }
         return Reply(candidates[chosen], usage, n + 1, extra)
 
-    config = {
-        "kind": "best-of-n",
-        "model": sampler.model_name,
-        "n": n,
-        "ranker": judge.model_name,
-        "ranker_max_tokens": ranker_max_tokens,
-        **_model_settings(model, temperature, max_tokens),
-    }
-    if seed is not None:
-        config["seed"] = seed
-    return System(name or f"best-of-{n}-{sampler.model_name}", config, respond)
+    return System(name or f"best-of-{n}-{sampler.model_name}", config, respond, item_seeds)
 
 
 SYSTEM_KINDS = ("single", "moa", "self-moa", "best-of-n")
@@ -440,6 +508,7 @@ def parse_system(
     temperature: float | None = None,
     max_tokens: int | None = None,
     seed: int | None = None,
+    seed_mode: SeedMode = "per-item",
     answer_extractor: str | None = None,
 ) -> System:
     """Build a system from a command-line spec ``KIND:VALUE[,key=value...]``.
@@ -457,7 +526,8 @@ def parse_system(
     ``max_tokens``. The ``temperature`` / ``max_tokens`` arguments (default: the settings'
     defaults) apply to models built from strings whose spec does not set its own; a ``moa``
     recipe keeps its own settings unless they are given. ``seed`` goes to every system (a model's
-    calls, a mixture's samples and shuffles); ``answer_extractor`` is the mixtures' default
+    calls, a mixture's samples and shuffles), per item or fixed as ``seed_mode`` says;
+    ``answer_extractor`` is the mixtures' default
     extractor (the data set's kind of answer).
 
     Example:
@@ -499,12 +569,14 @@ def parse_system(
     sampling.update(_sampling_options(spec, own))
     name = own.get("name")
     if kind == "single":
-        return single(value, name=name, seed=seed, **sampling)
+        return single(value, name=name, seed=seed, seed_mode=seed_mode, **sampling)
     if kind == "moa":
         overrides = {key: setting for key, setting in given.items() if setting is not None}
-        return moa(value, name=name or Path(value).stem, **overrides, **chosen, **mixture)
+        return moa(value, name=name or Path(value).stem, seed_mode=seed_mode, **overrides,
+                   **chosen, **mixture)  # fmt: skip
     if kind == "self-moa":
         n, layers = int(own.get("n", "6")), int(own.get("layers", "2"))
-        return self_moa(value, n, layers=layers, name=name, **sampling, **mixture)
+        return self_moa(value, n, layers=layers, name=name, seed_mode=seed_mode, **sampling,
+                        **mixture)  # fmt: skip
     return best_of_n_ranker(value, int(own.get("n", "4")), ranker=own.get("ranker"), name=name,
-                            seed=seed, **sampling)  # fmt: skip
+                            seed=seed, seed_mode=seed_mode, **sampling)  # fmt: skip

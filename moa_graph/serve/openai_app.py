@@ -298,7 +298,9 @@ class _RunResponse(Response):
         """Answer with one ``chat.completion`` object."""
         endpoints = self.endpoints
         try:
-            answer = await moa.ainvoke(self.chat.messages, stop=self.chat.stop, **kwargs)
+            answer = await moa.ainvoke(
+                self.chat.messages, self.chat.run_config, stop=self.chat.stop, **kwargs
+            )
         except Exception as exc:
             response = error_response(endpoints.run_error(exc), self.headers_out)
             await response(scope, receive, client.send)
@@ -334,7 +336,9 @@ class _RunResponse(Response):
         headers = [*openai_wire.SSE_HEADERS, *self.headers_out.items()]
         started = False
         usage, finish = None, "stop"
-        chunks = moa.astream(self.chat.messages, stop=self.chat.stop, **kwargs)
+        chunks = moa.astream(
+            self.chat.messages, self.chat.run_config, stop=self.chat.stop, **kwargs
+        )
         try:
             async for chunk in chunks:
                 if chunk.usage_metadata:

@@ -1,7 +1,8 @@
 """OpenAI chat-completion requests to LangChain messages, for ``moa_graph.serve``.
 
-The policy is an allow-list, so a client can never redirect the mixture: only the conversation
-and ``stop`` reach the models (``stop`` goes to the final aggregator). Sampling hints
+The policy is an allow-list, so a client can never redirect the mixture: only the conversation,
+``stop`` (to the final aggregator) and ``seed`` (the run's draws, as the ``seed`` setting makes
+them) reach the models. Sampling hints
 (``temperature``, ``max_tokens``, ...) are accepted and ignored -- the mixture's configured
 settings apply -- and reported back in the ``X-MoA-Ignored-Params`` response header. Anything
 else (``tools``, ``n > 1``, ``base_url``, ``api_key``, unknown fields) is refused with 400, as
@@ -32,16 +33,18 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.runnables import RunnableConfig
 
 from moa_graph.serve.openai_wire import error_body
+from moa_graph.settings import check_value
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
 
-HONOURED = frozenset({"model", "messages", "stream", "stream_options", "stop"})
+HONOURED = frozenset({"model", "messages", "stream", "stream_options", "stop", "seed"})
 """Request fields the server acts on."""
 
 IGNORED = frozenset({
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "presence_penalty",
-    "frequency_penalty", "seed", "user", "metadata", "store", "service_tier",
+    "frequency_penalty", "user", "metadata", "store", "service_tier",
     "parallel_tool_calls", "reasoning_effort", "prompt_cache_key", "safety_identifier",
     "verbosity", "top_logprobs",
 })  # fmt: skip
@@ -94,6 +97,7 @@ class ChatRequest:
         stream: Whether to answer with server-sent events.
         include_usage: ``stream_options.include_usage``: end the stream with a usage chunk.
         stop: Stop sequences for the final aggregator, or ``None``.
+        seed: The run's seed (sample k of a model draws with seed + k), or ``None``.
         ignored: Request fields that were accepted but not applied, sorted.
     """
 
@@ -101,7 +105,18 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     stop: list[str] | None = None
+    seed: int | None = None
     ignored: tuple[str, ...] = ()
+
+    @property
+    def run_config(self) -> RunnableConfig | None:
+        """The per-run choices the request makes, as a mixture's ``config`` (``None``: none).
+
+        Example:
+            >>> ChatRequest(messages=[], seed=7).run_config
+            {'configurable': {'moa': {'seed': 7}}}
+        """
+        return None if self.seed is None else {"configurable": {"moa": {"seed": self.seed}}}
 
 
 def parse_chat_request(
@@ -147,6 +162,7 @@ def parse_chat_request(
         stream=stream,
         include_usage=stream and bool(options.get("include_usage")),
         stop=_stop(fields.get("stop")),
+        seed=_seed(fields.get("seed")),
         ignored=tuple(sorted(key for key in fields if key in IGNORED)),
     )
 
@@ -173,6 +189,15 @@ def _flag(fields: dict[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise RequestError(400, f"{key} must be a boolean.", param=key)
     return value
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(check_value("seed", value))
+    except ValueError as exc:
+        raise RequestError(400, str(exc), param="seed") from None
 
 
 def _stop(value: Any) -> list[str] | None:
