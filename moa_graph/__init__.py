@@ -5,6 +5,8 @@ Example:
     >>> moa = presets.moa_lite().chat_model  # a ChatMixtureOfAgents factory (needs a Together key)
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from moa_graph import presets
 from moa_graph.aggregator import create_aggregator
 from moa_graph.chat_model import ChatMixtureOfAgents
@@ -34,4 +36,7 @@ __all__ = [
     "inject_references",
     "presets",
 ]
-__version__ = "0.1.0"
+try:  # written once, in pyproject.toml
+    __version__ = version("moa-graph")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -62,23 +62,117 @@ REQUEST_METADATA = "moa_request"
 class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     """Mixture-of-Agents (arXiv 2406.04692) as one chat model.
 
-    Proposers answer the conversation in parallel; every proposer of a later layer and the final
+    Proposers answer the conversation concurrently; every proposer of a later layer and the final
     aggregator see all answers of the layer before (the paper's Aggregate-and-Synthesize prompt).
-    The result is the aggregator's ``AIMessage``; its ``usage_metadata`` sums every call of the
-    run, and ``response_metadata["proposals"]`` records each proposal (layer, proposer, model,
-    text, usage, latency). ``stream`` yields the aggregator's tokens as they come.
+    The result is the aggregator's ``AIMessage``.
 
-    Its fields are ``proposers``, ``aggregator``, ``layers``, ``stop``, ``streaming`` and every
-    mixture setting (``moa_graph.settings.MixtureSettings``, listed below): ``temperature`` and
-    ``max_tokens`` are the defaults of every model built from a ``"provider:model"`` string (as
-    in the reference implementation), ``timeout`` and ``max_retries`` apply to every call.
-    ``stop`` and other call-time keyword arguments go to the final aggregator. Model instances
-    are used as configured unless a ``ProposerSpec`` sets a value. A misspelt field is refused,
-    naming the closest one.
+    Setup:
+        Install the package; hosted models read their provider's key from the environment, the
+        embedded models need the ``local`` extra and their weights.
+
+        ```bash
+        pip install moa-graph
+        export TOGETHER_API_KEY="..."     # together: models; OPENAI_API_KEY for openai: models
+        pip install 'moa-graph[local]' && moa-graph models pull local   # no key at all
+        ```
+
+    Key init args - the mixture:
+        - ``proposers``: models of every proposer layer: a flat list reused in each layer, or one
+          list per layer. A model is a ``BaseChatModel``, a ``"provider:model"`` string
+          (``together:``, ``openai:``, any provider ``init_chat_model`` knows, ``local:`` for
+          the embedded models) or a ``ProposerSpec`` (a model with its own settings).
+        - ``aggregator``: the model that writes the final answer (the same forms).
+        - ``layers``: counted as in the paper, aggregator included: 3 is MoA, 2 is MoA-Lite.
+
+    Key init args - completion params:
+        - ``temperature``: of every model built from a string (default 0.7, as the paper's code).
+        - ``max_tokens``: of every model built from a string (default 512).
+        - ``stop``: stop words of the final aggregator call.
+        - ``aggregation``: how the final answer is made: ``"synthesize"`` (the paper),
+          ``"vote"``, ``"weighted_vote"``, ``"rank"``, ``"synthesize_with_votes"``.
+
+    Key init args - client params:
+        - ``timeout``: seconds one call may take (default 120).
+        - ``max_retries``: retries of transient errors (default 2).
+        - ``rate_limits``, ``max_concurrent_calls``, ``min_proposals``, ``first_k``,
+          ``layer_timeout``, ...: every setting is a field (all are listed at the end).
+
+    Instantiate:
+        ```python
+        from moa_graph import ChatMixtureOfAgents
+
+        moa = ChatMixtureOfAgents(
+            proposers=["together:Qwen/Qwen2.5-72B-Instruct-Turbo", "openai:gpt-4o-mini"],
+            aggregator="together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+            layers=3,
+        )
+        ```
+
+    Invoke:
+        ```python
+        moa.invoke([("system", "Answer briefly."), ("user", "What is MoA?")])
+        # AIMessage(content="...", usage_metadata={...}, response_metadata={...})
+        ```
+
+    Stream:
+        ```python
+        for chunk in moa.stream("Explain MoA in one paragraph."):
+            print(chunk.text, end="")     # the aggregator's tokens as it writes them
+        ```
+
+    Async:
+        ```python
+        await moa.ainvoke("What is MoA?")
+        async for chunk in moa.astream("What is MoA?"):
+            ...
+        await moa.abatch(["Question 1", "Question 2"])
+        ```
+
+    Tool calling:
+        The aggregator gets the tools and may call them; the proposers advise, seeing earlier
+        tool calls and results as text.
+
+        ```python
+        from pydantic import BaseModel, Field
+
+        class GetWeather(BaseModel):
+            '''Get the current weather in a given location.'''
+            location: str = Field(..., description="The city, e.g. Paris")
+
+        moa_with_tools = moa.bind_tools([GetWeather])
+        moa_with_tools.invoke("What is the weather in Paris?").tool_calls
+        # [{"name": "GetWeather", "args": {"location": "Paris"}, "id": "...", ...}]
+        ```
+
+    Structured output:
+        ```python
+        class Joke(BaseModel):
+            setup: str
+            punchline: str
+
+        moa.with_structured_output(Joke).invoke("Tell me a joke about cats")
+        # Joke(setup="...", punchline="...")
+        ```
+
+    Token usage:
+        ``usage_metadata`` sums every model call of the run, proposers and aggregator:
+
+        ```python
+        moa.invoke("Hi").usage_metadata
+        # {"input_tokens": 410, "output_tokens": 236, "total_tokens": 646}
+        ```
+
+    Response metadata:
+        ``response_metadata`` has the aggregator's own metadata plus ``model_name``
+        (``"moa:<aggregator model>"``), ``aggregator_model`` and ``proposals``: each proposal's
+        layer, index, proposer, model, text, status, error, usage, latency and attempts.
+        Strategies, cut-offs and staircase streaming add their own ``moa_*`` keys (votes,
+        fallbacks, truncations, rounds).
 
     Per call, ``configurable={"moa": {...}}`` (``with_config``, a chain's or LangServe's config)
-    narrows the mixture with the per-run keys (listed below); they are checked before any call,
-    like the constructor's arguments.
+    narrows the mixture with the per-run keys listed at the end (fewer layers, some proposers,
+    another aggregator, a seed...); they are checked before any call, like the constructor's
+    arguments. A misspelt field is refused, naming the closest one.
 
     Example:
         >>> from langchain_core.language_models import GenericFakeChatModel

@@ -1,7 +1,7 @@
 """LangGraph checkpointers from a URL: where a mixture's threads keep their state.
 
 ``memory`` keeps threads in this process; ``sqlite:///path/to/file.db`` in a file (the
-``durable`` extra); ``postgresql://user@host:port/db`` in PostgreSQL, shared by every process and
+``sqlite`` extra); ``postgresql://user@host:port/db`` in PostgreSQL, shared by every process and
 machine that reaches it (the ``postgres`` extra). A thread saved there survives its process: a
 run killed mid-layer is resumed from any other process with ``graph.invoke(None, config)``, and
 re-pays no proposer that had answered.
@@ -29,6 +29,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+from moa_graph.extras import EXTRAS
 from moa_graph.redact import masked_url
 
 SCHEMES = ("memory", "sqlite:///PATH", "postgresql://...")
@@ -57,8 +58,7 @@ _SAVERS = {
     ("postgres", False): ("langgraph.checkpoint.postgres", "PostgresSaver"),
     ("postgres", True): ("langgraph.checkpoint.postgres.aio", "AsyncPostgresSaver"),
 }
-_EXTRAS = {"sqlite": ("durable", "langgraph-checkpoint-sqlite"),
-           "postgres": ("postgres", "langgraph-checkpoint-postgres")}  # fmt: skip
+_PACKAGES = {"sqlite": "langgraph-checkpoint-sqlite", "postgres": "langgraph-checkpoint-postgres"}
 
 
 def _saver_class(kind: str, *, asynchronous: bool) -> Any:
@@ -67,9 +67,8 @@ def _saver_class(kind: str, *, asynchronous: bool) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError:
-        extra, package = _EXTRAS[kind]
         raise ValueError(
-            f"checkpoint: {package} is not installed: pip install 'moa-graph[{extra}]'"
+            f"checkpoint: {_PACKAGES[kind]} is not installed: {EXTRAS[kind].install}"
         ) from None
 
 

@@ -48,7 +48,7 @@ then writes with it one chunk a call (``ChatLocalModel`` does)."""
 class ProposerSpec(BaseModel):
     """A model plus the settings of one proposer (or of the aggregator).
 
-    Args:
+    Attributes:
         model: a chat model instance or a ``"provider:model"`` string.
         name: display name in proposals, progress events and traces (default: the model name).
         temperature: sampling temperature for this model.
@@ -365,3 +365,31 @@ def model_label(model: BaseChatModel | str) -> str:
 
 def _first(*values: Any) -> Any:
     return next((value for value in values if value is not None), None)
+
+
+def missing_local_models(names: list[str]) -> list[str]:
+    """The embedded models among ``names`` that are not installed on this machine (cheap: no
+    file is read). Unknown names are left to model construction, which names the field.
+
+    Example:
+        >>> missing_local_models(["smollm2-135m"])   # installed with the tests
+        []
+    """
+    from moa_graph.local.weights import (
+        LocalModelSpec,
+        ModelNotInstalledError,
+        check_installed,
+        resolve_model,
+    )
+
+    missing = []
+    for name in names:
+        try:
+            resolved = resolve_model(name)
+            if isinstance(resolved, LocalModelSpec):
+                check_installed(resolved)
+        except ModelNotInstalledError:
+            missing.append(name)
+        except ValueError:
+            continue
+    return missing

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.graph import StateGraph
 
-from moa_graph.models import ModelLike, ProposerSpec
+from moa_graph.extras import require
+from moa_graph.models import ModelLike, ProposerSpec, missing_local_models
 from moa_graph.settings import SETTINGS, check_known
 
 if TYPE_CHECKING:
@@ -73,14 +74,44 @@ class Recipe:
         """Build the recipe as a ``ChatMixtureOfAgents`` (``overrides`` replace its settings)."""
         from moa_graph.chat_model import ChatMixtureOfAgents
 
+        self.check_local_models()
         return ChatMixtureOfAgents(**self._arguments(overrides))
 
     def graph(self, **overrides: Any) -> StateGraph[Any, Any, Any, Any]:
         """Build the recipe as an uncompiled ``StateGraph`` (see ``create_moa_graph``)."""
         from moa_graph.engine.graph import create_moa_graph
 
+        self.check_local_models()
         arguments = self._arguments(overrides)
         return create_moa_graph(arguments.pop("proposers"), **arguments)
+
+    def local_models(self) -> list[str]:
+        """The embedded models the recipe uses (``local:`` names without the prefix), in order.
+
+        Example:
+            >>> local().local_models()
+            ['qwen2.5-coder-1.5b', 'qwen2.5-coder-0.5b', 'smollm2-135m']
+        """
+        layers = [self.proposers] if _flat(self.proposers) else self.proposers
+        models = [*(model for layer in layers for model in layer), self.aggregator]
+        names = [_local_name(model) for model in models]
+        return list(dict.fromkeys(name for name in names if name is not None))
+
+    def check_local_models(self) -> None:
+        """Refuse, before anything is built, a recipe whose embedded models cannot run here:
+        ``MissingExtraError`` without the ``local`` extra, ``ValueError`` naming the command
+        that installs the missing models (``moa-graph models pull <preset>``)."""
+        names = self.local_models()
+        if not names:
+            return
+        require("local", f"the {self.name!r} recipe's embedded models")
+        missing = missing_local_models(names)
+        if missing:
+            target = self.name if self.name in PRESETS else " ".join(missing)
+            raise ValueError(
+                f"{self.name}: embedded model(s) not installed: {', '.join(missing)}; install "
+                f"them with: moa-graph models pull {target}"
+            )
 
     def with_options(self, **options: Any) -> Recipe:
         """A copy with more settings, e.g. ``recipe.with_options(min_proposals=2)``."""
@@ -96,6 +127,19 @@ class Recipe:
         }
         arguments.update(overrides)
         return arguments
+
+
+def _flat(proposers: Any) -> bool:
+    return not any(isinstance(item, list | tuple) for item in proposers)
+
+
+def _local_name(model: Any) -> str | None:
+    """The embedded model a model-like names (``local:NAME``), else ``None``."""
+    if isinstance(model, ProposerSpec):
+        model = model.model
+    if isinstance(model, str) and model.startswith("local:"):
+        return model.removeprefix("local:")
+    return None
 
 
 def moa() -> Recipe:

