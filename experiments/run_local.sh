@@ -11,7 +11,7 @@ set -e
 MOA=${1:-moa-graph}
 M=local:qwen2.5-coder-1.5b
 SELF="self-moa:$M,n=3"
-SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,name=moa-local \
+SYSTEMS="$M local:qwen2.5-coder-0.5b local:smollm2-135m local,staircase=none,name=moa-local \
   $SELF,name=self-moa-synthesize $SELF,aggregation=vote,name=self-moa-vote \
   $SELF,aggregation=rank,name=self-moa-rank \
   $SELF,aggregation=synthesize_with_votes,name=self-moa-synthesize-votes \

@@ -9,7 +9,7 @@
 # Usage: sh experiments/run_staircase_sweep.sh [moa-graph command]
 set -e
 MOA=${1:-moa-graph}
-SYSTEMS="local,name=moa-local local,staircase=8,staircase_growth=2,name=moa-local-staircase"
+SYSTEMS="local,staircase=none,name=moa-local local,staircase=8,staircase_growth=2,name=moa-local-staircase"
 PAIRS="moa-local-staircase=moa-local"
 for chunk in 16 32 64; do
   SYSTEMS="$SYSTEMS local,staircase=$chunk,staircase_growth=2,name=moa-local-staircase-$chunk"

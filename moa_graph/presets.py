@@ -232,7 +232,12 @@ def self_moa(model: ModelLike, n: int = 6, *, layers: int = 2) -> Recipe:
 
 
 def local() -> Recipe:
-    """Embedded models, no key: three small proposers, Qwen2.5-Coder-1.5B aggregating (2 layers)."""
+    """Embedded models, no key: three small proposers, Qwen2.5-Coder-1.5B aggregating (2 layers).
+
+    Staircase streaming is on (first chunks of 8 tokens, growing eightfold), so the answer starts
+    within seconds while the proposers still write; ``staircase=None`` turns it off
+    (``--staircase none`` on the command line).
+    """
     return Recipe(
         name="local",
         description="Local: SmolLM2-135M, Qwen2.5-Coder-0.5B, Qwen2.5-Coder-1.5B -> Qwen 1.5B",
@@ -243,10 +248,11 @@ def local() -> Recipe:
         ),
         aggregator="local:qwen2.5-coder-1.5b",
         layers=2,
-        # with staircase on: chunks of 8, 64, 512... tokens. On shared CPU cores nothing
-        # overlaps and every round reads the prompt's changed tail again (prefill is only ~2.5x
-        # decoding there), so few rounds keep the wall time near staircase off (README).
-        options={"temperature": 0.7, "max_tokens": 256, "staircase_growth": 8.0},
+        # staircase chunks of 8, 64, 512... tokens: the answer starts after the first 8 tokens
+        # of each proposer. On shared CPU cores nothing overlaps and every round reads the
+        # prompt's changed tail again (prefill is only ~2.5x decoding there), so few rounds keep
+        # the wall time near staircase off (docs/guides/staircase.md).
+        options={"temperature": 0.7, "max_tokens": 256, "staircase": 8, "staircase_growth": 8.0},
     )
 
 

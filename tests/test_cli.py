@@ -210,3 +210,28 @@ def test_python_dash_m_moa_graph_is_the_same_command() -> None:
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "aggregation" in done.stdout and "RuntimeWarning" not in done.stderr
+
+
+def test_progress_lines_wait_until_a_streaming_answer_ends() -> None:
+    """Staircase streaming starts the answer while proposers still write: their progress lines
+    must not cut through the answer on a terminal."""
+    import io
+
+    from langchain_core.messages import AIMessage
+
+    from moa_graph.cli.console import ProgressPrinter, RunOutcome
+
+    err, out = io.StringIO(), io.StringIO()
+    printer = ProgressPrinter(err=err, out=out)
+    started = {"moa_event": "proposal_started", "layer": 1, "index": 0, "proposer": "a"}
+    finished = {"moa_event": "proposal_finished", "layer": 1, "index": 0, "proposer": "a",
+                "latency_s": 2.0}  # fmt: skip
+    printer.event(started)
+    assert err.getvalue() == "  layer 1 | a: running\n"  # before the answer: at once
+    printer.token("Par")
+    printer.event(finished)
+    printer.token("is")
+    assert err.getvalue() == "  layer 1 | a: running\n" and out.getvalue() == "Paris"
+    printer.finish(RunOutcome(AIMessage("Paris"), [], 1.0), streamed=True)
+    assert out.getvalue() == "Paris\n"
+    assert err.getvalue().splitlines()[1] == "  layer 1 | a: done in 2.0s"

@@ -45,6 +45,9 @@ class RunOutcome:
 class ProgressPrinter:
     """Prints one line per progress event and streams the aggregator's tokens.
 
+    Once the answer streams (staircase streaming starts it while proposers still write), later
+    progress lines wait until it ends, so they never cut through the answer on a terminal.
+
     Example:
         >>> import io
         >>> err, out = io.StringIO(), io.StringIO()
@@ -59,6 +62,7 @@ class ProgressPrinter:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     stream_answer: bool = True
     show_proposals: bool = False
+    _held: list[str] | None = field(default=None, init=False, repr=False)
 
     def event(self, event: Mapping[str, Any]) -> None:
         kind, layer = event["moa_event"], event["layer"]
@@ -82,10 +86,15 @@ class ProgressPrinter:
             )
         else:
             return
-        print(line, file=self.err, flush=True)
+        if self._held is not None:
+            self._held.append(line)
+        else:
+            print(line, file=self.err, flush=True)
 
     def token(self, text: str) -> None:
         if self.stream_answer:
+            if self._held is None:
+                self._held = []
             self.out.write(text)
             self.out.flush()
 
@@ -100,6 +109,9 @@ class ProgressPrinter:
                 self.out.write(outcome.answer.text)
             self.out.write("\n")
             self.out.flush()
+        for line in self._held or ():
+            print(line, file=self.err, flush=True)
+        self._held = None
         usage = total_usage(outcome.proposals, outcome.answer)
         calls = sum(p["attempts"] for p in outcome.proposals) + int(
             outcome.answer.response_metadata.get("moa_aggregator_calls", 1)
