@@ -10,8 +10,10 @@
 # Stages of 50 items, both seeds in turn, so an interrupted run leaves complete, reportable
 # subsets of both; rerunning resumes from the caches (answers in cache.jsonl, model calls in
 # calls.sqlite) and, once everything is answered, rebuilds every report with no model call.
-# Reports: experiments/DATASET-per-item/seedS (per seed); pooled over both seeds by
-# experiments/pooled_seeds.py (README, "Independent draws per item").
+# Reports: experiments/DATASET-per-item/seedS (per seed, as moa-graph eval writes them); the
+# tables of docs/experiments.md, each seed and both pooled, from the committed caches with no
+# model call: python experiments/pooled_seeds.py experiments/DATASET-per-item --dataset DATASET \
+#   --limit 200 --draw-seed 0 --seeds 1 2 --systems <the SYSTEMS below>
 # Usage: sh experiments/run_seeds.sh [moa-graph command] [data sets]
 set -e
 MOA=${1:-moa-graph}
