@@ -384,3 +384,23 @@ def test_the_committed_experiment_keeps_its_cache_keys(
             spec, max_tokens=320, seed=0, seed_mode="fixed", answer_extractor=extractor
         )
         assert system.key in cached or "staircase" in spec, spec  # the staircase ones are new
+
+
+def test_the_per_item_seed_experiment_keeps_its_cache_keys(local_models_present: None) -> None:
+    """``experiments/run_seeds.sh`` resumes from its committed cache (and
+    ``experiments/pooled_seeds.py`` finds its answers) only while every system's key is the one
+    it was answered under, for each base seed."""
+    script = Path("experiments/run_seeds.sh").read_text()
+    setup = script.split("for dataset")[0]  # the variable definitions
+    systems = subprocess.run(["sh", "-c", setup + 'echo "$SYSTEMS"'], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+    cached = {json.loads(line)["key"][0] for line in
+              Path("experiments/gsm8k-per-item/cache.jsonl").read_text().splitlines()}  # fmt: skip
+    assert len(systems) == 4
+    keys = set()
+    for seed in (1, 2):
+        for spec in systems:
+            system = parse_system(spec, max_tokens=320, seed=seed, answer_extractor="number")
+            assert system.seed_mode == "per-item"
+            keys.add(system.key)
+    assert cached and cached <= keys  # every stored answer is found again
