@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from moa_graph.local import weights
+from moa_graph.testing import OpenAICompatibleServer
+from tests.support.snippets import snippet_environment
 
 
 @pytest.fixture
@@ -65,3 +67,17 @@ def _fresh_openai_async_clients() -> Iterator[None]:
 
     yield
     _cached_async_httpx_client.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def snippet_server() -> Iterator[OpenAICompatibleServer]:
+    """The loopback server answering the documentation's hosted models."""
+    with OpenAICompatibleServer() as running:
+        yield running
+
+
+@pytest.fixture
+def snippet_env(snippet_server: OpenAICompatibleServer) -> dict[str, str]:
+    """The environment a documentation snippet runs in (see ``tests.support.snippets``)."""
+    snippet_server.reset()
+    return snippet_environment(snippet_server)

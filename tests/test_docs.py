@@ -13,6 +13,8 @@ import pytest
 
 from moa_graph.cli.models import models_table
 from moa_graph.cli.options import serve_options_table, settings_table, strategies_table
+from moa_graph.testing import OpenAICompatibleServer
+from tests.support.snippets import hosted_models, python_blocks, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -50,3 +52,19 @@ def test_no_tracker_talk_in_the_docs() -> None:
 
 def test_the_changelog_page_is_the_changelog() -> None:
     assert '--8<-- "CHANGELOG.md"' in page("changelog.md")
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("getting-started.md", 1), ("guides/api.md", 0), ("guides/graphs.md", 0)],
+)
+def test_the_guides_whole_examples_run_as_written(
+    name: str, index: int, snippet_env: dict[str, str], snippet_server: OpenAICompatibleServer
+) -> None:
+    """The guides' complete examples run against the loopback server (hosted providers'
+    models answered there); fragments that need their page's context are not run."""
+    block = python_blocks(page(name))[index]
+    result = run_block(block, snippet_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    named = hosted_models(block)
+    assert named and named <= {request.model for request in snippet_server.requests()}

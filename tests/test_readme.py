@@ -1,26 +1,23 @@
 """The README sells the package to a new user, and everything it shows works as shown.
 
-Every Python block runs as written, in a process of its own: the hosted providers' blocks against
-the loopback OpenAI-compatible server (``OPENAI_BASE_URL`` and ``TOGETHER_API_BASE`` point there),
-the keyless block on the embedded models.
+Every Python block runs as written, in a process of its own (``tests.support.snippets``): the
+hosted providers' blocks against the loopback OpenAI-compatible server, the keyless block on the
+embedded models.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from moa_graph.testing import OpenAICompatibleServer
+from tests.support.snippets import hosted_models, python_blocks, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-PYTHON_BLOCKS = re.findall(r"^```python\n(.*?)^```$", README, flags=re.MULTILINE | re.DOTALL)
+PYTHON_BLOCKS = python_blocks(README)
 
 
 def test_the_readme_is_short() -> None:
@@ -50,50 +47,26 @@ def test_every_relative_link_reaches_a_file() -> None:
     assert missing == []
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[OpenAICompatibleServer]:
-    with OpenAICompatibleServer() as running:
-        yield running
-
-
-@pytest.fixture
-def loopback(server: OpenAICompatibleServer) -> dict[str, str]:
-    """The environment a README block runs in: hosted providers answered by the loopback
-    server, with placeholder keys."""
-    server.reset()
-    env = {**os.environ, "OPENAI_API_KEY": "sk-readme-placeholder",
-           "OPENAI_BASE_URL": server.base_url, "TOGETHER_API_KEY": "readme-placeholder",
-           "TOGETHER_API_BASE": server.base_url}  # fmt: skip
-    for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGSMITH_TRACING"):
-        env.pop(name, None)
-    return env
-
-
-def run_block(block: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", block], env=env, capture_output=True,
-                          text=True, cwd=ROOT, timeout=900)  # fmt: skip
-
-
 def test_there_are_python_blocks_for_each_way_to_use_it() -> None:
     assert len(PYTHON_BLOCKS) == 4
 
 
 @pytest.mark.parametrize("index", [1, 2, 3])
 def test_the_hosted_blocks_run_as_written(
-    index: int, loopback: dict[str, str], server: OpenAICompatibleServer
+    index: int, snippet_env: dict[str, str], snippet_server: OpenAICompatibleServer
 ) -> None:
     block = PYTHON_BLOCKS[index]
-    result = run_block(block, loopback)
+    result = run_block(block, snippet_env)
     assert result.returncode == 0, result.stderr[-2000:]
-    named = set(re.findall(r'"(?:together|openai):([^"]+)"', block))
+    named = hosted_models(block)
     assert named  # every model the block names was asked, through its provider's client
-    assert named <= {request.model for request in server.requests()}
+    assert named <= {request.model for request in snippet_server.requests()}
 
 
 @pytest.mark.local_model
-def test_the_keyless_block_runs_on_the_embedded_models(loopback: dict[str, str]) -> None:
+def test_the_keyless_block_runs_on_the_embedded_models(snippet_env: dict[str, str]) -> None:
     block = PYTHON_BLOCKS[0]
     assert "presets.local()" in block
-    result = run_block(block, loopback)
+    result = run_block(block, snippet_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip()
