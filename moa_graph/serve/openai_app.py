@@ -114,8 +114,12 @@ def mixture_from_source(source: MixtureSource) -> ChatMixtureOfAgents:
     """
     from moa_graph.presets import choose_recipe
 
-    recipe = choose_recipe(preset=source.get("preset"), config=source.get("config"))
-    return recipe.chat_model(**source.get("overrides", {}))
+    overrides = source.get("overrides", {})
+    own_models = "proposers" in overrides and "aggregator" in overrides
+    recipe = choose_recipe(
+        preset=source.get("preset"), config=source.get("config"), own_models=own_models
+    )
+    return recipe.chat_model(**overrides)
 
 
 class _Endpoints:
