@@ -87,13 +87,18 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     types = {"int": int, "float": float}  # the fields' annotations, as strings
     for option in fields(ServeOptions):
+        flag, doc = "--" + option.name.replace("_", "-"), option.metadata["doc"]
+        if str(option.type) == "bool":
+            group.add_argument(flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                               default=option.default, help=doc)  # fmt: skip
+            continue
         group.add_argument(
-            "--" + option.name.replace("_", "-"),
+            flag,
             dest=option.name,
             type=types.get(str(option.type), str),
             default=option.default,
             metavar=option.name.upper(),
-            help=f"{option.metadata['doc']} (default: {option.metadata['shown']})",
+            help=f"{doc} (default: {option.metadata['shown']})",
         )
 
 

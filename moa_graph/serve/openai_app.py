@@ -42,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from moa_graph.chat_model import THREAD_KWARG, ChatMixtureOfAgents
+from moa_graph.engine import strategies
 from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
@@ -61,6 +62,8 @@ from moa_graph.serve.openai_requests import (
     parse_chat_request,
 )
 from moa_graph.serve.options import ServeOptions
+from moa_graph.serve.playground_page import playground_routes
+from moa_graph.serve.run_events import RunEventsResponse, parse_run_request
 from moa_graph.serve.runner import NoDelayH11Protocol, UvicornServer, http_url
 from moa_graph.settings import check_known
 
@@ -135,6 +138,7 @@ class _Endpoints:
         body_timeout: float,
         checkpoint: str | None = None,
         lease_seconds: float = DEFAULTS.lease_seconds,
+        playground: bool = DEFAULTS.playground,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key: give a non-empty key, or None for no authentication")
@@ -147,6 +151,7 @@ class _Endpoints:
         self._api_key = api_key.encode() if api_key else None
         self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
         self.kept_runs = KeptRuns(checkpoint, lease_seconds) if checkpoint else None
+        self.playground = playground
 
     def app(self) -> Starlette:
         routes = [
@@ -157,6 +162,13 @@ class _Endpoints:
                 Route(prefix + "/models", self.models, methods=["GET"]),
             )
         ]
+        routes.append(Route("/v1/moa/runs", self.runs, methods=["POST"]))
+        if self.playground:
+            routes += playground_routes(
+                auth_required=self._api_key is not None,
+                model_name=self.model_name,
+                aggregations=[strategy.name for strategy in strategies.all_strategies()],
+            )
         return Starlette(
             routes=routes,
             middleware=[Middleware(FramingGuard)],
@@ -209,6 +221,19 @@ class _Endpoints:
         if IDEMPOTENCY_HEADER in request.headers and self.kept_runs is None:
             chat = dataclasses.replace(chat, ignored=(*chat.ignored, IDEMPOTENCY_HEADER))
         return _RunResponse(self, chat, thread)
+
+    async def runs(self, request: Request) -> Response:
+        """``POST /v1/moa/runs``: one run as server-sent events (``moa_graph.serve.run_events``)."""
+        if denied := self._unauthorized(request):
+            return denied
+        try:
+            body = await read_body(
+                request, max_bytes=self.max_body_bytes, timeout=self.body_timeout
+            )
+            chat, choices = parse_run_request(body, served_name=self.model_name, moa=self.moa)
+        except RequestError as exc:
+            return error_response(exc)
+        return RunEventsResponse(self.moa, chat, choices, self.run_error)
 
     def _thread_of(self, request: Request) -> str | None:
         """The thread keeping this request's run: from its ``Idempotency-Key``, if any and
@@ -391,6 +416,7 @@ def create_app(
     body_timeout: float = DEFAULTS.body_timeout,
     checkpoint: str | None = DEFAULTS.checkpoint,
     lease_seconds: float = DEFAULTS.lease_seconds,
+    playground: bool = DEFAULTS.playground,
 ) -> Starlette:
     """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
 
@@ -405,12 +431,15 @@ def create_app(
             ``moa_graph.checkpoints`` URL); without it the header is ignored (and listed in
             ``X-MoA-Ignored-Params``).
         lease_seconds: How long the key of a run whose worker died stays locked (409).
+        playground: Serve the playground page at ``/`` (the run-event stream it reads,
+            ``POST /v1/moa/runs``, is served either way).
 
     Example:
         >>> from moa_graph.presets import local_tiny
         >>> app = create_app(local_tiny().chat_model(), model_name="moa", api_key="k")
-        >>> [route.path for route in app.routes]
-        ['/v1/chat/completions', '/v1/models', '/chat/completions', '/models']
+        >>> [route.path for route in app.routes]  # doctest: +NORMALIZE_WHITESPACE
+        ['/v1/chat/completions', '/v1/models', '/chat/completions', '/models', '/v1/moa/runs',
+         '/', '/playground/{name}']
     """
     endpoints = _Endpoints(
         moa,
@@ -420,6 +449,7 @@ def create_app(
         body_timeout=body_timeout,
         checkpoint=checkpoint,
         lease_seconds=lease_seconds,
+        playground=playground,
     )
     return endpoints.app()
 
@@ -441,6 +471,7 @@ class MoAServer(UvicornServer):
         timeout_keep_alive: Seconds an idle keep-alive connection stays open.
         checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept.
         lease_seconds: How long the key of a run whose worker died stays locked (409).
+        playground: Serve the playground page at ``/``.
 
     Example:
         >>> import openai
@@ -474,6 +505,7 @@ class MoAServer(UvicornServer):
         timeout_keep_alive: int = DEFAULTS.timeout_keep_alive,
         checkpoint: str | None = DEFAULTS.checkpoint,
         lease_seconds: float = DEFAULTS.lease_seconds,
+        playground: bool = DEFAULTS.playground,
     ) -> None:
         self._endpoints = _Endpoints(
             moa,
@@ -483,6 +515,7 @@ class MoAServer(UvicornServer):
             body_timeout=body_timeout,
             checkpoint=checkpoint,
             lease_seconds=lease_seconds,
+            playground=playground,
         )
         super().__init__(
             self._endpoints.app(),
@@ -530,6 +563,7 @@ def app_from_environment() -> Starlette:
         body_timeout=settings["body_timeout"],
         checkpoint=settings["checkpoint"],
         lease_seconds=settings["lease_seconds"],
+        playground=settings["playground"],
     )
 
 
@@ -548,7 +582,7 @@ def serve(
             reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
         **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
             ``checkpoint``, ``lease_seconds``, ``max_body_bytes``, ``body_timeout``,
-            ``timeout_keep_alive``).
+            ``timeout_keep_alive``, ``playground``).
 
     Raises:
         ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
@@ -578,6 +612,7 @@ def serve(
             "body_timeout": opts.body_timeout,
             "checkpoint": opts.checkpoint,
             "lease_seconds": opts.lease_seconds,
+            "playground": opts.playground,
         }
         os.environ[SERVE_ENV] = json.dumps(settings)
         if api_key:
@@ -596,6 +631,7 @@ def serve(
             body_timeout=opts.body_timeout,
             checkpoint=opts.checkpoint,
             lease_seconds=opts.lease_seconds,
+            playground=opts.playground,
         )
     name = repr(model_name) if model_name else "the mixture"
     url = http_url(opts.host, opts.port) + "/v1"

@@ -57,6 +57,9 @@ class ServeOptions:
     timeout_keep_alive: int = _option(
         5, "seconds an idle keep-alive connection stays open", minimum=1
     )
+    playground: bool = _option(
+        True, "serve the playground page at / (--no-playground leaves it out)", shown="on"
+    )
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
