@@ -101,3 +101,19 @@ def test_the_key_is_kept_for_the_tab_only(
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def test_a_vote_chosen_in_the_page_shows_its_tally(
+    page: Page, served: MoAServer, upstream: OpenAICompatibleServer
+) -> None:
+    upstream.set_script("p1", ModelScript(reply="The answer is 42."))
+    upstream.set_script("p2", ModelScript(reply="So 42."))
+    page.goto(page_url(served))
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_label("Question").fill("What is six times seven?")
+    page.get_by_label("Aggregation").select_option("vote")
+    page.get_by_role("button", name="Ask").click()
+    answer = page.get_by_role("region", name="Answer")
+    expect(answer).to_contain_text("Vote: 42", timeout=20_000)
+    expect(answer).to_contain_text("42: 2 votes")
+    assert upstream.requests_for("agg") == []  # the vote agreed: no aggregator call

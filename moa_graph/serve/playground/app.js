@@ -161,7 +161,11 @@
     if (usage.output_tokens != null) {
       parts.push(`${usage.output_tokens} token${usage.output_tokens === 1 ? "" : "s"}`);
     }
-    if (proposal.attempts > 1) parts.push(`${proposal.attempts - 1} retries`);
+    if (proposal.attempts > 1 && !proposal.rounds) {
+      // a staircase counts its rounds as attempts: retries show only outside one
+      const retries = proposal.attempts - 1;
+      parts.push(`${retries} ${retries === 1 ? "retry" : "retries"}`);
+    }
     if (proposal.confidence != null) parts.push(`confidence ${proposal.confidence.toFixed(2)}`);
     if (proposal.rounds) parts.push(`${proposal.rounds} rounds`);
     return parts.join(" · ");
@@ -240,7 +244,11 @@
   };
 
   function showTally(votes) {
-    const counts = votes.counts || {};
+    const counts = {}; // the record lists each proposal's answer (null: none could be read)
+    for (const answer of votes.answers || []) {
+      const key = answer == null ? "no clear answer" : answer;
+      counts[key] = (counts[key] || 0) + 1;
+    }
     const list = document.createElement("ul");
     for (const [answer, count] of Object.entries(counts)) {
       const item = document.createElement("li");
