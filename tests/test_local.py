@@ -385,6 +385,26 @@ def test_openmp_defaults_are_set_before_llama_cpp_loads_openmp(
     assert seen["spins"] == OPENMP_DEFAULTS["GOMP_SPINCOUNT"]
 
 
+_EXIT_MID_STREAM = """
+from moa_graph.local import create_local_chat_model
+chunks = create_local_chat_model("smollm2-135m", max_tokens=400).stream(
+    "Count from 1 to 300, one number a line.")
+for _ in range(3):
+    next(chunks)
+print("left mid-stream")
+"""
+
+
+@pytest.mark.local_model
+def test_a_process_that_exits_while_a_model_writes_exits_cleanly() -> None:
+    # llama.cpp's worker thread, left writing, used to be unwound through C++ at exit: abort
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _EXIT_MID_STREAM], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "left mid-stream"
+
+
 # --- registry, assembly and validation (no real model needed) -------------------------------
 
 

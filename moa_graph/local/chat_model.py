@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -205,6 +206,48 @@ def _get_engine(path: Path, n_ctx: int, n_threads: int, slots: int) -> _Engine:
         with _engines_guard:
             _engines[key] = engine
         return engine
+
+
+class _Generations:
+    """The streaming generations running in worker threads, stopped before the interpreter exits.
+
+    A worker thread spends its time in llama.cpp, which calls back into Python for each chunk.
+    Left running at exit (a staircase round given up a moment before, a caller that stopped
+    reading), such a thread is unwound by the interpreter's finalization through llama.cpp's C++
+    frames, and the process aborts ("FATAL: exception not rethrown"). So at exit every running
+    generation is asked to stop (llama.cpp stops at its next token) and waited for.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[threading.Event, threading.Thread] = {}
+        self._guard = threading.Lock()
+        self._registered = False
+
+    def started(self, thread: threading.Thread, cancel: threading.Event) -> None:
+        with self._guard:
+            self._running[cancel] = thread
+            if not self._registered:
+                atexit.register(self.stop_all)
+                self._registered = True
+
+    def finished(self, cancel: threading.Event) -> None:
+        with self._guard:
+            self._running.pop(cancel, None)
+
+    def stop_all(self, timeout: float = 30.0) -> int:
+        """Ask every running generation to stop and wait for them (at most ``timeout`` seconds
+        in all); how many were running."""
+        with self._guard:
+            running = list(self._running.items())
+        for cancel, _ in running:
+            cancel.set()
+        deadline = time.monotonic() + timeout
+        for _, thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return len(running)
+
+
+_generations = _Generations()
 
 
 def unload_local_models() -> int:
@@ -539,8 +582,12 @@ class ChatLocalModel(BaseChatModel):
                 emit(exc)
             else:
                 emit(_DONE)
+            finally:
+                _generations.finished(cancel)
 
-        threading.Thread(target=work, name="moa-graph-local", daemon=True).start()
+        thread = threading.Thread(target=work, name="moa-graph-local", daemon=True)
+        _generations.started(thread, cancel)
+        thread.start()
 
     def _chunks(self, raw: Any, state: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
         """Turn one raw llama.cpp chunk (or error) into text chunks; remember finish/usage."""
