@@ -54,6 +54,7 @@ from pydantic_core import PydanticCustomError
 from moa_graph.answers import EXTRACTORS, Extractor, extractor_name
 from moa_graph.engine import strategies
 from moa_graph.engine.references import TokenCounter, approximate_tokens
+from moa_graph.engine.strategies import Strategy
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
 
 TOKEN_COUNTERS: dict[str, TokenCounter] = {"approximate": approximate_tokens}
@@ -69,8 +70,17 @@ def _import_object(path: str, setting: str) -> Any:
         raise ValueError(f"{setting}: cannot import {path!r}: {exc}") from None
 
 
-def _known_strategy(name: str) -> str:
-    known = strategies.names()
+def _known_strategy(name: str | Strategy) -> str | Strategy:
+    """A strategy's name, or a ``Strategy`` instance (kept as it is)."""
+    if isinstance(name, Strategy):
+        if not isinstance(getattr(name, "name", None), str):
+            raise ValueError(f"aggregation: {type(name).__name__} needs a name (a str)")
+        return name
+    try:
+        strategies.get(name)  # built-in names first: entry points are read only for others
+        return name
+    except KeyError:
+        known = strategies.names()
     if name not in known:
         raise PydanticCustomError(
             "literal_error",
@@ -197,9 +207,9 @@ class MixtureSettings(BaseModel):
         None, "cap on this mixture's model calls in flight at once", ge=1
     )
     max_input_chars: int = setting(400_000, "longest conversation accepted, in characters", ge=1)
-    aggregation: Annotated[str, AfterValidator(_known_strategy)] = setting(
-        "synthesize", "how the final answer is made (a strategy name)",
-        per_run=True, identifying=True,
+    aggregation: Annotated[str | Strategy, AfterValidator(_known_strategy)] = setting(
+        "synthesize", "how the final answer is made (a strategy name, or a Strategy)",
+        per_run=True, identifying=True, strict=False,
     )  # fmt: skip
     answer_extractor: Annotated[
         str | Extractor | None, _function("answer_extractor", EXTRACTORS, resolve=False)
@@ -333,6 +343,8 @@ class SettingSpec:
             return "none"
         if isinstance(value, bool):
             return str(value).lower()
+        if isinstance(value, Strategy):
+            return value.name
         if self.name == "token_counter":
             return next((k for k, f in TOKEN_COUNTERS.items() if f is value), _qualname(value))
         if self.name == "answer_extractor":
@@ -345,7 +357,7 @@ class SettingSpec:
 
     def identity(self, value: Any) -> Any:
         """A value as a mixture's identity records it: functions by name, the rest as is."""
-        if callable(value) and not isinstance(value, type):
+        if isinstance(value, Strategy) or (callable(value) and not isinstance(value, type)):
             return self.display(value)
         return value
 
@@ -551,7 +563,7 @@ def check_value(name: str, value: Any) -> Any:
 def _adapter(name: str) -> TypeAdapter[Any]:
     field = MixtureSettings.model_fields[name]
     annotated: Any = Annotated[field.annotation, *field.metadata]  # validators and bounds
-    return TypeAdapter(annotated)
+    return TypeAdapter(annotated, config=ConfigDict(arbitrary_types_allowed=True))
 
 
 def described(exc: ValidationError, name: str | None = None) -> str:
