@@ -50,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
 
 from moa_graph.answers import EXTRACTORS, Extractor, extractor_name
 from moa_graph.engine import strategies
@@ -280,6 +281,44 @@ class MixtureSettings(BaseModel):
             for name, spec in SETTINGS.items()
             if getattr(self, name) != spec.default
         }
+
+
+class MixtureSettingsDict(TypedDict, total=False):
+    """Every setting as a keyword a type checker sees (``create_moa_graph(...,
+    **settings: Unpack[MixtureSettingsDict])``): mypy and pyright refuse a misspelt name or a
+    value of the wrong type before anything runs. Kept equal to ``MixtureSettings`` (its names
+    and types) by a test.
+
+    Example:
+        >>> settings: MixtureSettingsDict = {"first_k": 2, "aggregation": "vote"}
+        >>> settings_from(settings).first_k
+        2
+    """
+
+    prompt: str
+    temperature: float | None
+    max_tokens: int | None
+    timeout: float | None
+    max_retries: int
+    rate_limits: dict[str, float] | None
+    min_proposals: int
+    fail_mode: Literal["best_effort", "fail_fast"]
+    first_k: int | None
+    layer_timeout: float | None
+    fallback_to_aggregator: bool
+    max_reference_tokens: int | None
+    token_counter: TokenCounter
+    max_concurrent_calls: int | None
+    max_input_chars: int
+    aggregation: str | Strategy
+    answer_extractor: str | Extractor | None
+    shuffle_references: bool
+    seed: int | None
+    confidence_temperature: float
+    aggregation_window: int | None
+    early_exit: bool
+    staircase: int | None
+    staircase_growth: float
 
 
 # -- what every surface reads off the declaration ------------------------------------------------

@@ -233,4 +233,4 @@ def test_no_moa_attribute_is_read_with_getattr_outside_the_protocol() -> None:
             continue
         text = path.read_text()
         assert "declared(" not in text.replace("def declared(", ""), path
-        assert 'getattr(model, "moa_' not in text and "getattr(self, \"moa_" not in text, path
+        assert 'getattr(model, "moa_' not in text and 'getattr(self, "moa_' not in text, path
