@@ -21,7 +21,7 @@ from langchain_core.runnables import Runnable, RunnableBinding
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from moa_graph.backend import Continuation, traits_of
-from moa_graph.engine.calls import CallPolicy
+from moa_graph.call_policy import CallPolicy
 from moa_graph.settings import DEFAULTS, MixtureSettings
 
 ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]

@@ -54,9 +54,9 @@ from typing_extensions import TypedDict
 
 from moa_graph.answers import EXTRACTORS, Extractor, extractor_name
 from moa_graph.engine import strategies
-from moa_graph.engine.references import TokenCounter, approximate_tokens
 from moa_graph.engine.strategies import Strategy
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.tokens import TokenCounter, approximate_tokens
 
 TOKEN_COUNTERS: dict[str, TokenCounter] = {"approximate": approximate_tokens}
 """Token counters by name (``token_counter = "approximate"`` in a recipe or on the command line)."""
