@@ -174,6 +174,10 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     another aggregator, a seed...); they are checked before any call, like the constructor's
     arguments. A misspelt field is refused, naming the closest one.
 
+    A field assigned after construction (``moa.layers = 3``, ``moa.aggregation = "vote"``,
+    ``moa.temperature = 0.2``) takes effect on the next run, as with other chat models; an
+    invalid value is refused with the constructor's error naming the field.
+
     Example:
         >>> from langchain_core.language_models import GenericFakeChatModel
         >>> from langchain_core.messages import AIMessage
