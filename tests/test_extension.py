@@ -234,3 +234,15 @@ def test_no_moa_attribute_is_read_with_getattr_outside_the_protocol() -> None:
         text = path.read_text()
         assert "declared(" not in text.replace("def declared(", ""), path
         assert 'getattr(model, "moa_' not in text and 'getattr(self, "moa_' not in text, path
+
+
+def test_the_run_event_streams_shape_names_a_strategy_instance() -> None:
+    from moa_graph.serve.run_events import run_shape
+
+    proposers, aggregator = mixture()
+    moa = ChatMixtureOfAgents(
+        proposers=proposers, aggregator=aggregator, layers=2, aggregation=Longest()
+    )
+    shape = run_shape(moa.plan)
+    assert shape["aggregation"] == "longest"
+    json.dumps(shape)
