@@ -174,6 +174,10 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     another aggregator, a seed...); they are checked before any call, like the constructor's
     arguments. A misspelt field is refused, naming the closest one.
 
+    A field assigned after construction (``moa.layers = 3``, ``moa.aggregation = "vote"``,
+    ``moa.temperature = 0.2``) takes effect on the next run, as with other chat models; an
+    invalid value is refused with the constructor's error naming the field.
+
     Example:
         >>> from langchain_core.language_models import GenericFakeChatModel
         >>> from langchain_core.messages import AIMessage
@@ -205,31 +209,96 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
     _plan: MixturePlan = PrivateAttr()
     _graph: CompiledStateGraph[Any, Any, Any, Any] = PrivateAttr()
     _kept: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
+    _checkpointer: BaseCheckpointSaver[Any] | None = PrivateAttr(default=None)
+    _built_from: tuple[Any, ...] = PrivateAttr(default=())
+    """The fingerprint of the fields the plan and graph were built from (``_fingerprint``)."""
 
     @model_validator(mode="after")
     def _build_mixture(self) -> Self:
-        settings = MixtureSettings.model_construct(  # each one validated as a field of ours
-            **{name: getattr(self, name) for name in SETTINGS}
-        )
-        self._plan = build_plan(
-            self.proposers, aggregator=self.aggregator, layers=self.layers, settings=settings
-        )
-        self._graph = build_graph(self._plan).compile(name="mixture_of_agents")
+        self._build()
         return self
+
+    def _build(self, plan: MixturePlan | None = None) -> None:
+        """Build the plan (unless given) and the graphs (the kept one too) from the fields as
+        they are now."""
+        fingerprint = self._fingerprint()
+        if plan is None:
+            settings = MixtureSettings.model_construct(  # each one validated as a field of ours
+                **{name: getattr(self, name) for name in SETTINGS}
+            )
+            plan = build_plan(
+                self.proposers, aggregator=self.aggregator, layers=self.layers, settings=settings
+            )
+        checkpointer = getattr(self, "_checkpointer", None)
+        self._plan = plan
+        self._graph = build_graph(plan).compile(name="mixture_of_agents")
+        self._checkpointer = checkpointer
+        self._kept = (
+            None
+            if checkpointer is None
+            else build_graph(plan).compile(checkpointer=checkpointer, name="mixture_of_agents")
+        )
+        self._built_from = fingerprint
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A field that shapes the mixture (``proposers``, ``aggregator``, ``layers``, every
+        setting) is validated with the others, as the constructor would, and the plan and graph
+        are rebuilt: the next run uses it. An invalid value is refused (``ValueError`` naming
+        the field) and changes nothing. Other fields (``stop``, ``streaming``, callbacks...)
+        are read by every call anyway.
+
+        Example:
+            >>> from langchain_core.language_models import GenericFakeChatModel
+            >>> fake = GenericFakeChatModel(messages=iter([]))
+            >>> moa = ChatMixtureOfAgents(proposers=[fake, fake], aggregator=fake, layers=2)
+            >>> moa.layers = 3
+            >>> moa.plan.layers
+            3
+            >>> try:
+            ...     moa.first_k = 0
+            ... except ValueError as error:
+            ...     print(str(error).splitlines()[1])
+            first_k
+            >>> moa.first_k is None
+            True
+        """
+        if name not in MIXTURE_FIELDS:
+            super().__setattr__(name, value)
+            return
+        fields = type(self).model_fields
+        values = {field: getattr(self, field) for field in self.model_fields_set if field in fields}
+        fresh = type(self)(**{**values, name: value})  # raises before anything changes
+        super().__setattr__(name, getattr(fresh, name))
+        self._build(fresh._plan)
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """What the plan is built from, compared by value (lists and dicts by their items,
+        models and functions by identity): changed in place, it tells the next run to
+        rebuild."""
+        fields = self.__dict__
+        return tuple(_frozen(fields.get(name)) for name in MIXTURE_FIELDS_ORDER)
+
+    def _current(self) -> MixturePlan:
+        """The plan, rebuilt first if a field it is built from changed since (a list edited in
+        place, ``model_copy(update=...)``): no change is silently ignored."""
+        if self._fingerprint() != self._built_from:
+            self._build()
+        return self._plan
 
     @property
     def model_name(self) -> str:
         """``"moa:<aggregator model>"``, reported as ``response_metadata["model_name"]``."""
-        return f"moa:{self._plan.aggregator.model_name}"
+        return f"moa:{self._current().aggregator.model_name}"
 
     @property
     def plan(self) -> MixturePlan:
         """The validated plan: proposer layers (names, models) and the aggregator."""
-        return self._plan
+        return self._current()
 
     @property
     def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The compiled graph this chat model runs (for inspection and drawing)."""
+        self._current()
         return self._graph
 
     @property
@@ -263,13 +332,15 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             'Paris, surely.'
         """
         kept = self.model_copy()
-        kept._kept = build_graph(self._plan).compile(
+        kept._checkpointer = checkpointer
+        kept._kept = build_graph(self._current()).compile(
             checkpointer=checkpointer, name="mixture_of_agents"
         )
         return kept
 
     def _graph_for(self, thread: str | None) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The graph a call runs: the kept one for a call on a thread."""
+        self._current()
         if thread is None:
             return self._graph
         if self._kept is None:
@@ -284,6 +355,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         """The mixture's shape, the identifying settings, any other setting not at its default,
         and the refinements of a setting that is on, never those of one that is off (they
         change nothing); the evaluation cache keys results on these."""
+        self._current()
         params: dict[str, Any] = {
             "layers": self._plan.layers,
             "proposers": [[slot.name for slot in layer] for layer in self._plan.proposer_layers],
@@ -345,7 +417,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             >>> moa.bind_tools([add], tool_choice="any").kwargs
             {'tools': ['add'], 'tool_choice': 'any'}
         """
-        model = _unwrap(self._plan.aggregator.model)
+        model = _unwrap(self._current().aggregator.model)
         if not isinstance(model, BaseChatModel):
             raise NotImplementedError(
                 f"aggregator: {type(model).__name__} is not a chat model with bind_tools"
@@ -387,7 +459,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             >>> # ChatMixtureOfAgents(...).with_structured_output(Answer).invoke("2 + 2?")
             >>> # -> Answer(value=4)
         """
-        model = _unwrap(self._plan.aggregator.model)
+        model = _unwrap(self._current().aggregator.model)
         own = isinstance(model, BaseChatModel) and (
             type(model).with_structured_output is not BaseChatModel.with_structured_output
         )
@@ -475,7 +547,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
                 f"configurable.{CONFIG_KEY}: unknown key(s) {unknown}; "
                 f"{suggestion(unknown[0], RUN_KEYS)}"
             )
-        run_plan(self._plan, choices)  # ValueError naming the key, before any call
+        run_plan(self._current(), choices)  # ValueError naming the key, before any call
         return {**kwargs, CHOICES_KWARG: {**kwargs.get(CHOICES_KWARG, {}), **choices}}
 
     # -- running -------------------------------------------------------------------------------
@@ -711,6 +783,27 @@ class _StreamCollector:
             chunk_position="last",
         )
         yield ChatGenerationChunk(message=last)
+
+
+MIXTURE_FIELDS_ORDER: tuple[str, ...] = ("proposers", "aggregator", "layers", *SETTINGS)
+"""The fields a ``ChatMixtureOfAgents`` builds its plan and graph from."""
+MIXTURE_FIELDS = frozenset(MIXTURE_FIELDS_ORDER)
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as a comparable fingerprint: containers by their items, plain values as they
+    are, anything else (a model, a function) by identity."""
+    kind = type(value)
+    if value is None or kind in _PLAIN:
+        return value
+    if kind is list or kind is tuple:
+        return ("seq", *map(_frozen, value))
+    if kind is dict:
+        return ("map", *((key, _frozen(item)) for key, item in value.items()))
+    return ("id", id(value))
+
+
+_PLAIN = frozenset({str, int, float, bool})
 
 
 def _plain_chunk(message: BaseMessage) -> AIMessageChunk:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
@@ -20,13 +20,12 @@ from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.runnables import Runnable, RunnableBinding
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from moa_graph.engine.calls import CallPolicy
+from moa_graph.backend import Continuation, traits_of
+from moa_graph.call_policy import CallPolicy
 from moa_graph.settings import DEFAULTS, MixtureSettings
 
 ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
 LOCAL_PROVIDER = "local"
-Continuation: TypeAlias = Literal["prefill", "vllm"]
-"""How a model continues a partial answer of its own (see ``ProposerSpec.continuation``)."""
 CONTINUATION_ATTRIBUTE = "moa_continuation"
 """A chat model class may declare its ``Continuation`` in this attribute (``ChatLocalModel``
 does)."""
@@ -190,6 +189,7 @@ def resolve_model(
         model = _build_from_string(
             spec, field=field, defaults=defaults, policy=policy, rate_limiters=rate_limiters or {}
         )
+    traits = traits_of(model)
     return ResolvedModel(
         name=spec.name or model_name,
         model_name=model_name,
@@ -198,13 +198,11 @@ def resolve_model(
         samples=spec.samples,
         policy=policy,
         secret=spec.api_key.get_secret_value() if spec.api_key else None,
-        continuation=spec.continuation or declared(model, CONTINUATION_ATTRIBUTE),
-        takes_turns=bool(declared(model, TAKES_TURNS_ATTRIBUTE)),
+        continuation=spec.continuation or traits.continuation,
+        takes_turns=traits.takes_turns,
         samples_in_one_request=spec.samples > 1
-        and _first(
-            spec.samples_in_one_request, bool(declared(model, SAMPLES_IN_ONE_REQUEST_ATTRIBUTE))
-        ),
-        samples_per_request=declared(model, MAX_SAMPLES_PER_REQUEST_ATTRIBUTE),
+        and _first(spec.samples_in_one_request, traits.samples_in_one_request),
+        samples_per_request=traits.max_samples_per_request,
         max_tokens=_first(
             spec.max_tokens,
             getattr(spec.model, "max_tokens", None)
@@ -228,7 +226,10 @@ def chat_model_under(model: ChatRunnable) -> BaseChatModel | None:
 
 
 def declared(model: ChatRunnable, attribute: str) -> Any:
-    """What a chat model class declares in ``attribute`` (under any binding), if anything."""
+    """What a chat model class declares in ``attribute`` (under any binding), if anything.
+
+    The engine reads ``moa_graph.backend.traits_of`` instead (the ``LocalBackend`` protocol,
+    which still honours these attributes)."""
     return getattr(_unbound(model), attribute, None)
 
 

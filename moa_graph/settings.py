@@ -50,11 +50,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
 
 from moa_graph.answers import EXTRACTORS, Extractor, extractor_name
 from moa_graph.engine import strategies
-from moa_graph.engine.references import TokenCounter, approximate_tokens
+from moa_graph.engine.strategies import Strategy
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.tokens import TokenCounter, approximate_tokens
 
 TOKEN_COUNTERS: dict[str, TokenCounter] = {"approximate": approximate_tokens}
 """Token counters by name (``token_counter = "approximate"`` in a recipe or on the command line)."""
@@ -69,8 +71,17 @@ def _import_object(path: str, setting: str) -> Any:
         raise ValueError(f"{setting}: cannot import {path!r}: {exc}") from None
 
 
-def _known_strategy(name: str) -> str:
-    known = strategies.names()
+def _known_strategy(name: str | Strategy) -> str | Strategy:
+    """A strategy's name, or a ``Strategy`` instance (kept as it is)."""
+    if isinstance(name, Strategy):
+        if not isinstance(getattr(name, "name", None), str):
+            raise ValueError(f"aggregation: {type(name).__name__} needs a name (a str)")
+        return name
+    try:
+        strategies.get(name)  # built-in names first: entry points are read only for others
+        return name
+    except KeyError:
+        known = strategies.names()
     if name not in known:
         raise PydanticCustomError(
             "literal_error",
@@ -197,9 +208,9 @@ class MixtureSettings(BaseModel):
         None, "cap on this mixture's model calls in flight at once", ge=1
     )
     max_input_chars: int = setting(400_000, "longest conversation accepted, in characters", ge=1)
-    aggregation: Annotated[str, AfterValidator(_known_strategy)] = setting(
-        "synthesize", "how the final answer is made (a strategy name)",
-        per_run=True, identifying=True,
+    aggregation: Annotated[str | Strategy, AfterValidator(_known_strategy)] = setting(
+        "synthesize", "how the final answer is made (a strategy name, or a Strategy)",
+        per_run=True, identifying=True, strict=False,
     )  # fmt: skip
     answer_extractor: Annotated[
         str | Extractor | None, _function("answer_extractor", EXTRACTORS, resolve=False)
@@ -272,6 +283,44 @@ class MixtureSettings(BaseModel):
         }
 
 
+class MixtureSettingsDict(TypedDict, total=False):
+    """Every setting as a keyword a type checker sees (``create_moa_graph(...,
+    **settings: Unpack[MixtureSettingsDict])``): mypy and pyright refuse a misspelt name or a
+    value of the wrong type before anything runs. Kept equal to ``MixtureSettings`` (its names
+    and types) by a test.
+
+    Example:
+        >>> settings: MixtureSettingsDict = {"first_k": 2, "aggregation": "vote"}
+        >>> settings_from(settings).first_k
+        2
+    """
+
+    prompt: str
+    temperature: float | None
+    max_tokens: int | None
+    timeout: float | None
+    max_retries: int
+    rate_limits: dict[str, float] | None
+    min_proposals: int
+    fail_mode: Literal["best_effort", "fail_fast"]
+    first_k: int | None
+    layer_timeout: float | None
+    fallback_to_aggregator: bool
+    max_reference_tokens: int | None
+    token_counter: TokenCounter
+    max_concurrent_calls: int | None
+    max_input_chars: int
+    aggregation: str | Strategy
+    answer_extractor: str | Extractor | None
+    shuffle_references: bool
+    seed: int | None
+    confidence_temperature: float
+    aggregation_window: int | None
+    early_exit: bool
+    staircase: int | None
+    staircase_growth: float
+
+
 # -- what every surface reads off the declaration ------------------------------------------------
 
 
@@ -333,6 +382,8 @@ class SettingSpec:
             return "none"
         if isinstance(value, bool):
             return str(value).lower()
+        if isinstance(value, Strategy):
+            return value.name
         if self.name == "token_counter":
             return next((k for k, f in TOKEN_COUNTERS.items() if f is value), _qualname(value))
         if self.name == "answer_extractor":
@@ -345,7 +396,7 @@ class SettingSpec:
 
     def identity(self, value: Any) -> Any:
         """A value as a mixture's identity records it: functions by name, the rest as is."""
-        if callable(value) and not isinstance(value, type):
+        if isinstance(value, Strategy) or (callable(value) and not isinstance(value, type)):
             return self.display(value)
         return value
 
@@ -551,7 +602,7 @@ def check_value(name: str, value: Any) -> Any:
 def _adapter(name: str) -> TypeAdapter[Any]:
     field = MixtureSettings.model_fields[name]
     annotated: Any = Annotated[field.annotation, *field.metadata]  # validators and bounds
-    return TypeAdapter(annotated)
+    return TypeAdapter(annotated, config=ConfigDict(arbitrary_types_allowed=True))
 
 
 def described(exc: ValidationError, name: str | None = None) -> str:

@@ -4,6 +4,7 @@ LangGraph Server entry point loads only what serving a graph needs."""
 from __future__ import annotations
 
 import ast
+import itertools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,6 +88,86 @@ def test_the_cycle_check_finds_a_cycle() -> None:
         assert list(imported(path, "moa_graph.a", known)) == ["moa_graph.b"]
     finally:
         path.unlink()
+
+
+def unit(module: str) -> str:
+    """The unit ``module`` belongs to: its innermost package below ``moa_graph``, or itself
+    when it is a top-level module (``moa_graph.engine.plan`` -> ``moa_graph.engine``,
+    ``moa_graph.engine.strategies.vote`` -> ``moa_graph.engine.strategies``)."""
+    parts = module.split(".")
+    for end in range(len(parts), 1, -1):
+        candidate = PACKAGE.parent.joinpath(*parts[:end])
+        if candidate.is_dir() and (candidate / "__init__.py").exists():
+            return ".".join(parts[:end])
+    return module
+
+
+def unit_graph(graph: dict[str, set[str]]) -> dict[str, dict[str, list[str]]]:
+    """Units and the imports between them: ``{unit: {imported unit: [module -> module]}}``."""
+    units: dict[str, dict[str, list[str]]] = {}
+    for module, targets in graph.items():
+        edges = units.setdefault(unit(module), {})
+        for target in targets:
+            if unit(target) != unit(module):
+                edges.setdefault(unit(target), []).append(f"{module} -> {target}")
+    return units
+
+
+def cycle_in(units: dict[str, dict[str, list[str]]]) -> list[str] | None:
+    """A cycle of units (each step with the imports that make it), or ``None``."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "visiting"
+        stack.append(node)
+        for target in sorted(units.get(node, {})):
+            if state.get(target) == "visiting":
+                ring = [*stack[stack.index(target) :], target]
+                steps = itertools.pairwise(ring)
+                return [f"{a} ({', '.join(units[a][b][:2])})" for a, b in steps]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(units):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_cycle_between_packages() -> None:
+    """Each top-level module and each subpackage counted as one unit, imports point down
+    only: what everything shares (``settings``, ``call_policy``, ``tokens``, ``backend``, the
+    strategies and their registry) sits below ``models``, ``aggregator`` and ``engine``."""
+    units = unit_graph(import_graph())
+    assert {"moa_graph.engine", "moa_graph.engine.strategies", "moa_graph.settings"} <= set(units)
+    assert unit("moa_graph.engine.strategies.vote") == "moa_graph.engine.strategies"
+    assert cycle_in(units) is None, "cycle between packages: " + " -> ".join(cycle_in(units) or [])
+    below_models = ("moa_graph.settings", "moa_graph.call_policy", "moa_graph.tokens",
+                    "moa_graph.backend", "moa_graph.engine.strategies")  # fmt: skip
+    for shared in below_models:
+        assert not {"moa_graph.models", "moa_graph.aggregator", "moa_graph.engine"} & set(
+            units[shared]
+        ), shared
+
+
+def test_the_package_cycle_check_finds_the_old_circle() -> None:
+    """The circle measured before the shared leaf: settings -> engine (token counting),
+    models -> engine (call policy), engine -> models and settings, aggregator -> models."""
+    old = {
+        "moa_graph.settings": {"moa_graph.engine.references"},
+        "moa_graph.models": {"moa_graph.engine.calls", "moa_graph.settings"},
+        "moa_graph.aggregator": {"moa_graph.models", "moa_graph.settings"},
+        "moa_graph.engine.plan": {"moa_graph.models", "moa_graph.settings"},
+        "moa_graph.engine.scope": {"moa_graph.aggregator"},
+        "moa_graph.engine.references": set(),
+        "moa_graph.engine.calls": set(),
+    }
+    ring = cycle_in(unit_graph(old))
+    assert ring is not None and any(step.startswith("moa_graph.engine (") for step in ring)
 
 
 def test_nothing_outside_testing_imports_testing() -> None:

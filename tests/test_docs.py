@@ -68,3 +68,15 @@ def test_the_guides_whole_examples_run_as_written(
     assert result.returncode == 0, result.stderr[-2000:]
     named = hosted_models(block)
     assert named and named <= {request.model for request in snippet_server.requests()}
+
+
+def test_the_architecture_pages_extension_examples_run_as_written(
+    snippet_env: dict[str, str],
+) -> None:
+    """Each extension point's example (a Strategy instance, an entry-point strategy, the local
+    backend protocol) runs as written, in a process of its own."""
+    blocks = python_blocks(page("architecture.md"))
+    assert len(blocks) == 3
+    for block in blocks:
+        result = run_block(block, snippet_env)
+        assert result.returncode == 0, result.stderr[-2000:]

@@ -26,6 +26,7 @@ EXPORTED = CONTRACT | {
     "MoAOutput",
     "ProposalsFailedError",
     "ProposerSpec",
+    "Strategy",
     "ThreadInUseError",
     "as_node",
     "inject_references",

@@ -87,7 +87,7 @@ class FinalAnswer:
             self.model = self.model.bind(seed=options.seed)
         self.watcher = TokenWatcher()
         self.base_config = config
-        self.extra: dict[str, Any] = {"moa_aggregation": options.aggregation}
+        self.extra: dict[str, Any] = {"moa_aggregation": plan.strategy.name}
         self.usage: list[UsageMetadata] = []
         self.calls = 0
 

@@ -22,35 +22,48 @@ from typing import Any
 
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict, Unpack
 
 from moa_graph.engine.nodes import AGGREGATE, COLLECT, PREPARE, PROPOSE, MixtureNodes
 from moa_graph.engine.plan import MixturePlan, build_plan
-from moa_graph.engine.run_choices import CALL_KEYS, RUN_KEYS, RunChoices
 from moa_graph.engine.scope import Mixture
+from moa_graph.engine.strategies import Strategy
 from moa_graph.models import ModelLike
-from moa_graph.settings import SETTINGS, settings_from, settings_help
+from moa_graph.settings import SETTINGS, MixtureSettingsDict, settings_from, settings_help
 from moa_graph.state import MoAInput, MoAOutput, MoAState
 
 __all__ = ["MoAContext", "build_graph", "create_moa_graph", "is_answer_token"]
 
-MoAContext: Any = TypedDict(
-    "MoAContext",
-    {**RunChoices.__annotations__, **CALL_KEYS},  # type: ignore[misc]  # from the declaration
-    total=False,
-)
-MoAContext.__doc__ = f"""Run-time context (``graph.invoke(..., context={{...}})``), all optional.
 
-The per-run choices ({", ".join(RUN_KEYS)}) narrow the configured mixture for one run but never
-add a model; they are checked before any call (``ValueError`` naming the key). ``aggregator_kwargs``
-go to the final aggregator call (stop words, bound tools); ``stream_proposers=True`` puts the
-proposers' tokens on the ``messages`` stream beside the answer's (by default only the answer's
-arrive there), ``stream_proposers=False`` keeps proposers from streaming tokens nobody reads.
-Other keys are ignored, so a parent graph can share its own context with the mixture.
+class MoAContext(TypedDict, total=False):
+    """Run-time context (``graph.invoke(..., context={...})``), all optional.
 
-Example:
-    >>> context = {{"layers": 2, "proposers": ["qwen"], "temperature": 0.2}}
-"""
+    The per-run choices (``layers``, ``proposers``, ``aggregator``, ``aggregator_temperature``
+    and the per-run settings ``temperature``, ``aggregation``, ``seed``,
+    ``confidence_temperature``, ``staircase``) narrow the configured mixture for one run but
+    never add a model; they are checked before any call (``ValueError`` naming the key).
+    ``aggregator_kwargs`` go to the final aggregator call (stop words, bound tools);
+    ``stream_proposers=True`` puts the proposers' tokens on the ``messages`` stream beside the
+    answer's (by default only the answer's arrive there), ``stream_proposers=False`` keeps
+    proposers from streaming tokens nobody reads. Other keys are ignored, so a parent graph can
+    share its own context with the mixture. Kept equal to the settings declaration
+    (``RUN_KEYS``) by a test.
+
+    Example:
+        >>> context: MoAContext = {"layers": 2, "proposers": ["qwen"], "temperature": 0.2}
+    """
+
+    layers: int
+    proposers: list[str]
+    aggregator: str
+    aggregator_temperature: float
+    temperature: float | None
+    aggregation: str | Strategy
+    seed: int | None
+    confidence_temperature: float
+    staircase: int | None
+    aggregator_kwargs: dict[str, Any]
+    stream_proposers: bool
 
 
 def create_moa_graph(
@@ -58,7 +71,7 @@ def create_moa_graph(
     *,
     aggregator: ModelLike,
     layers: int | None = None,
-    **settings: Any,
+    **settings: Unpack[MixtureSettingsDict],
 ) -> StateGraph[MoAState, Any, MoAInput, MoAOutput]:
     """Create the Mixture-of-Agents graph (uncompiled, like ``create_supervisor``).
 
@@ -71,8 +84,9 @@ def create_moa_graph(
             MoA (two proposer layers), ``2`` is MoA-Lite. Default 3, or the number of nested
             lists plus one.
         **settings: any mixture setting (``moa_graph.settings.MixtureSettings``; listed
-            below with their defaults). An unknown name raises ``ValueError`` naming the
-            closest one.
+            below with their defaults), typed for mypy and pyright by
+            ``moa_graph.settings.MixtureSettingsDict``. An unknown name raises ``ValueError``
+            naming the closest one.
 
     Returns:
         A ``StateGraph`` with input ``{"messages": [...]}`` and output ``{"messages": [...,

@@ -216,7 +216,8 @@ def check_strategy(settings: MixtureSettings) -> None:
         and strategies.get(settings.aggregation).picks_reference
     ):
         raise ValueError(
-            f"aggregation_window: slides over syntheses; aggregation={settings.aggregation!r} "
+            "aggregation_window: slides over syntheses; "
+            f"aggregation={strategies.name_of(settings.aggregation)!r} "
             "picks one reference instead"
         )
 
@@ -231,7 +232,7 @@ def check_confidence(plan: MixturePlan) -> None:
         chat_model = chat_model_under(slot.model)
         if chat_model is None or "logprobs" not in type(chat_model).model_fields:
             raise ValueError(
-                f"aggregation={plan.options.aggregation!r} weighs answers by the log-"
+                f"aggregation={plan.strategy.name!r} weighs answers by the log-"
                 f"probabilities of their tokens, which {slot.name} ({slot.model_name}) cannot "
                 "return; use aggregation='vote', or a model with a logprobs option"
             )
@@ -249,10 +250,10 @@ def check_staircase(plan: MixturePlan) -> None:
     options = plan.options
     if options.staircase is None:
         return
-    if options.aggregation != STAIRCASE_STRATEGY:
+    if plan.strategy.name != STAIRCASE_STRATEGY:
         raise ValueError(
             f"staircase: streams aggregation='{STAIRCASE_STRATEGY}' only; "
-            f"aggregation={options.aggregation!r} decides on whole answers"
+            f"aggregation={plan.strategy.name!r} decides on whole answers"
         )
     for name in ("aggregation_window", "early_exit"):
         if getattr(options, name):

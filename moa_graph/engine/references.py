@@ -8,23 +8,18 @@ rest to the others (water-filling), and a longer one is cut to its share and end
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moa_graph.state import Proposal
+from moa_graph.tokens import TokenCounter, approximate_tokens
+
+__all__ = [
+    "TRUNCATION_MARK", "TokenCounter", "Truncation", "answered", "approximate_tokens",
+    "fit_to_budget",
+]  # fmt: skip
 
 TRUNCATION_MARK = " [...truncated]"
-TokenCounter = Callable[[str], int]
-
-
-def approximate_tokens(text: str) -> int:
-    """About four characters a token, the usual rule of thumb for English text.
-
-    Example:
-        >>> approximate_tokens("x" * 40)
-        10
-    """
-    return (len(text) + 3) // 4
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ tools), and whether proposers stream their tokens (``False`` saves their per-tok
 
 
 def _annotation(key: str) -> Any:
+    if (
+        key == "aggregation"
+    ):  # a name, as configs and the wire carry it (Python may give a Strategy)
+        return str
     return RUN_CHOICES[key].annotation if key in RUN_CHOICES else SETTINGS[key].annotation
 
 
@@ -134,7 +138,7 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     """``plan`` narrowed by a run's context; the plan itself when the context chooses nothing.
 
     Keys: ``layers`` (2 up to the configured layers; the first proposer layers are kept),
-    ``aggregation`` (a strategy name),
+    ``aggregation`` (a strategy name, or a ``Strategy``),
     ``proposers`` (names of configured proposers, in any order; references keep the configured
     order; a model sampled n times is chosen by its name, one sample by ``"name #k"``),
     ``temperature`` (every proposer call), ``aggregator_temperature`` and ``aggregator`` (the

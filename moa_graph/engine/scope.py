@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 
 from moa_graph.aggregation import VoteCount, count_votes
 from moa_graph.aggregator import bind_aggregator
+from moa_graph.backend import traits_of
 from moa_graph.engine.events import emit, run_name, truncation_record
 from moa_graph.engine.limits import CallLimiter
 from moa_graph.engine.plan import MixturePlan, ProposerSlot
@@ -32,7 +33,6 @@ from moa_graph.engine.run_choices import (
 )
 from moa_graph.engine.sample_batch import SampleBatch
 from moa_graph.engine.shared_by_calls import SharedByCalls
-from moa_graph.models import CHEAP_LOGPROBS_ATTRIBUTE, declared
 from moa_graph.redact import redact
 from moa_graph.state import Proposal
 
@@ -265,7 +265,7 @@ def proposer_model(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseM
     strategy = plan.strategy
     if slot.layer == len(plan.proposer_layers) and (
         strategy.needs_confidence
-        or (strategy.wants_confidence and declared(slot.model, CHEAP_LOGPROBS_ATTRIBUTE))
+        or (strategy.wants_confidence and traits_of(slot.model).cheap_logprobs)
     ):
         return slot.model.bind(logprobs=True)
     return slot.model

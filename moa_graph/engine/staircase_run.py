@@ -403,7 +403,7 @@ class StaircaseRun:
     def _final(self, model: _Model, writer: Writer) -> AIMessage:
         emit(self.scope.runtime, moa_event="aggregation_finished", **model.who)
         metadata = {
-            "moa_aggregation": self.scope.options.aggregation,
+            "moa_aggregation": self.scope.plan.strategy.name,
             "moa_aggregator_calls": writer.rounds,
             "moa_staircase": {
                 "chunk_tokens": self.schedule.first,

@@ -39,6 +39,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, field_validator, model_validator
 
+from moa_graph.backend import BackendTraits, Continuation
 from moa_graph.extras import require
 from moa_graph.local.hub import PREFIX as HUB_PREFIX
 from moa_graph.local.turns import Share, Turns
@@ -359,7 +360,7 @@ class ChatLocalModel(BaseChatModel):
         ...     print(chunk.content, end="")
     """
 
-    moa_continuation: ClassVar[str] = "prefill"
+    moa_continuation: ClassVar[Continuation] = "prefill"
     """llama.cpp continues a final assistant message (staircase streaming needs it)."""
     moa_samples_in_one_request: ClassVar[bool] = True
     """Several answers of one prompt come from one request (``n``), the prompt read once."""
@@ -375,6 +376,17 @@ class ChatLocalModel(BaseChatModel):
     moa_takes_turns: ClassVar[bool] = True
     """Generations share this machine's cores and take turns: a staircase writes with it one
     chunk a call, so that the other writers get their turn between chunks."""
+
+    def moa_traits(self) -> BackendTraits:
+        """Its traits for the engine (the ``moa_graph.backend.LocalBackend`` protocol): the
+        ``moa_*`` attributes above, as one record."""
+        return BackendTraits(
+            continuation=self.moa_continuation,
+            samples_in_one_request=self.moa_samples_in_one_request,
+            max_samples_per_request=self.moa_max_samples_per_request,
+            cheap_logprobs=self.moa_cheap_logprobs,
+            takes_turns=self.moa_takes_turns,
+        )
 
     model: str
     """Registered name (see ``moa_graph.local.weights.MODELS``) or path to a ``.gguf`` file."""

@@ -113,7 +113,7 @@ def run_shape(plan: MixturePlan) -> dict[str, Any]:
         "layers": layers,
         "aggregator": {"layer": plan.layers, "proposer": aggregator.name,
                        "model": aggregator.model_name},
-        "aggregation": plan.options.aggregation,
+        "aggregation": plan.strategy.name,
         "staircase": plan.options.staircase,
     }  # fmt: skip
 

@@ -57,8 +57,12 @@ class FinalAnswerSteps(Protocol):
 
 
 class Strategy:
-    """An aggregation strategy. A module of ``moa_graph.engine.strategies`` defines one
-    subclass and a module-level ``STRATEGY`` instance; the registry finds it.
+    """An aggregation strategy (``from moa_graph import Strategy``).
+
+    Give an instance as ``aggregation=`` (``ChatMixtureOfAgents``, ``create_moa_graph``,
+    recipes, a run's context), declare one in the ``moa_graph.strategies`` entry points of your
+    distribution to make its name valid everywhere, or, inside the package, add a module to
+    ``moa_graph.engine.strategies`` with a module-level ``STRATEGY`` instance.
 
     Example:
         >>> class Longest(Strategy):
