@@ -18,7 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -32,6 +35,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
 from typing import Any, TypedDict
 
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,13 +50,14 @@ from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
 from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
-from moa_graph.serve.guards import FramingGuard, read_body
+from moa_graph.serve.guards import FramingGuard, HeadGuard, read_body
 from moa_graph.serve.kept_runs import (
     RETRY_OPEN_AFTER,
     KeptRuns,
     KeyInUseError,
     StoreUnavailableError,
 )
+from moa_graph.serve.logs import log_config
 from moa_graph.serve.openai_requests import (
     ChatRequest,
     RequestError,
@@ -61,7 +66,7 @@ from moa_graph.serve.openai_requests import (
     parse_chat_request,
 )
 from moa_graph.serve.options import ServeOptions
-from moa_graph.serve.runner import NoDelayH11Protocol, UvicornServer, http_url
+from moa_graph.serve.runner import GuardedH11Protocol, UvicornServer, http_url
 from moa_graph.settings import check_known
 
 logger = logging.getLogger(__name__)
@@ -118,6 +123,34 @@ def mixture_from_source(source: MixtureSource) -> ChatMixtureOfAgents:
     return recipe.chat_model(**source.get("overrides", {}))
 
 
+REQUEST_LIMITS = ("max_json_depth", "max_messages", "max_message_calls", "max_head_bytes")
+"""The ``ServeOptions`` that bound what one request may ask of the app (keywords of
+:func:`create_app` and :class:`MoAServer`)."""
+
+CONNECTION_LIMITS = ("max_connections", "head_timeout")
+"""The ``ServeOptions`` that bound connections (uvicorn's protocol, :class:`MoAServer`)."""
+
+
+def model_calls(moa: ChatMixtureOfAgents) -> int:
+    """The model calls of one run of ``moa``: each proposer slot and the aggregator, once.
+
+    Example:
+        >>> from moa_graph.presets import local_tiny
+        >>> model_calls(local_tiny().chat_model()) >= 2
+        True
+    """
+    return sum(len(layer) for layer in moa.plan.proposer_layers) + 1
+
+
+def guarded_protocol(
+    max_connections: int = DEFAULTS.max_connections, head_timeout: float = DEFAULTS.head_timeout
+) -> Any:
+    """uvicorn's h11 protocol with the connection limits (``uvicorn.run(http=...)``)."""
+    return functools.partial(
+        GuardedH11Protocol, max_connections=max_connections, head_timeout=head_timeout
+    )
+
+
 class _Endpoints:
     """The routes of one served mixture, and what they share."""
 
@@ -131,6 +164,10 @@ class _Endpoints:
         body_timeout: float,
         checkpoint: str | None = None,
         lease_seconds: float = DEFAULTS.lease_seconds,
+        max_json_depth: int = DEFAULTS.max_json_depth,
+        max_messages: int = DEFAULTS.max_messages,
+        max_message_calls: int = DEFAULTS.max_message_calls,
+        max_head_bytes: int = DEFAULTS.max_head_bytes,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key: give a non-empty key, or None for no authentication")
@@ -143,6 +180,10 @@ class _Endpoints:
         self._api_key = api_key.encode() if api_key else None
         self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
         self.kept_runs = KeptRuns(checkpoint, lease_seconds) if checkpoint else None
+        self.max_json_depth = max_json_depth
+        self.max_messages = max_messages
+        self.max_message_calls = max_message_calls
+        self.max_head_bytes = max_head_bytes
 
     def app(self) -> Starlette:
         routes = [
@@ -153,12 +194,19 @@ class _Endpoints:
                 Route(prefix + "/models", self.models, methods=["GET"]),
             )
         ]
-        return Starlette(
+        app = Starlette(
             routes=routes,
-            middleware=[Middleware(FramingGuard)],
+            middleware=[
+                Middleware(HeadGuard, max_head_bytes=self.max_head_bytes),
+                Middleware(FramingGuard),
+            ],
             exception_handlers={HTTPException: routing_error},
             lifespan=self._lifespan,
         )
+        # Starlette answers /v1/models/ with a redirect to the URL built from the request's
+        # Host header (a forged Host was echoed, before authentication): 404 instead.
+        app.router.redirect_slashes = False
+        return app
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -196,15 +244,37 @@ class _Endpoints:
             body = await read_body(
                 request, max_bytes=self.max_body_bytes, timeout=self.body_timeout
             )
-            chat = parse_chat_request(
-                body, served_name=self.model_name, max_input_chars=self.moa.max_input_chars
-            )
+            # Off the event loop: parsing and checking up to max_body_bytes of JSON takes a
+            # few hundred ms of CPU, during which other requests would wait.
+            chat = await anyio.to_thread.run_sync(self._parse, body)
             thread = self._thread_of(request)
         except RequestError as exc:
             return error_response(exc)
         if IDEMPOTENCY_HEADER in request.headers and self.kept_runs is None:
             chat = dataclasses.replace(chat, ignored=(*chat.ignored, IDEMPOTENCY_HEADER))
         return _RunResponse(self, chat, thread)
+
+    def _parse(self, body: bytes) -> ChatRequest:
+        """The request ``body`` says, checked against every limit; a ``RequestError`` else."""
+        moa = self.moa
+        try:
+            return parse_chat_request(
+                body,
+                served_name=self.model_name,
+                max_input_chars=moa.max_input_chars,
+                max_json_depth=self.max_json_depth,
+                max_messages=self.max_messages,
+                max_message_calls=self.max_message_calls,
+                model_calls=model_calls(moa),
+            )
+        except RequestError:
+            raise
+        except (ValueError, TypeError, RecursionError) as exc:
+            # Every malformed request should be a RequestError above; one that slips through
+            # (a message LangChain refuses) is still the client's, not a 500 with a traceback.
+            logger.info("request refused: %s", redact(f"{type(exc).__name__}: {exc}"))
+            message = f"The request is malformed: {type(exc).__name__}."
+            raise RequestError(400, message) from None
 
     def _thread_of(self, request: Request) -> str | None:
         """The thread keeping this request's run: from its ``Idempotency-Key``, if any and
@@ -336,8 +406,8 @@ class _RunResponse(Response):
         headers = [*openai_wire.SSE_HEADERS, *self.headers_out.items()]
         started = False
         usage, finish = None, "stop"
-        chunks = moa.astream(
-            self.chat.messages, self.chat.run_config, stop=self.chat.stop, **kwargs
+        chunks = _pumped(
+            moa.astream(self.chat.messages, self.chat.run_config, stop=self.chat.stop, **kwargs)
         )
         try:
             async for chunk in chunks:
@@ -371,6 +441,42 @@ class _RunResponse(Response):
         await client.send(body_message(tail + openai_wire.SSE_DONE, more=False))
 
 
+async def _pumped(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``chunks``, read by a task of their own, so that closing this iterator cancels that task
+    where it waits: inside the model call that makes the next chunk.
+
+    Closing ``chunks`` itself would only close the outermost generator: LangChain's
+    ``astream`` and the mixture's graph stream inside it are left to the garbage collector,
+    with their upstream calls running (8 of 100 aggregator streams outlived their clients in a
+    probe). A cancelled task unwinds every frame it is in, down to the HTTP read.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()  # never full: the pump never waits
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                queue.put_nowait(("chunk", chunk))
+        except Exception as exc:
+            queue.put_nowait(("error", exc))
+        else:
+            queue.put_nowait(("end", None))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await _aclose(chunks)
+
+
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
     """Close an async generator early, so an abandoned run is cancelled at once."""
     aclose = getattr(iterator, "aclose", None)
@@ -387,6 +493,10 @@ def create_app(
     body_timeout: float = DEFAULTS.body_timeout,
     checkpoint: str | None = DEFAULTS.checkpoint,
     lease_seconds: float = DEFAULTS.lease_seconds,
+    max_json_depth: int = DEFAULTS.max_json_depth,
+    max_messages: int = DEFAULTS.max_messages,
+    max_message_calls: int = DEFAULTS.max_message_calls,
+    max_head_bytes: int = DEFAULTS.max_head_bytes,
 ) -> Starlette:
     """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
 
@@ -401,6 +511,11 @@ def create_app(
             ``moa_graph.checkpoints`` URL); without it the header is ignored (and listed in
             ``X-MoA-Ignored-Params``).
         lease_seconds: How long the key of a run whose worker died stays locked (409).
+        max_json_depth: Deeper JSON in a request body is refused with 400.
+        max_messages: More messages in a request are refused with 400.
+        max_message_calls: A request whose messages times the run's model calls is over
+            this is refused with 400 (each model call converts every message).
+        max_head_bytes: Longer request heads are refused with 431.
 
     Example:
         >>> from moa_graph.presets import local_tiny
@@ -416,6 +531,10 @@ def create_app(
         body_timeout=body_timeout,
         checkpoint=checkpoint,
         lease_seconds=lease_seconds,
+        max_json_depth=max_json_depth,
+        max_messages=max_messages,
+        max_message_calls=max_message_calls,
+        max_head_bytes=max_head_bytes,
     )
     return endpoints.app()
 
@@ -437,6 +556,9 @@ class MoAServer(UvicornServer):
         timeout_keep_alive: Seconds an idle keep-alive connection stays open.
         checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept.
         lease_seconds: How long the key of a run whose worker died stays locked (409).
+        **limits: The other limits of ``ServeOptions``: ``max_json_depth``,
+            ``max_messages``, ``max_message_calls``, ``max_head_bytes`` (see
+            :func:`create_app`), ``max_connections`` and ``head_timeout``.
 
     Example:
         >>> import openai
@@ -470,7 +592,10 @@ class MoAServer(UvicornServer):
         timeout_keep_alive: int = DEFAULTS.timeout_keep_alive,
         checkpoint: str | None = DEFAULTS.checkpoint,
         lease_seconds: float = DEFAULTS.lease_seconds,
+        **limits: Any,
     ) -> None:
+        check_known(limits, [*REQUEST_LIMITS, *CONNECTION_LIMITS], what="server option")
+        opts = dataclasses.replace(DEFAULTS, **limits)
         self._endpoints = _Endpoints(
             moa,
             model_name=model_name,
@@ -479,13 +604,15 @@ class MoAServer(UvicornServer):
             body_timeout=body_timeout,
             checkpoint=checkpoint,
             lease_seconds=lease_seconds,
+            **{name: getattr(opts, name) for name in REQUEST_LIMITS},
         )
         super().__init__(
             self._endpoints.app(),
             host,
             port,
             timeout_keep_alive=timeout_keep_alive,
-            http=HTTP_IMPLEMENTATION,
+            http=guarded_protocol(opts.max_connections, opts.head_timeout),
+            max_head_bytes=opts.max_head_bytes,
         )
 
     @property
@@ -526,6 +653,7 @@ def app_from_environment() -> Starlette:
         body_timeout=settings["body_timeout"],
         checkpoint=settings["checkpoint"],
         lease_seconds=settings["lease_seconds"],
+        **{name: settings[name] for name in REQUEST_LIMITS},
     )
 
 
@@ -544,7 +672,8 @@ def serve(
             reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
         **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
             ``checkpoint``, ``lease_seconds``, ``max_body_bytes``, ``body_timeout``,
-            ``timeout_keep_alive``).
+            ``timeout_keep_alive`` and the limits: ``max_head_bytes``, ``max_connections``,
+            ``head_timeout``, ``max_json_depth``, ``max_messages``, ``max_message_calls``).
 
     Raises:
         ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
@@ -574,6 +703,7 @@ def serve(
             "body_timeout": opts.body_timeout,
             "checkpoint": opts.checkpoint,
             "lease_seconds": opts.lease_seconds,
+            **{name: getattr(opts, name) for name in REQUEST_LIMITS},
         }
         os.environ[SERVE_ENV] = json.dumps(settings)
         if api_key:
@@ -592,7 +722,9 @@ def serve(
             body_timeout=opts.body_timeout,
             checkpoint=opts.checkpoint,
             lease_seconds=opts.lease_seconds,
+            **{name: getattr(opts, name) for name in REQUEST_LIMITS},
         )
+    raise_file_limit(opts.max_connections)
     name = repr(model_name) if model_name else "the mixture"
     url = http_url(opts.host, opts.port) + "/v1"
     plural = "s" if opts.workers > 1 else ""
@@ -604,8 +736,33 @@ def serve(
         host=opts.host,
         port=opts.port,
         workers=opts.workers,
-        http=NoDelayH11Protocol,  # h11, with Nagle off in worker processes too
+        # h11 with Nagle off, a cap on connections and a head deadline, in workers too
+        http=guarded_protocol(opts.max_connections, opts.head_timeout),
         ws="none",
         lifespan="auto",
         timeout_keep_alive=opts.timeout_keep_alive,
+        h11_max_incomplete_event_size=opts.max_head_bytes,
+        log_config=log_config(),  # repeated lines limited, no query string in the access log
     )
+
+
+def raise_file_limit(max_connections: int) -> None:
+    """Raise this process's open-file limit to its hard limit, and warn if it is still too low
+    for ``max_connections`` (each also takes upstream connections while its run lasts)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = 2 * max_connections + 100
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "the open-file limit (%d) is under 2 x --max-connections + 100 (%d): lower "
+            "--max-connections or raise the limit (ulimit -n)",
+            soft,
+            needed,
+        )
