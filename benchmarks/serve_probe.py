@@ -1,7 +1,8 @@
 """``moa-graph serve`` probed as an attacker would: the targets of issue 28, measured.
 
-The server is the real one (uvicorn with h11, the mixture behind it, its models clients of the
-scripted loopback server), started here on a thread with its default limits. Measured:
+The server is the real one, ``moa-graph serve`` with its default limits in a process of its own
+(one worker, a 2-proposer mixture), its models clients of the scripted loopback server in
+another process. Measured:
 
 1. **Malformed input**: a corpus of more than 200 hostile requests (malformed tool calls, JSON
    nested up to 100,000 levels, lone surrogates, oversized heads, unknown HTTP versions, bad
@@ -25,17 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
-import logging
 import os
 import resource
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,40 +237,79 @@ def _complete(data: bytes) -> bool:
 # -------------------------------------------------------------------------- the server
 
 
-def _servers(**limits: Any) -> tuple[Any, Any]:
-    """The loopback upstream (started) and a MoA server in front of it (not started)."""
-    from langchain_openai import ChatOpenAI
+RECIPE = """proposers = ["openai:p1", "openai:p2"]
+aggregator = "openai:agg"
+layers = 2
+max_retries = 0
+"""
 
-    from moa_graph import ChatMixtureOfAgents
-    from moa_graph.serve.openai_app import MoAServer
-    from moa_graph.testing import ModelScript, OpenAICompatibleServer
 
-    words = " ".join(f"w{i}" for i in range(200))
-    upstream = OpenAICompatibleServer(
-        {
-            "p1": ModelScript(reply="Paris."),
-            "p2": ModelScript(reply="It is Paris."),
-            "agg": ModelScript(reply=words, ttft=0.05, per_token=0.05),
-            "fast": ModelScript(reply="Paris, said the mixture."),
-        },
-        record_messages=False,
-    )
+class Served:
+    """``moa-graph serve`` (one worker, default limits) in a process of its own, its models
+    clients of the scripted loopback server in another; its stdout and stderr in a file."""
 
-    def remote(model: str) -> Any:
-        return ChatOpenAI(
-            model=model, base_url=upstream.base_url, api_key=UPSTREAM_KEY,  # type: ignore[arg-type]
-            max_retries=0, stream_usage=True,
-        )  # fmt: skip
+    def __init__(self, tmp: Path) -> None:
+        from moa_graph.testing import ModelScript, ServerProcess
 
-    def mixture(aggregator: str) -> ChatMixtureOfAgents:
-        return ChatMixtureOfAgents(
-            proposers=[remote("p1"), remote("p2")], aggregator=remote(aggregator), layers=2
+        words = " ".join(f"w{i}" for i in range(200))
+        self.upstream = ServerProcess(
+            {
+                "p1": ModelScript(reply="Paris."),
+                "p2": ModelScript(reply="It is Paris."),
+                # 20 tokens a second for 10 s: a stream that outlives its client shows
+                "agg": ModelScript(reply=words, ttft=0.05, per_token=0.05),
+            },
+            record_messages=False,
         )
+        self.tmp = tmp
+        self.log_path = tmp / "serve.log"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
 
-    upstream.start()  # the models need its address
-    server = MoAServer(mixture("fast"), model_name=NAME, api_key=KEY, **limits)
-    server.streaming_mixture = mixture("agg")  # type: ignore[attr-defined]
-    return upstream, server
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> Served:
+        self.upstream.start()
+        recipe = self.tmp / "moa.toml"
+        recipe.write_text(RECIPE)
+        env = {**os.environ, "OPENAI_BASE_URL": self.upstream.base_url,
+               "OPENAI_API_KEY": UPSTREAM_KEY, "MOA_GRAPH_API_KEY": KEY}  # fmt: skip
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        command = [str(Path(sys.executable).parent / "moa-graph"), "serve", "--config",
+                   str(recipe), "--port", str(self.port), "--model-name", NAME]  # fmt: skip
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moa-graph serve exited: {self.log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                if exchange(self.port, _request(None, method="GET", path="/v1/models"))[0]:
+                    return self
+            if time.monotonic() > deadline:
+                raise RuntimeError("moa-graph serve did not start")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.upstream.stop()
+
+    def rss(self) -> int:
+        """The server process's resident memory, in bytes."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log_bytes(self) -> int:
+        return self.log_path.stat().st_size
 
 
 def probe_corpus(port: int) -> dict[str, Any]:
@@ -284,116 +323,113 @@ def probe_corpus(port: int) -> dict[str, Any]:
     statuses: dict[int, int] = {}
     for _, status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
+    times = sorted(elapsed for _, _, elapsed in results)
     slowest = max(results, key=lambda r: r[2])
     return {
         "cases": len(results),
         "responses >= 500 (505 for unknown HTTP versions aside)": len(errors),
         "errors": errors[:10],
         "statuses": dict(sorted(statuses.items())),
+        "answer p50 (s)": round(statistics.median(times), 4),
         "slowest (s)": round(slowest[2], 3),
         "slowest case": slowest[0],
     }
 
 
-def probe_starvation(server: Any) -> dict[str, Any]:
-    """``/v1/models`` latency while the largest acceptable request runs."""
+def probe_starvation(served: Served) -> dict[str, Any]:
+    """``/v1/models`` latency while the largest acceptable request runs (its conversion
+    happens as its calls start: the first 2 s are the ones that count)."""
     import httpx
 
-    from moa_graph.serve.openai_app import model_calls
+    from moa_graph.serve.options import ServeOptions
 
-    calls = model_calls(server.moa)
-    opts = server._endpoints
-    count = min(opts.max_messages, opts.max_message_calls // calls)
+    calls = 3  # the recipe's two proposers and its aggregator
+    options = ServeOptions()
+    count = min(options.max_messages, options.max_message_calls // calls)
     messages = [{"role": "user", "content": f"turn {i}"} for i in range(count)]
     headers = {"Authorization": f"Bearer {KEY}"}
     latencies: list[float] = []
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
-    def big() -> None:
+    def largest() -> None:
         started = time.monotonic()
         with httpx.Client(timeout=120) as client:
-            reply = client.post(server.base_url + "/chat/completions", headers=headers,
+            reply = client.post(served.base_url + "/chat/completions", headers=headers,
                                 json={"model": NAME, "messages": messages})  # fmt: skip
         outcome["status"], outcome["seconds"] = reply.status_code, time.monotonic() - started
         done.set()
 
-    worker = threading.Thread(target=big)
+    worker = threading.Thread(target=largest)
     with httpx.Client(timeout=30) as client:
         worker.start()
         while not done.is_set():
             started = time.monotonic()
-            client.get(server.base_url + "/models", headers=headers).raise_for_status()
+            client.get(served.base_url + "/models", headers=headers).raise_for_status()
             latencies.append(time.monotonic() - started)
-            time.sleep(0.02)
+            time.sleep(0.01)
         worker.join()
         huge = json.dumps({"model": NAME, "messages": [{"role": "user", "content": "a"}] * 100_000})
         started = time.monotonic()
-        refused = client.post(server.base_url + "/chat/completions", headers=headers,
+        refused = client.post(served.base_url + "/chat/completions", headers=headers,
                               content=huge)  # fmt: skip
         refused_in = time.monotonic() - started
     latencies.sort()
     return {
-        "largest request (messages x calls)": f"{count} x {calls}",
+        "largest acceptable request (messages x model calls)": f"{count} x {calls}",
         "its status": outcome.get("status"),
         "its time (s)": round(outcome.get("seconds", 0.0), 2),
-        "/v1/models polls": len(latencies),
-        "/v1/models p50 (s)": round(statistics.median(latencies), 4) if latencies else None,
-        "/v1/models p99 (s)": round(latencies[int(0.99 * (len(latencies) - 1))], 4)
-        if latencies
-        else None,
-        "/v1/models max (s)": round(latencies[-1], 4) if latencies else None,
+        "/v1/models polls meanwhile": len(latencies),
+        "/v1/models p50 (s)": round(statistics.median(latencies), 4),
+        "/v1/models p99 (s)": round(latencies[int(0.99 * (len(latencies) - 1))], 4),
+        "/v1/models max (s)": round(latencies[-1], 4),
         "100,000 messages: status": refused.status_code,
         "100,000 messages: answered in (s)": round(refused_in, 3),
     }
 
 
-async def _streams_closed_early(base_url: str, streams: int) -> None:
+async def _streams_closed_early(base_url: str, streams: int) -> int:
+    """``streams`` streams at once, each closed after its first answer token; how many got one."""
     import httpx
 
     body = {"model": NAME, "stream": True, "messages": [{"role": "user", "content": "Hi?"}]}
     headers = {"Authorization": f"Bearer {KEY}"}
-    limits = httpx.Limits(max_connections=streams + 10)
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
-        async def one() -> None:
+        async def one() -> bool:
             async with client.stream(
                 "POST", base_url + "/chat/completions", json=body, headers=headers
             ) as reply:
                 async for line in reply.aiter_lines():
-                    if '"content"' in line and '"role"' not in line:
-                        break  # the first answer token: leave
+                    if '"content":"w' in line.replace(" ", ""):
+                        return True  # the first answer token: leave
+            return False
 
-        await asyncio.gather(*(one() for _ in range(streams)))
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
-def probe_disconnects(server: Any, upstream: Any, runs: int, streams: int) -> dict[str, Any]:
+def probe_disconnects(served: Served, runs: int, streams: int) -> dict[str, Any]:
     """Upstream calls alive 2 s after ``streams`` streams were closed after a first token."""
-    server.moa = server.streaming_mixture
-    alive = []
-    try:
-        for _ in range(runs):
-            upstream.reset()
-            asyncio.run(_streams_closed_early(server.base_url, streams))
-            time.sleep(2)
-            alive.append(upstream.in_flight())
-    finally:
-        server.moa = server._fast_mixture
-    return {"runs": runs, "streams a run": streams, "upstream calls alive 2 s after": alive}
+    alive, first_tokens = [], []
+    for _ in range(runs):
+        served.upstream.reset()
+        first_tokens.append(asyncio.run(_streams_closed_early(served.base_url, streams)))
+        time.sleep(2)
+        alive.append(served.upstream.in_flight())
+    return {
+        "runs": runs,
+        "streams a run": streams,
+        "streams that got a first token": first_tokens,
+        "upstream calls alive 2 s after": alive,
+    }
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def probe_idle(server: Any, log: io.StringIO, idle: int) -> dict[str, Any]:
-    """RSS and log size with ``idle`` connections that never send a byte."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    rss_before, log_before = _rss(os.getpid()), len(log.getvalue())
+def probe_idle(served: Served, idle: int) -> dict[str, Any]:
+    """Server RSS and log size with ``idle`` connections that never send a byte."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this client needs them
+    rss_before, log_before = served.rss(), served.log_bytes()
     sockets: list[socket.socket] = []
     refused = 0
     try:
@@ -401,43 +437,31 @@ def probe_idle(server: Any, log: io.StringIO, idle: int) -> dict[str, Any]:
             sock = socket.socket()
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
-                sock.connect(("127.0.0.1", server.port))
+                sock.connect(("127.0.0.1", served.port))
             sockets.append(sock)
-        time.sleep(2)
-        rss_during = _rss(os.getpid())
+        time.sleep(3)
+        rss_during, log_during = served.rss(), served.log_bytes()
         for sock in sockets:
-            sock.setblocking(True)
-            sock.settimeout(0.01)
-            try:
+            with contextlib.suppress(OSError):
                 if sock.recv(16).startswith(b"HTTP/1.1 503"):
                     refused += 1
-            except OSError:
-                pass
-        log_during = len(log.getvalue())
+        # meanwhile a real client (the cap is reached: refused until the idle ones go)
+        status_meanwhile = exchange(served.port, _request(None, method="GET",
+                                                          path="/v1/models"))[0]  # fmt: skip
     finally:
         for sock in sockets:
             sock.close()
     time.sleep(1)
-    from benchmarks.serve_probe import exchange as ask
-
-    status, _, _ = ask(server.port, _request(_chat()))
+    status_after = exchange(served.port, _request(None, method="GET", path="/v1/models"))[0]
     return {
         "idle connections": idle,
-        "refused with 503": refused,
-        "client + server RSS before (MB)": round(rss_before / 2**20, 1),
-        "with them open (MB)": round(rss_during / 2**20, 1),
+        "refused at once with 503": refused,
+        "server RSS before (MiB)": round(rss_before / 2**20, 1),
+        "server RSS with them open (MiB)": round(rss_during / 2**20, 1),
         "log bytes written meanwhile": log_during - log_before,
-        "a real request afterwards": status,
+        "/v1/models while they are open": status_meanwhile,
+        "/v1/models once they are closed": status_after,
     }
-
-
-def _capture_logs() -> io.StringIO:
-    """The server's log lines (uvicorn's, asyncio's, the app's) into a buffer, as on stderr."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    for name in ("uvicorn", "uvicorn.error", "asyncio", "moa_graph"):
-        logging.getLogger(name).addHandler(handler)
-    return buffer
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -446,23 +470,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--streams", type=int, default=100, help="streams a run (default 100)")
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (5000)")
     args = parser.parse_args(argv)
-    upstream, server = _servers()
-    server._fast_mixture = server.moa
     report: dict[str, Any] = {}
-    with server:
-        log = _capture_logs()
-        report["malformed corpus"] = probe_corpus(server.port)
-        report["starvation"] = probe_starvation(server)
-        report["disconnects"] = probe_disconnects(server, upstream, args.runs, args.streams)
-        report["idle connections"] = probe_idle(server, log, args.idle)
-        report["log bytes in all"] = len(log.getvalue())
-    upstream.stop()
-    print(json.dumps(report, indent=2), file=sys.stdout)
+    with tempfile.TemporaryDirectory() as tmp, Served(Path(tmp)) as served:
+        report["malformed corpus"] = probe_corpus(served.port)
+        report["starvation"] = probe_starvation(served)
+        report["disconnects"] = probe_disconnects(served, args.runs, args.streams)
+        report["idle connections"] = probe_idle(served, args.idle)
+        report["server log bytes in all"] = served.log_bytes()
+    print(json.dumps(report, indent=2))
     return report
-
-
-def _iter_lines(text: str) -> Iterator[str]:
-    yield from text.splitlines()
 
 
 if __name__ == "__main__":
