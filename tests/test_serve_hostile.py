@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -445,6 +446,27 @@ def test_a_call_that_drops_a_cancellation_is_cancelled_again() -> None:
         return bool(done) and call.cancelled() and len(reads) == before
 
     assert asyncio.run(main())
+
+
+async def _cancelled_as_its_future_completes(wait_for: Any) -> bool:
+    """Whether a task in ``wait_for`` is cancelled when its future completes in the same loop
+    turn as the cancellation (CPython gh-86296)."""
+    future = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(wait_for(future, 10))
+    await asyncio.sleep(0)  # the task waits
+    future.set_result("chunk")
+    task.cancel()
+    await asyncio.wait({task})
+    return task.cancelled()
+
+
+def test_langchain_openai_streams_are_cancellable_once_served(served: MoAServer) -> None:
+    from langchain_openai.chat_models import _client_utils
+
+    assert asyncio.run(_cancelled_as_its_future_completes(_client_utils.asyncio.wait_for))
+    if sys.version_info < (3, 12):  # the bug the served module's wait_for avoids
+        assert not asyncio.run(_cancelled_as_its_future_completes(asyncio.wait_for))
+    assert _client_utils.asyncio.sleep is asyncio.sleep  # the rest of asyncio as it was
 
 
 # -------------------------------------------------------------------------- 9-10: the head
