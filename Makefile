@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 QUESTION ?= What are 3 fun things to do in San Francisco?
 
-.PHONY: demo test lint bench clean models-tiny models-local test-servers test-langserve test-lgserver docs
+.PHONY: demo test lint bench clean models-tiny models-local test-servers test-langserve test-lgserver docs test-browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,16 @@ bench: $(VENV)/.models-local
 	$(BIN)/python -m benchmarks.sharded_eval
 	$(BIN)/python -m benchmarks.serve_load
 
+## test-browser: the playground page in a real browser (Debian's Chromium, driven by Playwright)
+CHROMIUM ?= /usr/bin/chromium
+$(VENV)/.browser: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet --group browser
+	test -x $(CHROMIUM) || (apt-get install -y chromium >/dev/null)
+	touch $@
+
+test-browser: $(VENV)/.browser
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -p no:cacheprovider tests_browser
+
 ## docs: the documentation site, built into site/ (a broken link or reference fails)
 $(VENV)/.docs: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet --group docs
@@ -85,8 +95,8 @@ docs: $(VENV)/.docs
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed
-	$(BIN)/ruff check moa_graph tests tests_servers benchmarks examples experiments docs/hooks
-	$(BIN)/ruff format --check moa_graph tests tests_servers benchmarks examples experiments docs/hooks
+	$(BIN)/ruff check moa_graph tests tests_servers tests_browser benchmarks examples experiments docs/hooks
+	$(BIN)/ruff format --check moa_graph tests tests_servers tests_browser benchmarks examples experiments docs/hooks
 	$(BIN)/mypy
 
 clean:

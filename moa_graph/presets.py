@@ -323,19 +323,32 @@ def choose_recipe(
     preset: str | None = None,
     config: str | Path | None = None,
     environ: dict[str, str] | None = None,
+    own_models: bool = False,
 ) -> Recipe:
     """The recipe a command or a server is given: a TOML file, a preset, or else the default
     preset (``default_preset_name`` of ``environ``); both at once is a ``ValueError``.
 
+    ``own_models`` says the caller replaces every model (its own proposers and aggregator). With
+    no preset or config chosen, the default preset then gives its shape only, not its settings:
+    those are tuned for its own models (the ``local`` preset's staircase streaming, for one,
+    needs an aggregator known to continue its own partial answer).
+
     Example:
         >>> choose_recipe(preset="moa-lite").name
         'moa-lite'
+        >>> choose_recipe(environ={}, own_models=True).options
+        {}
     """
     if preset and config:
         raise ValueError("give either a preset or a config file, not both")
     if config:
         return load_recipe(config)
-    return get_preset(preset or default_preset_name(environ))
+    if preset:
+        return get_preset(preset)
+    default = get_preset(default_preset_name(environ))
+    if own_models:
+        return replace(default, name="custom", description="your own models", options={})
+    return default
 
 
 def get_preset(name: str) -> Recipe:

@@ -104,6 +104,7 @@ class ProgressEvent(TypedDict):
 
     moa_event: Literal[
         "proposal_started",
+        "proposal_delta",
         "proposal_finished",
         "proposal_failed",
         "layer_done",
@@ -130,3 +131,7 @@ class ProgressEvent(TypedDict):
     calls_saved: NotRequired[int]
     round: NotRequired[int]
     final: NotRequired[bool]
+    text: NotRequired[str]
+    usage: NotRequired[dict[str, Any] | None]
+    confidence: NotRequired[float]
+    rounds: NotRequired[int]

@@ -206,6 +206,46 @@ async def test_streamed_run_on_a_thread_with_context(
     ]
 
 
+async def stream_parts(client: LangGraphClient, **context: Any) -> list[Any]:
+    thread = await client.threads.create()
+    parts = [
+        part
+        async for part in client.runs.stream(
+            thread["thread_id"],
+            "moa",
+            input={"messages": [{"role": "user", "content": QUESTION}]},
+            stream_mode=["custom", "messages-tuple"],
+            context=context,
+        )
+    ]
+    assert not [p.data for p in parts if p.event == "error"]
+    return parts
+
+
+def message_text(parts: list[Any]) -> str:
+    """What a chat UI shows: every token of the messages stream, whoever wrote it."""
+    return "".join(p.data[0]["content"] for p in parts if p.event == "messages")
+
+
+async def test_chat_clients_see_only_the_answer_and_proposals_arrive_as_custom_events(
+    client: LangGraphClient,
+) -> None:
+    parts = await stream_parts(client)
+    assert message_text(parts) == ANSWER
+    custom = [p.data for p in parts if p.event == "custom"]
+    deltas: dict[int, str] = {}
+    for event in custom:
+        if event["moa_event"] == "proposal_delta":
+            deltas[event["index"]] = deltas.get(event["index"], "") + event["text"]
+    finished = {e["index"]: e for e in custom if e["moa_event"] == "proposal_finished"}
+    assert deltas == {0: "Paris.", 1: "It is Paris."}
+    assert {i: e["text"] for i, e in finished.items()} == deltas
+    assert finished[1]["proposer"] == "p2" and finished[1]["attempts"] == 1
+
+    with_proposers = message_text(await stream_parts(client, stream_proposers=True))
+    assert "Paris." in with_proposers.removesuffix(ANSWER) and with_proposers.endswith(ANSWER)
+
+
 async def test_threads_keep_the_conversation(client: LangGraphClient) -> None:
     thread = await client.threads.create()
     for question in (QUESTION, "And of Italy?"):

@@ -30,7 +30,10 @@ def add_mixture_options(parser: argparse.ArgumentParser) -> None:
     """Add the recipe, model and setting options to ``parser``."""
     recipe = parser.add_argument_group("mixture")
     recipe.add_argument(
-        "--preset", choices=sorted(PRESETS), help="named recipe (default: local without a key)"
+        "--preset",
+        choices=sorted(PRESETS),
+        help="named recipe (default: local without a key; only its shape when --proposer and "
+        "--aggregator replace its models)",
     )
     recipe.add_argument("--config", metavar="FILE", help="a TOML recipe file")
     recipe.add_argument(
@@ -84,13 +87,18 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     types = {"int": int, "float": float}  # the fields' annotations, as strings
     for option in fields(ServeOptions):
+        flag, doc = "--" + option.name.replace("_", "-"), option.metadata["doc"]
+        if str(option.type) == "bool":
+            group.add_argument(flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                               default=option.default, help=doc)  # fmt: skip
+            continue
         group.add_argument(
-            "--" + option.name.replace("_", "-"),
+            flag,
             dest=option.name,
             type=types.get(str(option.type), str),
             default=option.default,
             metavar=option.name.upper(),
-            help=f"{option.metadata['doc']} (default: {option.metadata['shown']})",
+            help=f"{doc} (default: {option.metadata['shown']})",
         )
 
 
@@ -114,8 +122,10 @@ def mixture_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def base_recipe(args: argparse.Namespace) -> Recipe:
-    """The recipe the options start from: ``--config``, ``--preset`` or the default preset."""
-    return choose_recipe(preset=args.preset, config=args.config)
+    """The recipe the options start from: ``--config``, ``--preset`` or the default preset (its
+    shape only when ``--proposer`` and ``--aggregator`` replace every model)."""
+    own_models = bool(args.proposer) and args.aggregator is not None
+    return choose_recipe(preset=args.preset, config=args.config, own_models=own_models)
 
 
 def mixture_source(args: argparse.Namespace) -> dict[str, Any]:

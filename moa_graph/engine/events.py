@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.runtime import Runtime
 
 from moa_graph.engine.plan import ProposerSlot
@@ -12,6 +14,11 @@ from moa_graph.state import ProgressEvent
 
 PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"
 """Tags of every proposer call and of every aggregator call (``moa:layer:<n>`` is added too)."""
+
+NOSTREAM_TAGS = ("nostream", "langsmith:nostream")
+"""Tags that keep a call's tokens off LangGraph's ``messages`` stream (LangGraph honours
+``nostream``; LangSmith-era clients the other spelling): proposer calls carry them unless a run
+asks for ``stream_proposers=True``, so chat UIs reading ``messages`` show only the answer."""
 
 
 def emit(runtime: Runtime | None, **event: Any) -> None:
@@ -31,7 +38,42 @@ def identity(slot: ProposerSlot) -> dict[str, Any]:
             "model": slot.model_name}  # fmt: skip
 
 
+RECORD_KEYS = ("text", "usage", "attempts", "confidence", "rounds")
+"""What ``proposal_finished`` and ``proposal_failed`` events carry of the proposal's record."""
+
+
+def record_fields(proposal: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a proposal's record a finished (or failed) proposal event carries: its whole
+    text, usage, attempts, and confidence and staircase rounds when known.
+
+    Example:
+        >>> record_fields({"text": "4", "usage": None, "attempts": 1, "status": "answered"})
+        {'text': '4', 'usage': None, 'attempts': 1}
+    """
+    return {key: proposal[key] for key in RECORD_KEYS if key in proposal}
+
+
 def truncation_record(cut: Truncation) -> dict[str, int]:
     """A reference cut to the token budget, as events and metadata record it."""
     return {"layer": cut.layer, "index": cut.index, "tokens": cut.tokens,
             "kept_tokens": cut.kept_tokens}  # fmt: skip
+
+
+class ProposalTextEvents(BaseCallbackHandler):
+    """Sends a proposer's text as it is written: a ``proposal_delta`` progress event for every
+    token it streams (``text`` holds the token).
+
+    It does not make a call stream: a proposer streams when the run streams ``messages`` (whose
+    handler makes every chat model call under it stream; LangGraph Server's chat clients and the
+    playground do) or when its model streams by itself (``streaming=True``). Otherwise its text
+    arrives whole, in ``proposal_finished``.
+    """
+
+    run_inline = True  # in the call's own thread or task, so deltas keep their order
+
+    def __init__(self, runtime: Runtime | None, who: dict[str, Any]) -> None:
+        self.runtime, self.who = runtime, who
+
+    def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
+        if isinstance(token, str) and token:
+            emit(self.runtime, moa_event="proposal_delta", text=token, **self.who)

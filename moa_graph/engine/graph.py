@@ -43,9 +43,10 @@ MoAContext.__doc__ = f"""Run-time context (``graph.invoke(..., context={{...}})`
 
 The per-run choices ({", ".join(RUN_KEYS)}) narrow the configured mixture for one run but never
 add a model; they are checked before any call (``ValueError`` naming the key). ``aggregator_kwargs``
-go to the final aggregator call (stop words, bound tools); ``stream_proposers=False`` keeps
-proposers from streaming tokens nobody reads. Other keys are ignored, so a parent graph can share
-its own context with the mixture.
+go to the final aggregator call (stop words, bound tools); ``stream_proposers=True`` puts the
+proposers' tokens on the ``messages`` stream beside the answer's (by default only the answer's
+arrive there), ``stream_proposers=False`` keeps proposers from streaming tokens nobody reads.
+Other keys are ignored, so a parent graph can share its own context with the mixture.
 
 Example:
     >>> context = {{"layers": 2, "proposers": ["qwen"], "temperature": 0.2}}

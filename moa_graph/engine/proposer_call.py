@@ -20,12 +20,20 @@ from moa_graph.aggregation import call_seed, shuffled
 from moa_graph.aggregator import InjectReferences
 from moa_graph.confidence import answer_confidence
 from moa_graph.engine.calls import CallCancelled, cancel_requested
-from moa_graph.engine.events import PROPOSER_TAG, emit, identity, run_name
+from moa_graph.engine.events import (
+    NOSTREAM_TAGS,
+    PROPOSER_TAG,
+    ProposalTextEvents,
+    emit,
+    identity,
+    record_fields,
+    run_name,
+)
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.race import LayerRace
 from moa_graph.engine.sample_batch import SampleBatch, draw_async, draw_sync
 from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
-from moa_graph.engine.token_streaming import without_token_streaming
+from moa_graph.engine.token_streaming import with_handler, without_token_streaming
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import Proposal, ProposerTask
@@ -143,11 +151,11 @@ class ProposerCall:
         if message is not None:
             if self.race is not None:
                 self.race.answered()
-            emit(self.runtime, moa_event="proposal_finished", **base)
             usage = getattr(message, "usage_metadata", None)
             proposal = self._proposal("answered", message.text, None, usage, latency)
             if (confidence := answer_confidence(message)) is not None:
                 proposal["confidence"] = confidence
+            emit(self.runtime, moa_event="proposal_finished", **base, **record_fields(proposal))
             return {"proposals": [proposal]}
         if error is None or isinstance(error, CallCancelled):
             reason = error.reason if isinstance(error, CallCancelled) else self._race_reason()
@@ -160,8 +168,10 @@ class ProposerCall:
                 self.race.failed()
             logger.warning("proposer %s (%s) of layer %d failed: %s", slot.name,
                            slot.model_name, slot.layer, text)  # fmt: skip
-        emit(self.runtime, moa_event="proposal_failed", error=text, **base)
-        return {"proposals": [self._proposal(status, "", text, None, latency)]}
+        proposal = self._proposal(status, "", text, None, latency)
+        emit(self.runtime, moa_event="proposal_failed", error=text, **base,
+             attempts=self.attempts)  # fmt: skip
+        return {"proposals": [proposal]}
 
     def _race_reason(self) -> str:
         return (self.race.reason if self.race is not None else None) or "not started"
@@ -188,13 +198,14 @@ def proposer_config(
     token streaming when nobody reads the proposers' tokens, and secrets masked."""
     labels = {"moa_layer": slot.layer, "moa_index": slot.index, "moa_proposer": slot.name,
               "moa_model": slot.model_name, **metadata}  # fmt: skip
-    traced = merge_configs(
-        config,
-        {"run_name": run_name(slot), "tags": [PROPOSER_TAG, f"moa:layer:{slot.layer}"],
-         "metadata": labels},
-    )  # fmt: skip
+    tags = [PROPOSER_TAG, f"moa:layer:{slot.layer}"]
+    if not scope.proposer_tokens_in_messages:
+        tags += NOSTREAM_TAGS
+    traced = merge_configs(config, {"run_name": run_name(slot), "tags": tags, "metadata": labels})
     callbacks = traced.get("callbacks")
-    if not scope.proposers_stream:
+    if scope.proposers_stream:
+        callbacks = with_handler(callbacks, ProposalTextEvents(scope.runtime, identity(slot)))
+    else:
         callbacks = without_token_streaming(callbacks)
     traced["callbacks"] = redacting_callbacks(callbacks, scope.plan.secrets)
     return traced

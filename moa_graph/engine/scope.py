@@ -124,8 +124,16 @@ class RunScope:
 
     @property
     def proposers_stream(self) -> bool:
-        """Whether proposer calls stream their tokens (``stream_proposers``, default on)."""
+        """Whether proposer calls stream their tokens (``stream_proposers``, default on): as
+        ``proposal_delta`` progress events, and on the ``messages`` stream only when a run asks
+        for ``stream_proposers=True`` (``proposer_tokens_in_messages``)."""
         return self.choices.get("stream_proposers") is not False
+
+    @property
+    def proposer_tokens_in_messages(self) -> bool:
+        """Whether proposer tokens go to LangGraph's ``messages`` stream beside the answer's
+        (``stream_proposers=True``; by default chat UIs see only the answer)."""
+        return self.choices.get("stream_proposers") is True
 
     def sample_batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
         """The request that draws the samples ``members`` of ``layer`` together, held by the

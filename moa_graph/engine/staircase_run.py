@@ -24,7 +24,7 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.func import task
 
 from moa_graph.engine.calls import CallCancelled, CallPolicy, call_async, call_sync
-from moa_graph.engine.events import emit, identity
+from moa_graph.engine.events import emit, identity, record_fields
 from moa_graph.engine.final_answer import TokenWatcher, aggregator_config, sum_usage
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.proposer_call import proposer_config
@@ -215,7 +215,8 @@ class StaircaseRun:
         self.publish(proposal)
         event = "proposal_finished" if status == "answered" else "proposal_failed"
         details = {"error": error} if error else {}
-        emit(self.scope.runtime, moa_event=event, latency_s=latency, **identity(slot), **details)
+        emit(self.scope.runtime, moa_event=event, latency_s=latency, **identity(slot), **details,
+             **record_fields(proposal))  # fmt: skip
         if race is not None:
             {"answered": race.answered, "failed": race.failed}.get(status, race.cancelled)()
         return proposal

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager, CallbackManager
 
 # LangGraph's ``stream_mode="messages"`` handler class: the only way to tell it from the
 # caller's handlers (no public name exists).
@@ -23,6 +23,8 @@ def without_token_streaming(callbacks: Any) -> Any:
     LangGraph's ``stream_mode="messages"`` handler makes every model call stream token by
     token; a proposer whose tokens nobody reads then pays for it on the critical path.
     """
+    if isinstance(callbacks, list):
+        return [h for h in callbacks if not isinstance(h, _StreamingCallbackHandler)]
     if not isinstance(callbacks, BaseCallbackManager):
         return callbacks
     handlers = callbacks.handlers + callbacks.inheritable_handlers
@@ -33,4 +35,23 @@ def without_token_streaming(callbacks: Any) -> Any:
     manager.inheritable_handlers = [
         h for h in manager.inheritable_handlers if not isinstance(h, _StreamingCallbackHandler)
     ]
+    return manager
+
+
+def with_handler(callbacks: Any, handler: BaseCallbackHandler) -> BaseCallbackManager:
+    """A copy of a config's callbacks (a manager, a list or none) with ``handler`` added, inherited
+    by the calls under it.
+
+    Example:
+        >>> manager = with_handler(None, BaseCallbackHandler())
+        >>> len(manager.handlers), len(manager.inheritable_handlers)
+        (1, 1)
+    """
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+    else:
+        manager = CallbackManager(handlers=[], inheritable_handlers=[])
+        for existing in callbacks or []:
+            manager.add_handler(existing, inherit=True)
+    manager.add_handler(handler, inherit=True)
     return manager

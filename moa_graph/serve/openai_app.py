@@ -31,10 +31,10 @@ import secrets
 import sys
 import time
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import anyio.to_thread
 import uvicorn
@@ -47,6 +47,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from moa_graph.chat_model import THREAD_KWARG, ChatMixtureOfAgents
+from moa_graph.engine import strategies
 from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
@@ -67,10 +68,14 @@ from moa_graph.serve.openai_requests import (
     parse_chat_request,
 )
 from moa_graph.serve.options import ServeOptions
+from moa_graph.serve.playground_page import playground_routes
+from moa_graph.serve.run_events import RunEventsResponse, parse_run_request
 from moa_graph.serve.runner import GuardedH11Protocol, UvicornServer, http_url
 from moa_graph.settings import check_known
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULTS = ServeOptions()
 """The server options' defaults (``moa_graph.serve.options``)."""
@@ -120,8 +125,12 @@ def mixture_from_source(source: MixtureSource) -> ChatMixtureOfAgents:
     """
     from moa_graph.presets import choose_recipe
 
-    recipe = choose_recipe(preset=source.get("preset"), config=source.get("config"))
-    return recipe.chat_model(**source.get("overrides", {}))
+    overrides = source.get("overrides", {})
+    own_models = "proposers" in overrides and "aggregator" in overrides
+    recipe = choose_recipe(
+        preset=source.get("preset"), config=source.get("config"), own_models=own_models
+    )
+    return recipe.chat_model(**overrides)
 
 
 REQUEST_LIMITS = ("max_json_depth", "max_messages", "max_message_calls", "max_head_bytes")
@@ -198,6 +207,7 @@ class _Endpoints:
         max_messages: int = DEFAULTS.max_messages,
         max_message_calls: int = DEFAULTS.max_message_calls,
         max_head_bytes: int = DEFAULTS.max_head_bytes,
+        playground: bool = DEFAULTS.playground,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key: give a non-empty key, or None for no authentication")
@@ -215,6 +225,7 @@ class _Endpoints:
         self.max_messages = max_messages
         self.max_message_calls = max_message_calls
         self.max_head_bytes = max_head_bytes
+        self.playground = playground
 
     def app(self) -> Starlette:
         routes = [
@@ -225,6 +236,13 @@ class _Endpoints:
                 Route(prefix + "/models", self.models, methods=["GET"]),
             )
         ]
+        routes.append(Route("/v1/moa/runs", self.runs, methods=["POST"]))
+        if self.playground:
+            routes += playground_routes(
+                auth_required=self._api_key is not None,
+                model_name=self.model_name,
+                aggregations=[strategy.name for strategy in strategies.all_strategies()],
+            )
         app = Starlette(
             routes=routes,
             middleware=[
@@ -285,27 +303,42 @@ class _Endpoints:
             chat = dataclasses.replace(chat, ignored=(*chat.ignored, IDEMPOTENCY_HEADER))
         return _RunResponse(self, chat, thread)
 
+    def _limits(self) -> dict[str, Any]:
+        """What ``parse_chat_request`` checks a request against, for the served mixture."""
+        return {
+            "max_input_chars": self.moa.max_input_chars,
+            "max_json_depth": self.max_json_depth,
+            "max_messages": self.max_messages,
+            "max_message_calls": self.max_message_calls,
+            "model_calls": model_calls(self.moa),
+        }
+
     def _parse(self, body: bytes) -> ChatRequest:
-        """The request ``body`` says, checked against every limit; a ``RequestError`` else."""
-        moa = self.moa
-        try:
-            return parse_chat_request(
-                body,
-                served_name=self.model_name,
-                max_input_chars=moa.max_input_chars,
-                max_json_depth=self.max_json_depth,
-                max_messages=self.max_messages,
-                max_message_calls=self.max_message_calls,
-                model_calls=model_calls(moa),
+        """The chat request ``body`` says, checked against every limit (on a worker thread)."""
+        return _client_error(
+            lambda: parse_chat_request(body, served_name=self.model_name, **self._limits())
+        )
+
+    def _parse_run(self, body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+        """The run request ``body`` says, checked against every limit (on a worker thread)."""
+        return _client_error(
+            lambda: parse_run_request(
+                body, served_name=self.model_name, moa=self.moa, **self._limits()
             )
-        except RequestError:
-            raise
-        except (ValueError, TypeError, RecursionError) as exc:
-            # Every malformed request should be a RequestError above; one that slips through
-            # (a message LangChain refuses) is still the client's, not a 500 with a traceback.
-            logger.info("request refused: %s", redact(f"{type(exc).__name__}: {exc}"))
-            message = f"The request is malformed: {type(exc).__name__}."
-            raise RequestError(400, message) from None
+        )
+
+    async def runs(self, request: Request) -> Response:
+        """``POST /v1/moa/runs``: one run as server-sent events (``moa_graph.serve.run_events``)."""
+        if denied := self._unauthorized(request):
+            return denied
+        try:
+            body = await read_body(
+                request, max_bytes=self.max_body_bytes, timeout=self.body_timeout
+            )
+            chat, choices = await anyio.to_thread.run_sync(self._parse_run, body)
+        except RequestError as exc:
+            return error_response(exc)
+        return RunEventsResponse(self.moa, chat, choices, self.run_error)
 
     def _thread_of(self, request: Request) -> str | None:
         """The thread keeping this request's run: from its ``Idempotency-Key``, if any and
@@ -338,6 +371,21 @@ class _Endpoints:
             return RequestError(502, text, type_="server_error", code="mixture_failed")
         logger.error("mixture run crashed: %s", text)
         return RequestError(500, text, type_="server_error", code="internal_error")
+
+
+def _client_error(parse: Callable[[], T]) -> T:
+    """``parse()``, whose failures are the client's: a ``RequestError`` always (400).
+
+    Every malformed request should raise a ``RequestError`` with its reason; one that slips
+    through (a message LangChain refuses) is still the client's, not a 500 with a traceback.
+    """
+    try:
+        return parse()
+    except RequestError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        logger.info("request refused: %s", redact(f"{type(exc).__name__}: {exc}"))
+        raise RequestError(400, f"The request is malformed: {type(exc).__name__}.") from None
 
 
 _UNAUTHORIZED = RequestError(
@@ -528,6 +576,7 @@ def create_app(
     max_messages: int = DEFAULTS.max_messages,
     max_message_calls: int = DEFAULTS.max_message_calls,
     max_head_bytes: int = DEFAULTS.max_head_bytes,
+    playground: bool = DEFAULTS.playground,
 ) -> Starlette:
     """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
 
@@ -542,6 +591,8 @@ def create_app(
             ``moa_graph.checkpoints`` URL); without it the header is ignored (and listed in
             ``X-MoA-Ignored-Params``).
         lease_seconds: How long the key of a run whose worker died stays locked (409).
+        playground: Serve the playground page at ``/`` (the run-event stream it reads,
+            ``POST /v1/moa/runs``, is served either way).
         max_json_depth: Deeper JSON in a request body is refused with 400.
         max_messages: More messages in a request are refused with 400.
         max_message_calls: A request whose messages times the run's model calls is over
@@ -551,8 +602,9 @@ def create_app(
     Example:
         >>> from moa_graph.presets import local_tiny
         >>> app = create_app(local_tiny().chat_model(), model_name="moa", api_key="k")
-        >>> [route.path for route in app.routes]
-        ['/v1/chat/completions', '/v1/models', '/chat/completions', '/models']
+        >>> [route.path for route in app.routes]  # doctest: +NORMALIZE_WHITESPACE
+        ['/v1/chat/completions', '/v1/models', '/chat/completions', '/models', '/v1/moa/runs',
+         '/', '/playground/{name}']
     """
     endpoints = _Endpoints(
         moa,
@@ -566,6 +618,7 @@ def create_app(
         max_messages=max_messages,
         max_message_calls=max_message_calls,
         max_head_bytes=max_head_bytes,
+        playground=playground,
     )
     return endpoints.app()
 
@@ -587,6 +640,7 @@ class MoAServer(UvicornServer):
         timeout_keep_alive: Seconds an idle keep-alive connection stays open.
         checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept.
         lease_seconds: How long the key of a run whose worker died stays locked (409).
+        playground: Serve the playground page at ``/``.
         **limits: The other limits of ``ServeOptions``: ``max_json_depth``,
             ``max_messages``, ``max_message_calls``, ``max_head_bytes`` (see
             :func:`create_app`), ``max_connections`` and ``head_timeout``.
@@ -623,6 +677,7 @@ class MoAServer(UvicornServer):
         timeout_keep_alive: int = DEFAULTS.timeout_keep_alive,
         checkpoint: str | None = DEFAULTS.checkpoint,
         lease_seconds: float = DEFAULTS.lease_seconds,
+        playground: bool = DEFAULTS.playground,
         **limits: Any,
     ) -> None:
         check_known(limits, [*REQUEST_LIMITS, *CONNECTION_LIMITS], what="server option")
@@ -636,6 +691,7 @@ class MoAServer(UvicornServer):
             checkpoint=checkpoint,
             lease_seconds=lease_seconds,
             **{name: getattr(opts, name) for name in REQUEST_LIMITS},
+            playground=playground,
         )
         super().__init__(
             self._endpoints.app(),
@@ -685,6 +741,7 @@ def app_from_environment() -> Starlette:
         checkpoint=settings["checkpoint"],
         lease_seconds=settings["lease_seconds"],
         **{name: settings[name] for name in REQUEST_LIMITS},
+        playground=settings["playground"],
     )
 
 
@@ -703,8 +760,9 @@ def serve(
             reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
         **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
             ``checkpoint``, ``lease_seconds``, ``max_body_bytes``, ``body_timeout``,
-            ``timeout_keep_alive`` and the limits: ``max_head_bytes``, ``max_connections``,
-            ``head_timeout``, ``max_json_depth``, ``max_messages``, ``max_message_calls``).
+            ``timeout_keep_alive``, ``playground`` and the limits: ``max_head_bytes``,
+            ``max_connections``, ``head_timeout``, ``max_json_depth``, ``max_messages``,
+            ``max_message_calls``).
 
     Raises:
         ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
@@ -734,6 +792,7 @@ def serve(
             "body_timeout": opts.body_timeout,
             "checkpoint": opts.checkpoint,
             "lease_seconds": opts.lease_seconds,
+            "playground": opts.playground,
             **{name: getattr(opts, name) for name in REQUEST_LIMITS},
         }
         os.environ[SERVE_ENV] = json.dumps(settings)
@@ -754,6 +813,7 @@ def serve(
             checkpoint=opts.checkpoint,
             lease_seconds=opts.lease_seconds,
             **{name: getattr(opts, name) for name in REQUEST_LIMITS},
+            playground=opts.playground,
         )
     raise_file_limit(opts.max_connections)
     name = repr(model_name) if model_name else "the mixture"

@@ -151,7 +151,7 @@ def parse_chat_request(
         moa_graph.serve.openai_requests.RequestError: The request's JSON is nested deeper \
 than 32 levels.
     """
-    payload = _json(body or b"null", max_json_depth, check=False)
+    payload = parse_json(body or b"null", max_json_depth, check=False)
     if not isinstance(payload, dict):
         raise RequestError(400, "The request body must be a JSON object.")
     raw_messages = payload.get("messages")
@@ -189,7 +189,7 @@ than 32 levels.
     )
 
 
-def _json(
+def parse_json(
     text: bytes | str,
     max_depth: int,
     what: str = "the JSON body of your request",
@@ -197,7 +197,12 @@ def _json(
     check: bool = True,
 ) -> Any:
     """``text`` parsed, refused with 400 unless valid JSON at most ``max_depth`` deep whose
-    strings are valid Unicode (checked unless ``check=False``: then only parsed)."""
+    strings are valid Unicode (checked unless ``check=False``: then only parsed).
+
+    Example:
+        >>> parse_json(b'{"a": [1]}', 32)
+        {'a': [1]}
+    """
     try:
         value = json.loads(text)
     except RecursionError:  # nested deeper than the parser's stack allows
@@ -410,7 +415,7 @@ def _tool_calls(raw: Any, where: str, max_json_depth: int) -> list[dict[str, Any
             raise RequestError(400, f"{at}: id must be a string.", param=at)
         if text is not None and not isinstance(text, str):
             raise RequestError(400, f"{at}: function.arguments must be a string.", param=at)
-        arguments = _json(text or "{}", max_json_depth, f"{at}: function.arguments")
+        arguments = parse_json(text or "{}", max_json_depth, f"{at}: function.arguments")
         if not isinstance(arguments, dict):
             raise RequestError(400, f"{at}: function.arguments must be a JSON object.", param=at)
         calls.append({"name": name, "args": arguments, "id": call_id})

@@ -57,6 +57,9 @@ class ServeOptions:
     timeout_keep_alive: int = _option(
         5, "seconds an idle keep-alive connection stays open", minimum=1
     )
+    playground: bool = _option(
+        True, "serve the playground page at / (--no-playground leaves it out)", shown="on"
+    )
     # h11's own bound on a head still incomplete, applied to complete heads too (h11 reads one
     # that arrives in a single read whatever its length). Node.js also defaults to 16 KiB; a
     # client's head is under 1 KiB (a bearer key, a few headers).

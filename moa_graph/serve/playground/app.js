@@ -158,8 +158,14 @@
     const parts = [];
     if (proposal.latency_s != null) parts.push(`${proposal.latency_s.toFixed(1)} s`);
     const usage = proposal.usage || {};
-    if (usage.output_tokens != null) parts.push(`${usage.output_tokens} tokens`);
-    if (proposal.attempts > 1) parts.push(`${proposal.attempts - 1} retries`);
+    if (usage.output_tokens != null) {
+      parts.push(`${usage.output_tokens} token${usage.output_tokens === 1 ? "" : "s"}`);
+    }
+    if (proposal.attempts > 1 && !proposal.rounds) {
+      // a staircase counts its rounds as attempts: retries show only outside one
+      const retries = proposal.attempts - 1;
+      parts.push(`${retries} ${retries === 1 ? "retry" : "retries"}`);
+    }
     if (proposal.confidence != null) parts.push(`confidence ${proposal.confidence.toFixed(2)}`);
     if (proposal.rounds) parts.push(`${proposal.rounds} rounds`);
     return parts.join(" · ");
@@ -167,7 +173,7 @@
 
   const handlers = {
     run(event) {
-      run.started = performance.now();
+      run.aggregatorLayer = event.aggregator ? event.aggregator.layer : null;
       for (const layer of event.layers || []) {
         for (const proposer of layer.proposers) card({ layer: layer.layer, ...proposer });
       }
@@ -178,34 +184,34 @@
     proposal_delta(event) {
       appendText(card(event).text, event.text);
     },
-    proposal_round(event) {
-      const target = card(event);
-      target.round = event.round;
-      setStatus(target, `writing, round ${event.round}`);
-    },
     proposal_retrying(event) {
       setStatus(card(event), `retrying (attempt ${event.attempt})`);
     },
     proposal_finished(event) {
       const target = card(event);
       flush();
-      const proposal = event.proposal || {};
-      if (typeof proposal.text === "string" && target.text.data !== proposal.text) {
-        target.text.data = proposal.text; // the whole text, should a delta have been missed
+      if (typeof event.text === "string" && target.text.data !== event.text) {
+        target.text.data = event.text; // the whole text: it did not stream, or a delta was lost
       }
-      setStatus(target, proposal.status === "cancelled" ? "cut off" : "done");
-      target.metrics.textContent = describe(proposal);
+      setStatus(target, "done");
+      target.metrics.textContent = describe(event);
     },
     proposal_failed(event) {
       const target = card(event);
-      const proposal = event.proposal || {};
-      setStatus(target, "failed");
-      target.metrics.textContent = [describe(proposal), proposal.error].filter(Boolean).join(" · ");
+      flush();
+      setStatus(target, event.error && event.error.startsWith("cancelled") ? "cut off" : "failed");
+      target.metrics.textContent = [describe(event), event.error].filter(Boolean).join(" · ");
     },
+    round_started(event) {
+      // staircase streaming: everyone writes in rounds of growing chunks
+      if (event.layer === run.aggregatorLayer) {
+        answerStatus.textContent = `writing, round ${event.round}`;
+      } else if (event.index != null) {
+        setStatus(card(event), `writing, round ${event.round}`);
+      }
+    },
+    round_finished() {},
     layer_done() {},
-    answer_round(event) {
-      answerStatus.textContent = `writing, round ${event.round}`;
-    },
     answer_delta(event) {
       if (run.firstToken == null) {
         run.firstToken = (performance.now() - run.started) / 1000;
@@ -238,7 +244,11 @@
   };
 
   function showTally(votes) {
-    const counts = votes.counts || {};
+    const counts = {}; // the record lists each proposal's answer (null: none could be read)
+    for (const answer of votes.answers || []) {
+      const key = answer == null ? "no clear answer" : answer;
+      counts[key] = (counts[key] || 0) + 1;
+    }
     const list = document.createElement("ul");
     for (const [answer, count] of Object.entries(counts)) {
       const item = document.createElement("li");
@@ -286,7 +296,9 @@
       sessionStorage.setItem(KEY_STORE, keyInput.value);
       headers.Authorization = `Bearer ${keyInput.value}`;
     }
-    const request = { messages: [{ role: "user", content: text }], choices: choices() };
+    const request = {
+      model: settings.model, messages: [{ role: "user", content: text }], choices: choices(),
+    };
     let response;
     try {
       response = await fetch("v1/moa/runs", {
