@@ -21,7 +21,7 @@ import httpx
 import pytest
 from langchain_openai import ChatOpenAI
 
-from benchmarks.serve_probe import _chat, _request, exchange, malformed_corpus
+from benchmarks.serve_probe import _chat, _request, _with_call, exchange, malformed_corpus
 from moa_graph import ChatMixtureOfAgents
 from moa_graph.engine.calls import CallPolicy, call_async
 from moa_graph.redact import redact
@@ -188,6 +188,27 @@ def test_lone_surrogate_is_400_before_any_model_call(
     assert status == 400
     assert error_of(answer)["code"] == "invalid_unicode"
     assert upstream.request_count() == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _chat().replace("Hi?", "a\\ud800b"),
+        f'{{"model": "{NAME}", "messages": {"[" * 100_000}{"]" * 100_000}}}',
+        _chat([{"role": "user", "content": "a"}] * 100_000),
+        _with_call({"function": {"name": 5, "arguments": "[1]"}}),
+    ],
+    ids=["lone-surrogate", "deep", "100000-messages", "bad-tool-call"],
+)
+def test_the_run_event_stream_refuses_the_same_input(
+    served: MoAServer, upstream: OpenAICompatibleServer, logs: Records, body: str
+) -> None:
+    before = upstream.request_count()
+    status, _, answer = ask(served, _request(body, path="/v1/moa/runs"))
+    assert status == 400, answer
+    assert error_of(answer)["type"] == "invalid_request_error"
+    assert upstream.request_count() == before
+    assert not any(r.exc_info for r in logs.records)
 
 
 # -------------------------------------------------------------------------- 4: starvation
