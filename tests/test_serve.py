@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -374,6 +375,7 @@ class _Crashing:
     """Stands in for a mixture whose run crashes with an unexpected error."""
 
     max_input_chars = 1000
+    plan = SimpleNamespace(proposer_layers=())  # no proposers: one model call a run
 
     def __init__(self, message: str) -> None:
         self.message = message

@@ -333,19 +333,8 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(raw: Raw) -> Non
     assert time.monotonic() - started >= KEEP_ALIVE * 0.5
 
 
-@pytest.mark.parametrize("trickle", [False, True], ids=["silent", "head-byte-by-byte"])
-def test_a_new_connection_is_not_timed_out_before_its_head(raw: Raw, trickle: bool) -> None:
-    # uvicorn's keep-alive timer starts after a first response, and it has no timeout for the
-    # request head: a client that connects and sends nothing, or its head a byte at a time,
-    # keeps its connection. A reverse proxy's header timeout ends those (see the serve notes).
-    started = time.monotonic()
-    for byte in head(POST, "Host: x")[:-2] if trickle else b"":
-        raw.send(bytes([byte]))
-        assert not raw.closed_within(0.05)
-        if time.monotonic() - started > KEEP_ALIVE + 1.5:
-            break
-    assert not raw.closed_within(max(0.0, KEEP_ALIVE + 1.5 - (time.monotonic() - started)))
-    assert time.monotonic() - started >= KEEP_ALIVE + 1.5
+# A head not sent in time (silent, or a byte at a time) is cut at --head-timeout: see
+# tests/test_serve_hostile.py, which runs a server with a short one.
 
 
 # -------------------------------------------------------------------------- CLI and workers

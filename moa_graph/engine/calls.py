@@ -102,23 +102,61 @@ async def call_async(
     attempt exceeds ``policy.timeout``; ``CallCancelled`` when the race stopped first.
     """
     retrying = partial(_retrying, attempt, policy, on_retry, can_retry, continuing)
-    if race is None:  # awaited in place: a task of its own would start a loop turn later
-        return await retrying()
+    # A task of its own, even without a race, so that a cancelled run cancels the call for
+    # sure (see cancel_until_done); it starts a loop turn later, nothing next to a model call.
     task = asyncio.ensure_future(retrying())
-    loop = asyncio.get_running_loop()
-    stopped = asyncio.Event()
-    race.subscribe(lambda: loop.call_soon_threadsafe(stopped.set))
-    waiter = asyncio.ensure_future(stopped.wait())
+    waiters: set[asyncio.Future[Any]] = {task}
+    if race is not None:
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        race.subscribe(lambda: loop.call_soon_threadsafe(stopped.set))
+        waiters.add(asyncio.ensure_future(stopped.wait()))
     try:
-        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        for waiter in waiters - {task}:
+            waiter.cancel()
         if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_until_done(task)
     if task.cancelled():
-        raise CallCancelled(race.reason)
+        raise CallCancelled(race.reason if race is not None else None)
     return task.result()
+
+
+CANCEL_RETRY_SECONDS = 0.05
+"""How often :func:`cancel_until_done` repeats a cancellation the task did not act on."""
+
+
+async def cancel_until_done(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it is done, cancelling again if it goes on running.
+
+    Once is not always enough on Python 3.11: ``asyncio.wait_for`` returns the result of the
+    future it waits for, and drops the cancellation, when both happen in the same loop turn
+    (CPython gh-86296, fixed in 3.12). ``langchain_openai`` wraps every read of a stream in
+    it (its per-chunk timeout), so a run cancelled as a chunk arrived kept streaming from the
+    provider to the end: 26 of 35 aggregator streams outlived their clients in a probe. A
+    second cancellation lands on the next read.
+    Being cancelled meanwhile does not stop the wait (the call must end first); the
+    cancellation is raised once it has.
+
+    Example:
+        >>> async def main():
+        ...     task = asyncio.ensure_future(asyncio.sleep(10))
+        ...     await asyncio.sleep(0)
+        ...     await cancel_until_done(task)
+        ...     return task.cancelled()
+        >>> asyncio.run(main())
+        True
+    """
+    cancelled = False
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=CANCEL_RETRY_SECONDS)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _retrying(

@@ -21,6 +21,7 @@ from moa_graph.models import (
     chat_model_under,
     resolve_model,
 )
+from moa_graph.redact import held_secrets
 from moa_graph.settings import DEFAULTS, MixtureSettings
 
 
@@ -158,7 +159,12 @@ def build_plan(
         proposer_layers=tuple(proposer_layers),
         aggregator=resolve(aggregator, "aggregator"),
         options=settings,
-        secrets=tuple(sorted({m.secret for m in resolved_models.values() if m.secret})),
+        secrets=tuple(
+            sorted(
+                {m.secret for m in resolved_models.values() if m.secret}
+                | {key for m in resolved_models.values() for key in held_secrets(m.model)}
+            )
+        ),
         models=tuple(resolved_models.values()),
     )
     check_against_shape(settings, smallest_layer=min(len(layer) for layer in proposer_layers))

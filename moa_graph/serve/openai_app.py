@@ -18,7 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -27,11 +30,13 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -47,13 +52,14 @@ from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire
 from moa_graph.serve.asgi import ClientWatch, body_message, routing_error, start_message
-from moa_graph.serve.guards import FramingGuard, read_body
+from moa_graph.serve.guards import FramingGuard, HeadGuard, read_body
 from moa_graph.serve.kept_runs import (
     RETRY_OPEN_AFTER,
     KeptRuns,
     KeyInUseError,
     StoreUnavailableError,
 )
+from moa_graph.serve.logs import log_config
 from moa_graph.serve.openai_requests import (
     ChatRequest,
     RequestError,
@@ -64,10 +70,12 @@ from moa_graph.serve.openai_requests import (
 from moa_graph.serve.options import ServeOptions
 from moa_graph.serve.playground_page import playground_routes
 from moa_graph.serve.run_events import RunEventsResponse, parse_run_request
-from moa_graph.serve.runner import NoDelayH11Protocol, UvicornServer, http_url
+from moa_graph.serve.runner import GuardedH11Protocol, UvicornServer, http_url
 from moa_graph.settings import check_known
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULTS = ServeOptions()
 """The server options' defaults (``moa_graph.serve.options``)."""
@@ -125,6 +133,63 @@ def mixture_from_source(source: MixtureSource) -> ChatMixtureOfAgents:
     return recipe.chat_model(**overrides)
 
 
+REQUEST_LIMITS = ("max_json_depth", "max_messages", "max_message_calls", "max_head_bytes")
+"""The ``ServeOptions`` that bound what one request may ask of the app (keywords of
+:func:`create_app` and :class:`MoAServer`)."""
+
+CONNECTION_LIMITS = ("max_connections", "head_timeout")
+"""The ``ServeOptions`` that bound connections (uvicorn's protocol, :class:`MoAServer`)."""
+
+
+def model_calls(moa: ChatMixtureOfAgents) -> int:
+    """The model calls of one run of ``moa``: each proposer slot and the aggregator, once.
+
+    Example:
+        >>> from moa_graph.presets import local_tiny
+        >>> model_calls(local_tiny().chat_model()) >= 2
+        True
+    """
+    return sum(len(layer) for layer in moa.plan.proposer_layers) + 1
+
+
+def guarded_protocol(
+    max_connections: int = DEFAULTS.max_connections, head_timeout: float = DEFAULTS.head_timeout
+) -> Any:
+    """uvicorn's h11 protocol with the connection limits (``uvicorn.run(http=...)``)."""
+    return functools.partial(
+        GuardedH11Protocol, max_connections=max_connections, head_timeout=head_timeout
+    )
+
+
+async def _wait_for(awaitable: Any, timeout: float | None) -> Any:
+    """``asyncio.wait_for`` as Python 3.12 has it: a cancellation is never dropped."""
+    async with asyncio.timeout(timeout):
+        return await awaitable
+
+
+def cancellable_streams() -> None:
+    """On Python 3.11, make ``langchain_openai`` stop a stream whose run is cancelled.
+
+    It waits for each chunk of a stream in ``asyncio.wait_for`` (its ``stream_chunk_timeout``),
+    and on Python 3.11 ``wait_for`` drops a cancellation that comes as the chunk arrives
+    (CPython gh-86296, fixed in 3.12). Under load every chunk is already there when the
+    cancellation lands, so even repeated cancellations were dropped: 100 of 100 aggregator
+    streams ran on after their clients left. Its module is given 3.12's ``wait_for`` (the
+    rest of ``asyncio`` unchanged). Nothing is changed on 3.12 and later, or without
+    ``langchain_openai``. Idempotent.
+    """
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        from langchain_openai.chat_models import _client_utils
+    except ImportError:
+        return
+    if isinstance(_client_utils.asyncio, types.ModuleType):  # not yet replaced
+        fixed = types.SimpleNamespace(**vars(asyncio))
+        fixed.wait_for = _wait_for
+        _client_utils.asyncio = fixed  # type: ignore[assignment]
+
+
 class _Endpoints:
     """The routes of one served mixture, and what they share."""
 
@@ -138,6 +203,10 @@ class _Endpoints:
         body_timeout: float,
         checkpoint: str | None = None,
         lease_seconds: float = DEFAULTS.lease_seconds,
+        max_json_depth: int = DEFAULTS.max_json_depth,
+        max_messages: int = DEFAULTS.max_messages,
+        max_message_calls: int = DEFAULTS.max_message_calls,
+        max_head_bytes: int = DEFAULTS.max_head_bytes,
         playground: bool = DEFAULTS.playground,
     ) -> None:
         if api_key is not None and not api_key:
@@ -145,12 +214,17 @@ class _Endpoints:
         if max_body_bytes < 1 or body_timeout <= 0:
             raise ValueError("max_body_bytes and body_timeout must be positive")
         self.moa = moa
+        cancellable_streams()
         self.model_name = model_name or moa.model_name
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
         self._api_key = api_key.encode() if api_key else None
         self._secrets = tuple(s for s in (api_key, *moa.plan.secrets) if s)
         self.kept_runs = KeptRuns(checkpoint, lease_seconds) if checkpoint else None
+        self.max_json_depth = max_json_depth
+        self.max_messages = max_messages
+        self.max_message_calls = max_message_calls
+        self.max_head_bytes = max_head_bytes
         self.playground = playground
 
     def app(self) -> Starlette:
@@ -169,12 +243,19 @@ class _Endpoints:
                 model_name=self.model_name,
                 aggregations=[strategy.name for strategy in strategies.all_strategies()],
             )
-        return Starlette(
+        app = Starlette(
             routes=routes,
-            middleware=[Middleware(FramingGuard)],
+            middleware=[
+                Middleware(HeadGuard, max_head_bytes=self.max_head_bytes),
+                Middleware(FramingGuard),
+            ],
             exception_handlers={HTTPException: routing_error},
             lifespan=self._lifespan,
         )
+        # Starlette answers /v1/models/ with a redirect to the URL built from the request's
+        # Host header (a forged Host was echoed, before authentication): 404 instead.
+        app.router.redirect_slashes = False
+        return app
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -212,15 +293,39 @@ class _Endpoints:
             body = await read_body(
                 request, max_bytes=self.max_body_bytes, timeout=self.body_timeout
             )
-            chat = parse_chat_request(
-                body, served_name=self.model_name, max_input_chars=self.moa.max_input_chars
-            )
+            # Off the event loop: parsing and checking up to max_body_bytes of JSON takes a
+            # few hundred ms of CPU, during which other requests would wait.
+            chat = await anyio.to_thread.run_sync(self._parse, body)
             thread = self._thread_of(request)
         except RequestError as exc:
             return error_response(exc)
         if IDEMPOTENCY_HEADER in request.headers and self.kept_runs is None:
             chat = dataclasses.replace(chat, ignored=(*chat.ignored, IDEMPOTENCY_HEADER))
         return _RunResponse(self, chat, thread)
+
+    def _limits(self) -> dict[str, Any]:
+        """What ``parse_chat_request`` checks a request against, for the served mixture."""
+        return {
+            "max_input_chars": self.moa.max_input_chars,
+            "max_json_depth": self.max_json_depth,
+            "max_messages": self.max_messages,
+            "max_message_calls": self.max_message_calls,
+            "model_calls": model_calls(self.moa),
+        }
+
+    def _parse(self, body: bytes) -> ChatRequest:
+        """The chat request ``body`` says, checked against every limit (on a worker thread)."""
+        return _client_error(
+            lambda: parse_chat_request(body, served_name=self.model_name, **self._limits())
+        )
+
+    def _parse_run(self, body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+        """The run request ``body`` says, checked against every limit (on a worker thread)."""
+        return _client_error(
+            lambda: parse_run_request(
+                body, served_name=self.model_name, moa=self.moa, **self._limits()
+            )
+        )
 
     async def runs(self, request: Request) -> Response:
         """``POST /v1/moa/runs``: one run as server-sent events (``moa_graph.serve.run_events``)."""
@@ -230,7 +335,7 @@ class _Endpoints:
             body = await read_body(
                 request, max_bytes=self.max_body_bytes, timeout=self.body_timeout
             )
-            chat, choices = parse_run_request(body, served_name=self.model_name, moa=self.moa)
+            chat, choices = await anyio.to_thread.run_sync(self._parse_run, body)
         except RequestError as exc:
             return error_response(exc)
         return RunEventsResponse(self.moa, chat, choices, self.run_error)
@@ -266,6 +371,21 @@ class _Endpoints:
             return RequestError(502, text, type_="server_error", code="mixture_failed")
         logger.error("mixture run crashed: %s", text)
         return RequestError(500, text, type_="server_error", code="internal_error")
+
+
+def _client_error(parse: Callable[[], T]) -> T:
+    """``parse()``, whose failures are the client's: a ``RequestError`` always (400).
+
+    Every malformed request should raise a ``RequestError`` with its reason; one that slips
+    through (a message LangChain refuses) is still the client's, not a 500 with a traceback.
+    """
+    try:
+        return parse()
+    except RequestError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        logger.info("request refused: %s", redact(f"{type(exc).__name__}: {exc}"))
+        raise RequestError(400, f"The request is malformed: {type(exc).__name__}.") from None
 
 
 _UNAUTHORIZED = RequestError(
@@ -365,8 +485,8 @@ class _RunResponse(Response):
         headers = [*openai_wire.SSE_HEADERS, *self.headers_out.items()]
         started = False
         usage, finish = None, "stop"
-        chunks = moa.astream(
-            self.chat.messages, self.chat.run_config, stop=self.chat.stop, **kwargs
+        chunks = _pumped(
+            moa.astream(self.chat.messages, self.chat.run_config, stop=self.chat.stop, **kwargs)
         )
         try:
             async for chunk in chunks:
@@ -400,6 +520,42 @@ class _RunResponse(Response):
         await client.send(body_message(tail + openai_wire.SSE_DONE, more=False))
 
 
+async def _pumped(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``chunks``, read by a task of their own, so that closing this iterator cancels that task
+    where it waits: inside the model call that makes the next chunk.
+
+    Closing ``chunks`` itself would only close the outermost generator: LangChain's
+    ``astream`` and the mixture's graph stream inside it are left to the garbage collector,
+    with their upstream calls running (8 of 100 aggregator streams outlived their clients in a
+    probe). A cancelled task unwinds every frame it is in, down to the HTTP read.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()  # never full: the pump never waits
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                queue.put_nowait(("chunk", chunk))
+        except Exception as exc:
+            queue.put_nowait(("error", exc))
+        else:
+            queue.put_nowait(("end", None))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await _aclose(chunks)
+
+
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
     """Close an async generator early, so an abandoned run is cancelled at once."""
     aclose = getattr(iterator, "aclose", None)
@@ -416,6 +572,10 @@ def create_app(
     body_timeout: float = DEFAULTS.body_timeout,
     checkpoint: str | None = DEFAULTS.checkpoint,
     lease_seconds: float = DEFAULTS.lease_seconds,
+    max_json_depth: int = DEFAULTS.max_json_depth,
+    max_messages: int = DEFAULTS.max_messages,
+    max_message_calls: int = DEFAULTS.max_message_calls,
+    max_head_bytes: int = DEFAULTS.max_head_bytes,
     playground: bool = DEFAULTS.playground,
 ) -> Starlette:
     """The OpenAI-compatible Starlette app serving ``moa``, to mount in your own ASGI stack.
@@ -433,6 +593,11 @@ def create_app(
         lease_seconds: How long the key of a run whose worker died stays locked (409).
         playground: Serve the playground page at ``/`` (the run-event stream it reads,
             ``POST /v1/moa/runs``, is served either way).
+        max_json_depth: Deeper JSON in a request body is refused with 400.
+        max_messages: More messages in a request are refused with 400.
+        max_message_calls: A request whose messages times the run's model calls is over
+            this is refused with 400 (each model call converts every message).
+        max_head_bytes: Longer request heads are refused with 431.
 
     Example:
         >>> from moa_graph.presets import local_tiny
@@ -449,6 +614,10 @@ def create_app(
         body_timeout=body_timeout,
         checkpoint=checkpoint,
         lease_seconds=lease_seconds,
+        max_json_depth=max_json_depth,
+        max_messages=max_messages,
+        max_message_calls=max_message_calls,
+        max_head_bytes=max_head_bytes,
         playground=playground,
     )
     return endpoints.app()
@@ -472,6 +641,9 @@ class MoAServer(UvicornServer):
         checkpoint: Where runs of requests carrying an ``Idempotency-Key`` are kept.
         lease_seconds: How long the key of a run whose worker died stays locked (409).
         playground: Serve the playground page at ``/``.
+        **limits: The other limits of ``ServeOptions``: ``max_json_depth``,
+            ``max_messages``, ``max_message_calls``, ``max_head_bytes`` (see
+            :func:`create_app`), ``max_connections`` and ``head_timeout``.
 
     Example:
         >>> import openai
@@ -506,7 +678,10 @@ class MoAServer(UvicornServer):
         checkpoint: str | None = DEFAULTS.checkpoint,
         lease_seconds: float = DEFAULTS.lease_seconds,
         playground: bool = DEFAULTS.playground,
+        **limits: Any,
     ) -> None:
+        check_known(limits, [*REQUEST_LIMITS, *CONNECTION_LIMITS], what="server option")
+        opts = dataclasses.replace(DEFAULTS, **limits)
         self._endpoints = _Endpoints(
             moa,
             model_name=model_name,
@@ -515,6 +690,7 @@ class MoAServer(UvicornServer):
             body_timeout=body_timeout,
             checkpoint=checkpoint,
             lease_seconds=lease_seconds,
+            **{name: getattr(opts, name) for name in REQUEST_LIMITS},
             playground=playground,
         )
         super().__init__(
@@ -522,7 +698,8 @@ class MoAServer(UvicornServer):
             host,
             port,
             timeout_keep_alive=timeout_keep_alive,
-            http=HTTP_IMPLEMENTATION,
+            http=guarded_protocol(opts.max_connections, opts.head_timeout),
+            max_head_bytes=opts.max_head_bytes,
         )
 
     @property
@@ -563,6 +740,7 @@ def app_from_environment() -> Starlette:
         body_timeout=settings["body_timeout"],
         checkpoint=settings["checkpoint"],
         lease_seconds=settings["lease_seconds"],
+        **{name: settings[name] for name in REQUEST_LIMITS},
         playground=settings["playground"],
     )
 
@@ -582,7 +760,9 @@ def serve(
             reaches them as the ``MOA_GRAPH_API_KEY`` environment variable.
         **options: ``ServeOptions`` (``host``, ``port``, ``model_name``, ``workers``,
             ``checkpoint``, ``lease_seconds``, ``max_body_bytes``, ``body_timeout``,
-            ``timeout_keep_alive``, ``playground``).
+            ``timeout_keep_alive``, ``playground`` and the limits: ``max_head_bytes``,
+            ``max_connections``, ``head_timeout``, ``max_json_depth``, ``max_messages``,
+            ``max_message_calls``).
 
     Raises:
         ValueError: For ``workers > 1`` with a built mixture, a bad description or option.
@@ -613,6 +793,7 @@ def serve(
             "checkpoint": opts.checkpoint,
             "lease_seconds": opts.lease_seconds,
             "playground": opts.playground,
+            **{name: getattr(opts, name) for name in REQUEST_LIMITS},
         }
         os.environ[SERVE_ENV] = json.dumps(settings)
         if api_key:
@@ -631,8 +812,10 @@ def serve(
             body_timeout=opts.body_timeout,
             checkpoint=opts.checkpoint,
             lease_seconds=opts.lease_seconds,
+            **{name: getattr(opts, name) for name in REQUEST_LIMITS},
             playground=opts.playground,
         )
+    raise_file_limit(opts.max_connections)
     name = repr(model_name) if model_name else "the mixture"
     url = http_url(opts.host, opts.port) + "/v1"
     plural = "s" if opts.workers > 1 else ""
@@ -644,8 +827,33 @@ def serve(
         host=opts.host,
         port=opts.port,
         workers=opts.workers,
-        http=NoDelayH11Protocol,  # h11, with Nagle off in worker processes too
+        # h11 with Nagle off, a cap on connections and a head deadline, in workers too
+        http=guarded_protocol(opts.max_connections, opts.head_timeout),
         ws="none",
         lifespan="auto",
         timeout_keep_alive=opts.timeout_keep_alive,
+        h11_max_incomplete_event_size=opts.max_head_bytes,
+        log_config=log_config(),  # repeated lines limited, no query string in the access log
     )
+
+
+def raise_file_limit(max_connections: int) -> None:
+    """Raise this process's open-file limit to its hard limit, and warn if it is still too low
+    for ``max_connections`` (each also takes upstream connections while its run lasts)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = 2 * max_connections + 100
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "the open-file limit (%d) is under 2 x --max-connections + 100 (%d): lower "
+            "--max-connections or raise the limit (ulimit -n)",
+            soft,
+            needed,
+        )

@@ -36,6 +36,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
 
 from moa_graph.serve.openai_wire import error_body
+from moa_graph.serve.options import ServeOptions
 from moa_graph.settings import check_value
 from moa_graph.validation import DEFAULT_MAX_INPUT_CHARS, validate_conversation
 
@@ -54,6 +55,8 @@ _NEUTRAL = {"n": 1, "logprobs": False, "modalities": ["text"]}
 """Fields accepted only with their default value (anything else is a feature we lack)."""
 
 MAX_STOP_SEQUENCES = 4
+
+_LIMITS = ServeOptions()
 
 
 class RequestError(Exception):
@@ -120,22 +123,41 @@ class ChatRequest:
 
 
 def parse_chat_request(
-    body: bytes, *, served_name: str, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    body: bytes,
+    *,
+    served_name: str,
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
+    max_json_depth: int = _LIMITS.max_json_depth,
+    max_messages: int = _LIMITS.max_messages,
+    max_message_calls: int = _LIMITS.max_message_calls,
+    model_calls: int = 1,
 ) -> ChatRequest:
     """Parse and check a chat-completion request body.
 
+    Everything is bounded before any model is called: the JSON's nesting (``max_json_depth``,
+    tool-call arguments included), its text (valid Unicode: no lone surrogate, which no
+    provider could be sent), the number of messages (``max_messages``) and the conversion cost
+    of the run, messages times ``model_calls`` (``max_message_calls``).
+
     Raises:
-        RequestError: 400 for invalid JSON, bad messages or refused fields; 404 when ``model``
-            names another model than ``served_name``.
+        RequestError: 400 for invalid JSON, bad messages, refused fields or a request over a
+            limit; 404 when ``model`` names another model than ``served_name``.
+
+    Example:
+        >>> deep = b'{"model": "moa", "messages": ' + b"[" * 40 + b"]" * 40 + b"}"
+        >>> parse_chat_request(deep, served_name="moa")
+        Traceback (most recent call last):
+        ...
+        moa_graph.serve.openai_requests.RequestError: The request's JSON is nested deeper \
+than 32 levels.
     """
-    try:
-        payload = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(
-            400, f"We could not parse the JSON body of your request: {exc}"
-        ) from None
+    payload = parse_json(body or b"null", max_json_depth, check=False)
     if not isinstance(payload, dict):
         raise RequestError(400, "The request body must be a JSON object.")
+    raw_messages = payload.get("messages")
+    if isinstance(raw_messages, list):  # first: counting is cheap, checking them is not
+        _check_count(len(raw_messages), max_messages, max_message_calls, model_calls)
+    _check_json(payload, max_json_depth)
     fields = {key: value for key, value in payload.items() if value is not None}
     _check_fields(fields)
     model = fields.get("model")
@@ -148,7 +170,7 @@ def parse_chat_request(
             code="model_not_found",
             param="model",
         )
-    messages = to_messages(fields.get("messages"))
+    messages = to_messages(fields.get("messages"), max_json_depth=max_json_depth)
     try:
         validate_conversation(messages, max_input_chars=max_input_chars)
     except (ValueError, TypeError) as exc:
@@ -165,6 +187,95 @@ def parse_chat_request(
         seed=_seed(fields.get("seed")),
         ignored=tuple(sorted(key for key in fields if key in IGNORED)),
     )
+
+
+def parse_json(
+    text: bytes | str,
+    max_depth: int,
+    what: str = "the JSON body of your request",
+    *,
+    check: bool = True,
+) -> Any:
+    """``text`` parsed, refused with 400 unless valid JSON at most ``max_depth`` deep whose
+    strings are valid Unicode (checked unless ``check=False``: then only parsed).
+
+    Example:
+        >>> parse_json(b'{"a": [1]}', 32)
+        {'a': [1]}
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:  # nested deeper than the parser's stack allows
+        raise _too_deep(max_depth) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"We could not parse {what}: {exc}") from None
+    if check:
+        _check_json(value, max_depth)
+    return value
+
+
+def _check_json(value: Any, max_depth: int, depth: int = 0) -> None:
+    """Refuse JSON nested over ``max_depth`` levels, or with a string that is not valid Unicode
+    (a lone surrogate such as ``"\\ud800"``, which JSON allows and UTF-8 cannot encode).
+
+    Iterative, so it cannot exhaust the stack whatever the depth.
+    """
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if level >= max_depth:
+            raise _too_deep(max_depth)
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key)
+                stack.append((child, level + 1))
+        else:
+            stack.extend((child, level + 1) for child in item)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            400,
+            f"The request holds a string that is not valid Unicode (a lone surrogate "
+            f"{text[exc.start]!r} at position {exc.start}); send UTF-8 text.",
+            code="invalid_unicode",
+        ) from None
+
+
+def _too_deep(max_depth: int) -> RequestError:
+    return RequestError(
+        400, f"The request's JSON is nested deeper than {max_depth} levels.", code="too_deep"
+    )
+
+
+def _check_count(count: int, max_messages: int, max_message_calls: int, calls: int) -> None:
+    """Refuse a conversation too long to convert for every model call of the run."""
+    if count > max_messages:
+        raise RequestError(
+            400,
+            f"messages: {count:,} messages, more than this server accepts ({max_messages:,}; "
+            "its --max-messages).",
+            code="too_many_messages",
+            param="messages",
+        )
+    if count * calls > max_message_calls:
+        raise RequestError(
+            400,
+            f"messages: {count:,} messages for the {calls} model calls of a run is "
+            f"{count * calls:,} message conversions, more than this server accepts "
+            f"({max_message_calls:,}, its --max-message-calls): send at most "
+            f"{max_message_calls // calls:,} messages.",
+            code="too_many_messages",
+            param="messages",
+        )
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -217,7 +328,7 @@ def _stop(value: Any) -> list[str] | None:
     return list(stops) or None
 
 
-def to_messages(raw: Any) -> list[BaseMessage]:
+def to_messages(raw: Any, *, max_json_depth: int = _LIMITS.max_json_depth) -> list[BaseMessage]:
     """OpenAI chat messages (``system``/``developer``, ``user``, ``assistant``, ``tool``).
 
     Content may be a string or a list of ``{"type": "text", "text": ...}`` parts (joined).
@@ -234,17 +345,17 @@ def to_messages(raw: Any) -> list[BaseMessage]:
     """
     if not isinstance(raw, list) or not raw:
         raise RequestError(400, "messages must be a non-empty array.", param="messages")
-    return [_message(item, i) for i, item in enumerate(raw)]
+    return [_message(item, i, max_json_depth) for i, item in enumerate(raw)]
 
 
-def _message(item: Any, i: int) -> BaseMessage:
+def _message(item: Any, i: int, max_json_depth: int) -> BaseMessage:
     where = f"messages[{i}]"
     if not isinstance(item, dict):
         raise RequestError(400, f"{where} must be an object.", param=where)
     role = item.get("role")
     name = item.get("name") if isinstance(item.get("name"), str) else None
     if role == "assistant":
-        tool_calls = _tool_calls(item.get("tool_calls"), where)
+        tool_calls = _tool_calls(item.get("tool_calls"), where, max_json_depth)
         content = "" if item.get("content") is None and tool_calls else _text(item, where)
         return AIMessage(content, name=name, tool_calls=tool_calls)
     content = _text(item, where)
@@ -284,17 +395,30 @@ def _text(item: dict[str, Any], where: str) -> str:
     raise RequestError(400, f"{where}: content must be a string or text parts.", param=where)
 
 
-def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+def _tool_calls(raw: Any, where: str, max_json_depth: int) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls`` as LangChain wants them, each checked: a list of
+    ``{"id": str?, "function": {"name": non-empty str, "arguments": JSON object text}}``."""
     if not raw:
         return []
+    if not isinstance(raw, list):
+        raise RequestError(400, f"{where}: tool_calls must be an array.", param=where)
     calls = []
-    try:
-        for call in raw:
-            function = call["function"]
-            arguments = json.loads(function.get("arguments") or "{}")
-            calls.append({"name": function["name"], "args": arguments, "id": call.get("id")})
-    except (TypeError, KeyError, ValueError, AttributeError):
-        raise RequestError(400, f"{where}: malformed tool_calls.", param=where) from None
+    for j, call in enumerate(raw):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise RequestError(400, f"{at}: give an object with a function.", param=at)
+        name, text, call_id = function.get("name"), function.get("arguments"), call.get("id")
+        if not isinstance(name, str) or not name:
+            raise RequestError(400, f"{at}: function.name must be a non-empty string.", param=at)
+        if call_id is not None and not isinstance(call_id, str):
+            raise RequestError(400, f"{at}: id must be a string.", param=at)
+        if text is not None and not isinstance(text, str):
+            raise RequestError(400, f"{at}: function.arguments must be a string.", param=at)
+        arguments = parse_json(text or "{}", max_json_depth, f"{at}: function.arguments")
+        if not isinstance(arguments, dict):
+            raise RequestError(400, f"{at}: function.arguments must be a JSON object.", param=at)
+        calls.append({"name": name, "args": arguments, "id": call_id})
     return calls
 
 

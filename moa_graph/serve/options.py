@@ -60,6 +60,46 @@ class ServeOptions:
     playground: bool = _option(
         True, "serve the playground page at / (--no-playground leaves it out)", shown="on"
     )
+    # h11's own bound on a head still incomplete, applied to complete heads too (h11 reads one
+    # that arrives in a single read whatever its length). Node.js also defaults to 16 KiB; a
+    # client's head is under 1 KiB (a bearer key, a few headers).
+    max_head_bytes: int = _option(
+        16 * 1024, "longer request heads (request line and headers) get 431", minimum=1024
+    )
+    # Open connections per worker process. 300 concurrent streams were served in the load
+    # probe; 1,000 leaves room for them and for keep-alive clients, and with the upstream
+    # connections each run opens stays under common file-descriptor limits (the soft limit is
+    # raised to the hard one at start, and a warning names this option if it is too low).
+    max_connections: int = _option(
+        1000, "open connections per worker beyond which new ones get 503 and are closed", minimum=1
+    )
+    # Apache's mod_reqtimeout gives a head 20 s (header=20-40); a head is under 16 KiB, which
+    # a client sends in well under a second on any link that can carry a chat.
+    head_timeout: float = _option(
+        20.0,
+        "seconds a client has to send a request's head (after connecting, or after the last "
+        "response), then the connection is closed",
+        minimum=0.001,
+    )
+    # A chat request is at most 5 levels deep (body, messages, a message, its content parts, a
+    # part) plus a tool call's arguments, which a tool defines: 32 leaves those 27 levels and
+    # keeps every walk of the request far from Python's recursion limit (about 1,000).
+    max_json_depth: int = _option(
+        32, "deeper JSON in a request body (tool-call arguments too) gets 400", minimum=6
+    )
+    # Each message costs about 0.15 ms to read and check here; a conversation at the 400,000-
+    # character cap in turns of 400 characters has 1,000 messages.
+    max_messages: int = _option(1000, "more messages in one request get 400", minimum=1)
+    # Every model call of a run converts every message on the event loop (the openai SDK's
+    # request transform, about 0.25 ms a message on one core, measured), and a layer's
+    # proposers start together: messages x model calls bounds how long one request can hold
+    # the loop. 3,000 is about 0.75 s: other requests (/v1/models, other streams) wait less
+    # than 1 s; that is 230 messages for the paper's 13-call MoA, 600 for a 5-call mixture.
+    max_message_calls: int = _option(
+        3000,
+        "more messages x model calls of a run (the per-request conversion cost) get 400",
+        minimum=1,
+    )
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:

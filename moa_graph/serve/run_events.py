@@ -21,7 +21,6 @@ A client that goes away cancels the run, and with it every model call.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
@@ -36,8 +35,14 @@ from starlette.types import Receive, Scope, Send
 from moa_graph.engine.graph import AGGREGATE, is_answer_token
 from moa_graph.engine.run_choices import run_plan
 from moa_graph.serve.asgi import ClientWatch, body_message, start_message
-from moa_graph.serve.openai_requests import ChatRequest, RequestError, parse_chat_request
+from moa_graph.serve.openai_requests import (
+    ChatRequest,
+    RequestError,
+    parse_chat_request,
+    parse_json,
+)
 from moa_graph.serve.openai_wire import SSE_HEADERS, dumps
+from moa_graph.serve.options import ServeOptions
 from moa_graph.state import Proposal, merge_proposals
 
 if TYPE_CHECKING:
@@ -53,20 +58,20 @@ RUN_EVENT_CHOICES = ("staircase", "aggregation")
 
 
 def parse_run_request(
-    body: bytes, *, served_name: str, moa: ChatMixtureOfAgents
+    body: bytes, *, served_name: str, moa: ChatMixtureOfAgents, **limits: Any
 ) -> tuple[ChatRequest, dict[str, Any]]:
     """The conversation and the per-run choices of a ``POST /v1/moa/runs`` body, checked.
+
+    ``limits`` are ``parse_chat_request``'s (``max_input_chars``, ``max_json_depth``, ...;
+    default: the mixture's input cap and the server's defaults).
 
     Raises:
         RequestError: 400 for a body the chat endpoint would refuse, an unknown choice or a
             value the mixture cannot take (naming it), 404 for another model.
     """
-    try:
-        payload = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise RequestError(
-            400, f"We could not parse the JSON body of your request: {exc}"
-        ) from None
+    limits.setdefault("max_input_chars", moa.max_input_chars)
+    depth = limits.get("max_json_depth", ServeOptions().max_json_depth)
+    payload = parse_json(body or b"null", depth)
     if not isinstance(payload, dict):
         raise RequestError(400, "The request body must be a JSON object.")
     choices = payload.pop("choices", None) or {}
@@ -77,9 +82,7 @@ def parse_run_request(
         known = ", ".join(RUN_EVENT_CHOICES)
         raise RequestError(400, f"choices: {unknown[0]!r} is not one; known: {known}.",
                            param="choices")  # fmt: skip
-    chat = parse_chat_request(
-        dumps(payload), served_name=served_name, max_input_chars=moa.max_input_chars
-    )
+    chat = parse_chat_request(dumps(payload), served_name=served_name, **limits)
     if chat.seed is not None:
         choices["seed"] = chat.seed
     try:

@@ -37,6 +37,8 @@ from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from moa_graph.serve.logs import log_config
+
 
 def http_url(host: str, port: int) -> str:
     """``http://HOST:PORT``, an IPv6 host in brackets.
@@ -106,9 +108,14 @@ class Connections:
         self.accepted = 0
         self._open: dict[Peer, asyncio.BaseTransport] = {}
 
-    def protocol_factory(self, http: str) -> Callable[..., asyncio.Protocol]:
-        """A factory for ``uvicorn.Config(http=...)``: uvicorn's ``http`` protocol, tracked."""
-        inner: Callable[..., asyncio.Protocol] = import_from_string(HTTP_PROTOCOLS[http])
+    def protocol_factory(
+        self, http: str | Callable[..., asyncio.Protocol]
+    ) -> Callable[..., asyncio.Protocol]:
+        """A factory for ``uvicorn.Config(http=...)``: uvicorn's ``http`` protocol (a name or
+        a protocol factory), tracked."""
+        inner: Callable[..., asyncio.Protocol] = (
+            import_from_string(HTTP_PROTOCOLS[http]) if isinstance(http, str) else http
+        )
 
         def factory(**kwargs: Any) -> asyncio.Protocol:
             return _TrackedProtocol(inner(**kwargs), self)
@@ -162,6 +169,89 @@ class NoDelayH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         no_delay(transport)
         super().connection_made(transport)
+
+
+_FULL = (
+    b'{"error": {"message": "Too many open connections; retry shortly.", "type": '
+    b'"server_error", "param": null, "code": "too_many_connections"}}'
+)
+FULL_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s" % (len(_FULL), _FULL)
+)
+"""What a connection over the limit gets at once, before the server closes it."""
+
+
+class GuardedH11Protocol(NoDelayH11Protocol):
+    """uvicorn's h11 protocol (Nagle off) with a cap on open connections and a head deadline.
+
+    uvicorn has neither: its ``limit_concurrency`` answers 503 only once a request arrives, so
+    connections that never send a byte still pile up until the process runs out of file
+    descriptors (asyncio then logs ``socket.accept() out of system resource`` in a loop), and
+    its keep-alive timer starts only after a first response, so a client can take as long as it
+    likes to send a head. Both are small additions to uvicorn's own protocol class, which is
+    the one hook uvicorn gives (``Config(http=...)``); ``functools.partial`` sets them, and
+    pickles to worker processes.
+
+    Args:
+        max_connections: Open connections of this process beyond which a new one gets
+            :data:`FULL_RESPONSE` (503) and is closed at once; ``None``: no cap.
+        head_timeout: Seconds a client has, from connecting or from the end of the last
+            response, to send a request's whole head; then the connection is closed.
+            ``None``: no deadline.
+        **kwargs: uvicorn's (``config``, ``server_state``, ...).
+    """
+
+    def __init__(
+        self, *, max_connections: int | None = None, head_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            self.logger.warning(
+                "Refusing connections over the limit of %d open ones (--max-connections).",
+                self.max_connections,
+            )
+            transport.write(FULL_RESPONSE)
+            transport.close()
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's head has arrived
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()  # the next head has its own deadline
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        if self.head_timeout is not None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
 
 
 def reset_connection(transport: asyncio.BaseTransport) -> None:
@@ -248,7 +338,10 @@ class UvicornServer(HTTPAddress):
         host: Interface to bind.
         port: TCP port; 0 picks a free one (see :attr:`port` after starting).
         timeout_keep_alive: Seconds an idle keep-alive connection stays open (uvicorn's).
-        http: uvicorn's HTTP implementation (``"h11"``: strict parsing, bounded request heads).
+        http: uvicorn's HTTP implementation (``"h11"``: strict parsing, bounded request heads),
+            or a protocol factory (see :class:`GuardedH11Protocol`).
+        max_head_bytes: h11's bound on a request head still incomplete (uvicorn's
+            ``h11_max_incomplete_event_size``; ``None``: h11's 16 KiB).
     """
 
     thread_name = "moa-uvicorn"
@@ -262,13 +355,15 @@ class UvicornServer(HTTPAddress):
         port: int = 0,
         *,
         timeout_keep_alive: int = 5,
-        http: str = "h11",
+        http: str | Callable[..., asyncio.Protocol] = "h11",
+        max_head_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self._port = port
         self.timeout_keep_alive = timeout_keep_alive
         self.http = http
+        self.max_head_bytes = max_head_bytes
         self.connections = Connections()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -285,8 +380,10 @@ class UvicornServer(HTTPAddress):
             http=cast(Any, self.connections.protocol_factory(self.http)),
             ws="none",
             lifespan="auto",
+            log_config=log_config(access_log=False),
             log_level="warning",
             access_log=False,
+            h11_max_incomplete_event_size=self.max_head_bytes,
             proxy_headers=False,  # scope["client"] must be the TCP peer (see Connections)
             backlog=self.backlog,
             timeout_keep_alive=self.timeout_keep_alive,

@@ -86,6 +86,12 @@ class RequestLogQueries:
         records = self.requests()
         return len(records) if model is None else sum(r.model == model for r in records)
 
+    def in_flight(self, model: str | None = None) -> int:
+        """Requests (for ``model`` if given) received and not yet answered or abandoned: the
+        upstream calls still running."""
+        records = self.requests() if model is None else self.requests_for(model)
+        return sum(r.answered_at is None for r in records)
+
     def most_in_flight(self, model: str | None = None) -> int:
         """The most requests (for ``model`` if given) the server held at one moment, from their
         receipt and answer times: 1 for a server that answers one request at a time, whatever
