@@ -88,3 +88,16 @@ def test_mypy_refuses_a_misspelt_or_mistyped_setting(tmp_path: Path) -> None:
     assert lines == {6, 7, 10}, done.stdout
     assert '"first_kk"' in errors[0] and '"first_k"' in done.stdout
     assert len(errors) == 3, done.stdout
+
+
+def test_the_context_has_a_json_schema_for_servers_and_studio() -> None:
+    # LangGraph Server and Studio publish the graph's context schema: a strategy is its name there
+    from langchain_core.language_models import GenericFakeChatModel
+
+    def fake() -> GenericFakeChatModel:
+        return GenericFakeChatModel(messages=iter([]))
+
+    graph = create_moa_graph([fake()], aggregator=fake(), layers=2).compile()
+    schema = graph.get_context_jsonschema()
+    assert set(schema["properties"]) == set(RUN_KEYS) | set(CALL_KEYS)
+    assert schema["properties"]["aggregation"]["type"] == "string"

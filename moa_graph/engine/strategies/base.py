@@ -99,3 +99,14 @@ class Strategy:
 
     def __repr__(self) -> str:
         return f"<strategy {self.name}>"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """In a schema (a graph's context on LangGraph Server, a served recipe), a strategy is
+        its name: JSON carries a string; in Python an instance is accepted as it is."""
+        from pydantic_core import core_schema
+
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.str_schema(),
+            python_schema=core_schema.is_instance_schema(cls),
+        )
