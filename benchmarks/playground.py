@@ -10,7 +10,8 @@ stays responsive while a large run streams. Optionally, a screenshot of a finish
   second reach the page) and an aggregator writing 500; a ``requestAnimationFrame`` loop records
   every frame's gap while the run streams. Reported: the longest gap and the count over 100 ms.
 - ``--screenshot PATH``: the embedded ``--preset`` (default ``local``) served as ``moa-graph
-  serve`` serves it, one question asked in the page, the finished page saved as a PNG.
+  serve`` serves it, one question asked in the page once a first one loaded the models, the
+  finished page saved as a PNG.
 
 Run: ``python -m benchmarks.playground`` (``--only latency|frames``, ``--screenshot
 docs/images/playground.png``). Needs Chromium (``CHROMIUM``, default ``/usr/bin/chromium``) and
@@ -156,6 +157,7 @@ def screenshot(browser: Browser, path: str, preset: str, question: str) -> dict[
     moa = presets.get_preset(preset).chat_model()
     with MoAServer(moa) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        ask(page, server, "Say hello.")  # the first request loads the models: a served steady state
         started = time.perf_counter()
         ask(page, server, question)
         wall = time.perf_counter() - started
