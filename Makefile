@@ -79,7 +79,7 @@ bench: $(VENV)/.models-local
 CHROMIUM ?= /usr/bin/chromium
 $(VENV)/.browser: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet --group browser
-	test -x $(CHROMIUM) || (apt-get install -y chromium >/dev/null)
+	test -x $(CHROMIUM) || apt-get install -y chromium >/dev/null || (apt-get update >/dev/null && apt-get install -y chromium >/dev/null)
 	touch $@
 
 test-browser: $(VENV)/.browser

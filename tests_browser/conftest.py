@@ -28,6 +28,7 @@ ANSWER = "Paris is the capital of France."
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-quic",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
     "--disable-component-update",
