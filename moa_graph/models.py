@@ -256,7 +256,10 @@ def _build_from_string(
     settings: dict[str, Any] = {
         "temperature": _first(spec.temperature, defaults.temperature),
         "max_tokens": _first(spec.max_tokens, defaults.max_tokens),
-        "timeout": policy.timeout,
+        # the client's own timeout is a backstop a little after the mixture's deadline: were
+        # they equal, the client's could fire first under load and be retried as a transient
+        # error, where the deadline reports the call timed out and does not retry it
+        "timeout": None if policy.timeout is None else policy.timeout + CLIENT_TIMEOUT_MARGIN_S,
         "max_retries": 0,  # the mixture retries, with its own backoff and Retry-After handling
         "base_url": spec.base_url,
         "api_key": spec.api_key,
@@ -282,6 +285,11 @@ def _build_from_string(
         # so a streamed mixture can sum the tokens of every call.
         chat_model.stream_usage = True
     return chat_model
+
+
+CLIENT_TIMEOUT_MARGIN_S = 5.0
+"""How much later than the mixture's per-call deadline a provider client built from a string gives
+up by itself."""
 
 
 API_KEY_VARIABLES = {

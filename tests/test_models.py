@@ -7,7 +7,7 @@ from langchain_openai import ChatOpenAI
 from langchain_together import ChatTogether
 
 from moa_graph import ChatMixtureOfAgents, ProposerSpec
-from moa_graph.models import model_label, resolve_model, split_provider
+from moa_graph.models import CLIENT_TIMEOUT_MARGIN_S, model_label, resolve_model, split_provider
 from moa_graph.settings import MixtureSettings
 from tests.fakes import ScriptedChatModel
 
@@ -33,8 +33,10 @@ def test_provider_strings_build_clients_with_reference_defaults() -> None:
         0.7,
         512,
     )
-    # The HTTP client times out with the call and leaves retrying to the mixture.
-    assert (model.request_timeout, model.max_retries, model.stream_usage) == (9, 0, True)
+    # The HTTP client gives up only after the mixture's deadline (which reports a timeout and
+    # does not retry it), and leaves retrying to the mixture.
+    backstop = 9 + CLIENT_TIMEOUT_MARGIN_S
+    assert (model.request_timeout, model.max_retries, model.stream_usage) == (backstop, 0, True)
     assert (resolved.policy.timeout, resolved.policy.max_retries) == (9, 1)
     assert resolved.name == "Qwen/Qwen2.5-72B-Instruct-Turbo"
     openai = resolve_model("openai:gpt-4o-mini", field="f", defaults=MixtureSettings()).model
