@@ -11,14 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from langchain_openai import ChatOpenAI
 
-from moa_graph import ChatMixtureOfAgents
 from moa_graph.cli.main import build_parser
 from moa_graph.cli.options import serve_options
 from moa_graph.serve.openai_app import MoAServer
 from moa_graph.serve.playground_page import ASSETS, CONTENT_SECURITY_POLICY
 from moa_graph.testing import FaultSpec, ModelScript, OpenAICompatibleServer
+from tests.support.remote_mixture import remote_mixture
 
 KEY = "served-key-0123456789abcdef"
 LEAKED = "sk-proj-leakedleakedleaked0123"
@@ -38,20 +37,9 @@ def upstream() -> Iterator[OpenAICompatibleServer]:
         yield server
 
 
-def mixture(upstream: OpenAICompatibleServer, layers: int = 2) -> ChatMixtureOfAgents:
-    def remote(model: str) -> ChatOpenAI:
-        return ChatOpenAI(model=model, base_url=upstream.base_url, api_key="sk-up",  # type: ignore[arg-type]
-                          max_retries=0, stream_usage=True)  # fmt: skip
-
-    return ChatMixtureOfAgents(
-        proposers=[remote("p1"), remote("p2")], aggregator=remote("agg"), layers=layers,
-        max_retries=0,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def served(upstream: OpenAICompatibleServer) -> Iterator[MoAServer]:
-    with MoAServer(mixture(upstream), model_name=NAME, api_key=KEY) as server:
+    with MoAServer(remote_mixture(upstream), model_name=NAME, api_key=KEY) as server:
         yield server
 
 
@@ -112,7 +100,7 @@ def test_the_assets_are_served_and_nothing_else_is(served: MoAServer) -> None:
 
 
 def test_no_playground_leaves_the_page_out(upstream: OpenAICompatibleServer) -> None:
-    with MoAServer(mixture(upstream), model_name=NAME, playground=False) as server:
+    with MoAServer(remote_mixture(upstream), model_name=NAME, playground=False) as server:
         assert httpx.get(root(server) + "/").status_code == 404
         assert httpx.get(root(server) + "/playground/app.js").status_code == 404
     args = build_parser().parse_args(["serve", "--no-playground"])

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from langchain_openai import ChatOpenAI
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from moa_graph import ChatMixtureOfAgents
 from moa_graph.serve.openai_app import MoAServer
 from moa_graph.testing import ModelScript, OpenAICompatibleServer
+from tests.support.remote_mixture import remote_mixture
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 KEY = "served-key-0123456789abcdef"
@@ -71,20 +69,9 @@ def upstream() -> Iterator[OpenAICompatibleServer]:
         yield server
 
 
-def mixture(upstream: OpenAICompatibleServer, **settings: Any) -> ChatMixtureOfAgents:
-    def remote(model: str) -> ChatOpenAI:
-        return ChatOpenAI(model=model, base_url=upstream.base_url, api_key="sk-upstream",  # type: ignore[arg-type]
-                          max_retries=0, stream_usage=True)  # fmt: skip
-
-    return ChatMixtureOfAgents(
-        proposers=[remote("p1"), remote("p2")], aggregator=remote("agg"), layers=2,
-        max_retries=0, **settings,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def served(upstream: OpenAICompatibleServer) -> Iterator[MoAServer]:
-    with MoAServer(mixture(upstream), model_name=NAME, api_key=KEY) as server:
+    with MoAServer(remote_mixture(upstream), model_name=NAME, api_key=KEY) as server:
         yield server
 
 
