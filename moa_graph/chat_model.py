@@ -39,13 +39,12 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from moa_graph.engine.graph import build_graph, is_answer_token
-from moa_graph.engine.nodes import AGGREGATE
+from moa_graph.engine.graph import build_graph, is_answer_token, settle_updates
 from moa_graph.engine.plan import MixturePlan, build_plan
 from moa_graph.engine.run_choices import RUN_KEYS, RunChoices, run_plan
 from moa_graph.errors import ThreadInUseError
 from moa_graph.settings import SETTINGS, MixtureSettings, settings_help, suggestion
-from moa_graph.state import Proposal, merge_proposals
+from moa_graph.state import Proposal
 
 CONFIG_KEY = "moa"
 """``configurable`` key of per-call choices (``RunChoices``)."""
@@ -748,13 +747,7 @@ class _StreamCollector:
 
     def accept(self, mode: str, payload: Any) -> ChatGenerationChunk | None:
         if mode == "updates":
-            for node, update in payload.items():
-                if not update:
-                    continue
-                if "proposals" in update and node != "prepare":
-                    self.proposals = merge_proposals(self.proposals, update["proposals"])
-                if node == AGGREGATE:
-                    self.final = update["messages"][-1]
+            self.proposals, self.final = settle_updates(payload, self.proposals, self.final)
             return None
         message, metadata = payload
         if not is_answer_token(metadata) or not isinstance(message, AIMessage):

@@ -26,7 +26,7 @@ from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
 from moa_graph.engine import strategies
-from moa_graph.engine.events import AGGREGATOR_TAG, NOSTREAM_TAGS, emit, truncation_record
+from moa_graph.engine.events import AGGREGATOR_TAG, emit, truncation_record
 from moa_graph.engine.plan import MixturePlan
 from moa_graph.engine.scope import RunScope
 from moa_graph.engine.strategies.base import AggregationFlow
@@ -158,8 +158,8 @@ class FinalAnswer:
             metadata.update(moa_reference_order=self.order, moa_shuffle_seed=self.shuffle_seed)
         watchers = [self.watcher] if step is None else []
         config = aggregator_config(self.plan, self.base_config, metadata, watchers)
-        if step is not None and not self.scope.proposer_tokens_in_messages:
-            config["tags"] = [*config.get("tags", []), *NOSTREAM_TAGS]  # not the answer's tokens
+        if step is not None:
+            config["tags"] = [*config.get("tags", []), *self.scope.not_answer_tags]
         return ModelRequest(runnable, call_input, config)
 
     # -- driving the flow ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict, Unpack
@@ -30,9 +31,9 @@ from moa_graph.engine.scope import Mixture
 from moa_graph.engine.strategies import Strategy
 from moa_graph.models import ModelLike
 from moa_graph.settings import SETTINGS, MixtureSettingsDict, settings_from, settings_help
-from moa_graph.state import MoAInput, MoAOutput, MoAState
+from moa_graph.state import MoAInput, MoAOutput, MoAState, Proposal, merge_proposals
 
-__all__ = ["MoAContext", "build_graph", "create_moa_graph", "is_answer_token"]
+__all__ = ["MoAContext", "build_graph", "create_moa_graph", "is_answer_token", "settle_updates"]
 
 
 class MoAContext(TypedDict, total=False):
@@ -147,6 +148,21 @@ def is_answer_token(metadata: Mapping[str, Any]) -> bool:
     """Whether a ``stream_mode="messages"`` chunk is part of the final answer: streamed by the
     aggregate node and not by one of its intermediate steps (a window's synthesis, a ranking)."""
     return metadata.get("langgraph_node") == AGGREGATE and metadata.get("moa_step") is None
+
+
+def settle_updates(
+    updates: Mapping[str, Any], proposals: list[Proposal], final: BaseMessage | None
+) -> tuple[list[Proposal], BaseMessage | None]:
+    """Fold one chunk of a run's ``stream_mode="updates"`` into what the run settled so far: its
+    proposals (the prepare step's reset is not one) and, from the aggregate node, the answer."""
+    for node, update in updates.items():
+        if not update:
+            continue
+        if "proposals" in update and node != PREPARE:
+            proposals = merge_proposals(proposals, update["proposals"])
+        if node == AGGREGATE:
+            final = update["messages"][-1]
+    return proposals, final
 
 
 def _settings_signature() -> inspect.Signature:

@@ -21,7 +21,6 @@ from moa_graph.aggregator import InjectReferences
 from moa_graph.confidence import answer_confidence
 from moa_graph.engine.calls import CallCancelled, cancel_requested
 from moa_graph.engine.events import (
-    NOSTREAM_TAGS,
     PROPOSER_TAG,
     ProposalTextEvents,
     emit,
@@ -170,7 +169,7 @@ class ProposerCall:
                            slot.model_name, slot.layer, text)  # fmt: skip
         proposal = self._proposal(status, "", text, None, latency)
         emit(self.runtime, moa_event="proposal_failed", error=text, **base,
-             attempts=self.attempts)  # fmt: skip
+             **record_fields(proposal))  # fmt: skip
         return {"proposals": [proposal]}
 
     def _race_reason(self) -> str:
@@ -198,9 +197,7 @@ def proposer_config(
     token streaming when nobody reads the proposers' tokens, and secrets masked."""
     labels = {"moa_layer": slot.layer, "moa_index": slot.index, "moa_proposer": slot.name,
               "moa_model": slot.model_name, **metadata}  # fmt: skip
-    tags = [PROPOSER_TAG, f"moa:layer:{slot.layer}"]
-    if not scope.proposer_tokens_in_messages:
-        tags += NOSTREAM_TAGS
+    tags = [PROPOSER_TAG, f"moa:layer:{slot.layer}", *scope.not_answer_tags]
     traced = merge_configs(config, {"run_name": run_name(slot), "tags": tags, "metadata": labels})
     callbacks = traced.get("callbacks")
     if scope.proposers_stream:

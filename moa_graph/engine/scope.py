@@ -19,7 +19,7 @@ from langgraph.runtime import Runtime
 from moa_graph.aggregation import VoteCount, count_votes
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.backend import traits_of
-from moa_graph.engine.events import emit, run_name, truncation_record
+from moa_graph.engine.events import NOSTREAM_TAGS, emit, run_name, truncation_record
 from moa_graph.engine.limits import CallLimiter
 from moa_graph.engine.plan import MixturePlan, ProposerSlot
 from moa_graph.engine.race import LayerRace
@@ -134,6 +134,12 @@ class RunScope:
         """Whether proposer tokens go to LangGraph's ``messages`` stream beside the answer's
         (``stream_proposers=True``; by default chat UIs see only the answer)."""
         return self.choices.get("stream_proposers") is True
+
+    @property
+    def not_answer_tags(self) -> tuple[str, ...]:
+        """Tags of a call whose tokens are not the answer's (a proposer, a ranker, a window's
+        synthesis): ``NOSTREAM_TAGS``, unless the run asks for ``stream_proposers=True``."""
+        return () if self.proposer_tokens_in_messages else NOSTREAM_TAGS
 
     def sample_batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
         """The request that draws the samples ``members`` of ``layer`` together, held by the

@@ -32,7 +32,7 @@ from langgraph.types import StreamMode
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from moa_graph.engine.graph import AGGREGATE, is_answer_token
+from moa_graph.engine.graph import is_answer_token, settle_updates
 from moa_graph.engine.run_choices import run_plan
 from moa_graph.serve.asgi import ClientWatch, body_message, start_message
 from moa_graph.serve.openai_requests import (
@@ -43,7 +43,7 @@ from moa_graph.serve.openai_requests import (
 )
 from moa_graph.serve.openai_wire import SSE_HEADERS, dumps
 from moa_graph.serve.options import ServeOptions
-from moa_graph.state import Proposal, merge_proposals
+from moa_graph.state import Proposal
 
 if TYPE_CHECKING:
     from moa_graph.chat_model import ChatMixtureOfAgents
@@ -154,13 +154,7 @@ async def run_events(
                         first_token = time.perf_counter() - started
                     yield "answer_delta", {"text": message.text}
             elif mode == "updates":
-                for node, update in payload.items():
-                    if not update:
-                        continue
-                    if "proposals" in update and node != "prepare":
-                        proposals = merge_proposals(proposals, update["proposals"])
-                    if node == AGGREGATE:
-                        final = update["messages"][-1]
+                proposals, final = settle_updates(payload, proposals, final)
     if final is None:
         raise RuntimeError("the mixture ended without an aggregator answer")
     yield "done", _done(final, proposals, first_token, time.perf_counter() - started)
