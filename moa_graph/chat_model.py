@@ -20,7 +20,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata, add_usage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
@@ -41,10 +41,13 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from moa_graph.engine.graph import build_graph, is_answer_token, settle_updates
 from moa_graph.engine.plan import MixturePlan, build_plan
-from moa_graph.engine.run_choices import RUN_KEYS, RunChoices, run_plan
+from moa_graph.engine.run_choices import RUN_KEYS, RunChoices
+from moa_graph.engine.scope import Mixture
 from moa_graph.errors import ThreadInUseError
+from moa_graph.models import unbound
 from moa_graph.settings import SETTINGS, MixtureSettings, settings_help, suggestion
 from moa_graph.state import Proposal
+from moa_graph.tokens import sum_usage
 
 CONFIG_KEY = "moa"
 """``configurable`` key of per-call choices (``RunChoices``)."""
@@ -230,12 +233,15 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             )
         checkpointer = getattr(self, "_checkpointer", None)
         self._plan = plan
-        self._graph = build_graph(plan).compile(name="mixture_of_agents")
+        # one Mixture for both graphs: a run's plan is worked out once per distinct choice,
+        # for checking it, for running it and for reporting its aggregator
+        self._mixture = mixture = Mixture(plan)
+        self._graph = build_graph(mixture).compile(name="mixture_of_agents")
         self._checkpointer = checkpointer
         self._kept = (
             None
             if checkpointer is None
-            else build_graph(plan).compile(checkpointer=checkpointer, name="mixture_of_agents")
+            else build_graph(mixture).compile(checkpointer=checkpointer, name="mixture_of_agents")
         )
         self._built_from = fingerprint
 
@@ -330,9 +336,10 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             >>> kept.invoke("Capital of France?", moa_thread="request-1").content  # no call
             'Paris, surely.'
         """
+        self._current()
         kept = self.model_copy()
         kept._checkpointer = checkpointer
-        kept._kept = build_graph(self._current()).compile(
+        kept._kept = build_graph(self._mixture).compile(
             checkpointer=checkpointer, name="mixture_of_agents"
         )
         return kept
@@ -416,7 +423,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             >>> moa.bind_tools([add], tool_choice="any").kwargs
             {'tools': ['add'], 'tool_choice': 'any'}
         """
-        model = _unwrap(self._current().aggregator.model)
+        model = unbound(self._current().aggregator.model)[0]
         if not isinstance(model, BaseChatModel):
             raise NotImplementedError(
                 f"aggregator: {type(model).__name__} is not a chat model with bind_tools"
@@ -458,7 +465,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
             >>> # ChatMixtureOfAgents(...).with_structured_output(Answer).invoke("2 + 2?")
             >>> # -> Answer(value=4)
         """
-        model = _unwrap(self._current().aggregator.model)
+        model: Any = unbound(self._current().aggregator.model)[0]
         own = isinstance(model, BaseChatModel) and (
             type(model).with_structured_output is not BaseChatModel.with_structured_output
         )
@@ -546,7 +553,8 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
                 f"configurable.{CONFIG_KEY}: unknown key(s) {unknown}; "
                 f"{suggestion(unknown[0], RUN_KEYS)}"
             )
-        run_plan(self._current(), choices)  # ValueError naming the key, before any call
+        self._current()
+        self._mixture.plan_for(choices)  # ValueError naming the key, before any call
         return {**kwargs, CHOICES_KWARG: {**kwargs.get(CHOICES_KWARG, {}), **choices}}
 
     # -- running -------------------------------------------------------------------------------
@@ -718,7 +726,7 @@ class ChatMixtureOfAgents(MixtureSettings, BaseChatModel):
         return {
             **final.response_metadata,
             "model_name": self.model_name,
-            "aggregator_model": run_plan(self._plan, context).aggregator.model_name,
+            "aggregator_model": self._mixture.plan_for(context).aggregator.model_name,
             "proposals": list(proposals),
         }
 
@@ -921,13 +929,6 @@ def _swap_model(runnable: Any, old: Any, new: BaseChatModel) -> tuple[Any, int]:
     return runnable, 0
 
 
-def _unwrap(model: Any) -> Any:
-    """The chat model under any ``RunnableBinding`` (a proposer spec's bound settings)."""
-    while isinstance(model, RunnableBinding):
-        model = model.bound
-    return model
-
-
 def total_usage(proposals: Sequence[Proposal], final: BaseMessage) -> UsageMetadata:
     """Sum the token usage of every proposal and of the aggregator's answer.
 
@@ -937,8 +938,4 @@ def total_usage(proposals: Sequence[Proposal], final: BaseMessage) -> UsageMetad
         >>> total_usage([{"usage": usage}], AIMessage("x", usage_metadata=usage))["total_tokens"]
         10
     """
-    total = UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0)
-    for usage in [p["usage"] for p in proposals] + [getattr(final, "usage_metadata", None)]:
-        if usage:
-            total = add_usage(total, UsageMetadata(**usage))  # type: ignore[typeddict-item]
-    return total
+    return sum_usage([*(p["usage"] for p in proposals), getattr(final, "usage_metadata", None)])

@@ -212,16 +212,27 @@ def resolve_model(
     )
 
 
-def _unbound(model: ChatRunnable) -> ChatRunnable:
-    """What ``model``'s bindings wrap."""
+def unbound(model: ChatRunnable) -> tuple[ChatRunnable, dict[str, Any]]:
+    """What ``model``'s bindings wrap, and the call arguments they bind (the outer binding's
+    win).
+
+    Example:
+        >>> from langchain_core.language_models import GenericFakeChatModel
+        >>> fake = GenericFakeChatModel(messages=iter([]))
+        >>> inner, kwargs = unbound(fake.bind(seed=1).bind(seed=2, n=3))
+        >>> inner is fake, kwargs
+        (True, {'seed': 2, 'n': 3})
+    """
+    kwargs: dict[str, Any] = {}
     while isinstance(model, RunnableBinding):
+        kwargs = {**model.kwargs, **kwargs}
         model = model.bound
-    return model
+    return model, kwargs
 
 
 def chat_model_under(model: ChatRunnable) -> BaseChatModel | None:
     """The chat model under ``model``'s bindings (``None`` when something else wraps it)."""
-    inner = _unbound(model)
+    inner = unbound(model)[0]
     return inner if isinstance(inner, BaseChatModel) else None
 
 
@@ -230,7 +241,7 @@ def declared(model: ChatRunnable, attribute: str) -> Any:
 
     The engine reads ``moa_graph.backend.traits_of`` instead (the ``LocalBackend`` protocol,
     which still honours these attributes)."""
-    return getattr(_unbound(model), attribute, None)
+    return getattr(unbound(model)[0], attribute, None)
 
 
 def _bind_explicit_settings(spec: ProposerSpec) -> ChatRunnable:

@@ -1,4 +1,4 @@
-"""Token counting, for the reference budget (``max_reference_tokens``).
+"""Token counting, for the reference budget (``max_reference_tokens``), and token usage sums.
 
 A leaf, below the settings (``token_counter`` names a counter) and the engine
 (``moa_graph.engine.references``, which re-exports these names, applies the budget).
@@ -6,9 +6,13 @@ A leaf, below the settings (``token_counter`` names a counter) and the engine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-__all__ = ["TokenCounter", "approximate_tokens"]
+from langchain_core.messages import UsageMetadata
+from langchain_core.messages.ai import add_usage
+
+__all__ = ["TokenCounter", "approximate_tokens", "sum_usage"]
 
 TokenCounter = Callable[[str], int]
 """Counts the tokens of a text."""
@@ -22,3 +26,18 @@ def approximate_tokens(text: str) -> int:
         10
     """
     return (len(text) + 3) // 4
+
+
+def sum_usage(usages: Iterable[Mapping[str, Any] | None]) -> UsageMetadata:
+    """The token usage of several calls added up (a call without usage counts nothing).
+
+    Example:
+        >>> sum_usage([{"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}, None,
+        ...            {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}])
+        {'input_tokens': 4, 'output_tokens': 3, 'total_tokens': 7}
+    """
+    total = UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0)
+    for usage in usages:
+        if usage:
+            total = add_usage(total, UsageMetadata(**usage))  # type: ignore[typeddict-item]
+    return total

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
-from langchain_core.messages.ai import add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 from langgraph.errors import GraphBubbleUp
@@ -28,6 +26,7 @@ from moa_graph.answers import extract_number
 from moa_graph.engine import strategies
 from moa_graph.engine.events import AGGREGATOR_TAG, emit, truncation_record
 from moa_graph.engine.plan import MixturePlan
+from moa_graph.engine.runner import ModelCall, Steps
 from moa_graph.engine.scope import RunScope
 from moa_graph.engine.strategies.base import AggregationFlow
 from moa_graph.engine.strategies.rank import instruction_text
@@ -35,26 +34,17 @@ from moa_graph.errors import AggregatorError
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import MoAState
+from moa_graph.tokens import sum_usage
 
 FALLBACK_STRATEGY = "synthesize_with_votes"
 """Used instead of a strategy that picks a reference when the answer must be written (a run
 binds tools or an output format: a reference returned verbatim cannot honour them)."""
 
 
-@dataclass
-class ModelRequest:
-    """One model call an aggregation needs: what to run, on what, with which config."""
-
-    runnable: Runnable[Any, BaseMessage]
-    input: Any
-    config: RunnableConfig
-
-
 class FinalAnswer:
     """How the final answer of one run is made (see the module docstring).
 
-    ``start()`` returns the first model call to make (or ``None``), ``resume(answer)`` the next
-    one; once both return ``None``, ``result()`` is the state update with the final message.
+    ``steps()`` makes it, under ``moa_graph.engine.runner``'s drivers.
     """
 
     def __init__(self, scope: RunScope, state: MoAState, config: RunnableConfig) -> None:
@@ -117,7 +107,7 @@ class FinalAnswer:
     # -- the steps a strategy takes (``FinalAnswerSteps``) -------------------------------------
 
     def synthesis(self, texts: list[str], note: str | None = None, *, step: str | None = None
-                  ) -> ModelRequest:  # fmt: skip
+                  ) -> ModelCall:  # fmt: skip
         runnable = bind_aggregator(self.model, prompt=self.plan.prompt,
                                    name=f"aggregator: {self.plan.aggregator.name}",
                                    system_prompt=self.plan.aggregator.system_prompt)  # fmt: skip
@@ -127,7 +117,7 @@ class FinalAnswer:
         return self._request(runnable, call_input, step=step)
 
     def ask_aggregator(self, messages: Sequence[BaseMessage], *, role: str, step: str
-                       ) -> ModelRequest:  # fmt: skip
+                       ) -> ModelCall:  # fmt: skip
         name = f"{role}: {self.plan.aggregator.name}"
         return self._request(self.model.with_config(run_name=name), list(messages), step=step)
 
@@ -145,7 +135,7 @@ class FinalAnswer:
         return [[self.order[position] for position in group] for group in groups]
 
     def _request(self, runnable: Runnable[Any, BaseMessage], call_input: Any,
-                 step: str | None = None) -> ModelRequest:  # fmt: skip
+                 step: str | None = None) -> ModelCall:  # fmt: skip
         """A call; ``step`` names a call whose answer is not the final one (kept off the
         ``messages`` stream unless the run streams proposers)."""
         if not self.calls:
@@ -160,36 +150,25 @@ class FinalAnswer:
         config = aggregator_config(self.plan, self.base_config, metadata, watchers)
         if step is not None:
             config["tags"] = [*config.get("tags", []), *self.scope.not_answer_tags]
-        return ModelRequest(runnable, call_input, config)
+        return ModelCall(runnable, call_input, config, self.plan.aggregator.policy,
+                         on_retry=self.on_retry, can_retry=self.can_retry)  # fmt: skip
 
     # -- driving the flow ----------------------------------------------------------------------
 
-    def start(self) -> ModelRequest | None:
-        """The first model call to make, or ``None`` when the answer needs none."""
-        self._flow = self.flow()
-        return self._advance(None)
-
-    def resume(self, message: BaseMessage) -> ModelRequest | None:
-        """Hand a call's answer back; the next call to make, or ``None`` once decided."""
-        usage = getattr(message, "usage_metadata", None)
-        if usage:  # the final message carries the sum of every step's usage
-            self.usage.append(usage)
-        return self._advance(message)
-
-    def _advance(self, message: BaseMessage | None) -> ModelRequest | None:
-        try:
-            return next(self._flow) if message is None else self._flow.send(message)
-        except StopIteration as finished:
-            self._final: BaseMessage = finished.value
-            return None
-
-    def attempt_sync(self, request: ModelRequest) -> BaseMessage:
-        with self.scope.limiter.sync_slot():
-            return request.runnable.invoke(request.input, request.config)
-
-    async def attempt_async(self, request: ModelRequest) -> BaseMessage:
-        async with self.scope.limiter.async_slot():
-            return await request.runnable.ainvoke(request.input, request.config)
+    def steps(self) -> Steps[dict[str, list[BaseMessage]]]:
+        """The strategy's flow, each call it needs handed to the runner; returns the state
+        update with the final message."""
+        flow = self.flow()
+        reply: BaseMessage | None = None
+        while True:
+            try:
+                call = next(flow) if reply is None else flow.send(reply)
+            except StopIteration as finished:
+                return self.result(finished.value)
+            with self.failures_reported():
+                reply = yield call
+            if usage := getattr(reply, "usage_metadata", None):
+                self.usage.append(usage)  # the final message carries every step's usage
 
     def can_retry(self) -> bool:
         """No retry once tokens were streamed: the caller would see them twice."""
@@ -212,9 +191,8 @@ class FinalAnswer:
             described = self.scope.describe(error)  # the raw cause may quote a key
             raise AggregatorError(aggregator.name, aggregator.model_name, described) from None
 
-    def result(self) -> dict[str, list[BaseMessage]]:
-        """The state update with the final message (after ``start``/``resume`` returned None)."""
-        message = self._final
+    def result(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:
+        """The state update with the final ``message``."""
         if self.calls:  # a vote, a single reference or an early exit needs no aggregator call
             emit(self.runtime, moa_event="aggregation_finished", **self.identity)
         extra = dict(self.extra)
@@ -261,11 +239,3 @@ class TokenWatcher(BaseCallbackHandler):
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         if token:
             self.streamed = True
-
-
-def sum_usage(usages: list[UsageMetadata]) -> UsageMetadata:
-    """Token usage of several calls added up."""
-    total = usages[0]
-    for usage in usages[1:]:
-        total = add_usage(total, usage)
-    return total

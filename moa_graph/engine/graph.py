@@ -110,9 +110,12 @@ def create_moa_graph(
     return build_graph(plan)
 
 
-def build_graph(plan: MixturePlan) -> StateGraph[MoAState, Any, MoAInput, MoAOutput]:
-    """Build the ``StateGraph`` for an already validated plan."""
-    nodes = MixtureNodes(Mixture(plan))
+def build_graph(
+    plan: MixturePlan | Mixture,
+) -> StateGraph[MoAState, Any, MoAInput, MoAOutput]:
+    """Build the ``StateGraph`` for an already validated plan (or a ``Mixture`` of it, whose
+    per-run plans, races and call limiter its runs then share with other graphs of it)."""
+    nodes = MixtureNodes(plan if isinstance(plan, Mixture) else Mixture(plan))
     graph = StateGraph(
         MoAState, input_schema=MoAInput, output_schema=MoAOutput, context_schema=MoAContext
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -18,13 +17,11 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from moa_graph.engine import staircase_run
-from moa_graph.engine.calls import call_async, call_sync
-from moa_graph.engine.events import emit
 from moa_graph.engine.final_answer import FinalAnswer
 from moa_graph.engine.proposer_call import ProposerCall
+from moa_graph.engine.runner import Steps, drive_async, drive_sync
 from moa_graph.engine.sample_batch import sample_batches
 from moa_graph.engine.scope import Mixture, RunScope, latest_layer
-from moa_graph.errors import ProposalsFailedError
 from moa_graph.state import CLEAR_PROPOSALS, MoAState, Proposal, ProposerTask
 from moa_graph.validation import validate_conversation
 
@@ -58,30 +55,12 @@ class MixtureNodes:
         return _sends(scope, 1, state, [])
 
     def propose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
-        with ProposerCall(self.mixture.scope(runtime), task, config) as call:
-            if call.race is not None and call.race.stopped:
-                return call.outcome()
-            try:
-                message = call_sync(call.attempt_sync, call.slot.policy, race=call.race,
-                                    on_retry=call.on_retry)  # fmt: skip
-            except GraphBubbleUp:
-                raise
-            except Exception as error:
-                return call.outcome(error=error)
-            return call.outcome(message=message)
+        scope = self.mixture.scope(runtime)
+        return drive_sync(_proposal(scope, task, config), scope.limiter)
 
     async def apropose(self, task: ProposerTask, config: RunnableConfig, runtime: Runtime) -> dict:
-        with ProposerCall(self.mixture.scope(runtime), task, config) as call:
-            if call.race is not None and call.race.stopped:
-                return call.outcome()
-            try:
-                message = await call_async(call.attempt_async, call.slot.policy, race=call.race,
-                                           on_retry=call.on_retry)  # fmt: skip
-            except GraphBubbleUp:
-                raise
-            except Exception as error:
-                return call.outcome(error=error)
-            return call.outcome(message=message)
+        scope = self.mixture.scope(runtime)
+        return await drive_async(_proposal(scope, task, config), scope.limiter)
 
     def after_propose(self, state: MoAState, runtime: Runtime) -> str:
         """A proposer's layer is joined by ``collect_layer``; the last layer by the aggregator."""
@@ -111,44 +90,22 @@ class MixtureNodes:
         scope = self.mixture.scope(runtime)
         if scope.options.staircase:
             return staircase_run.run_sync(scope, state, config)
-        answer = self._final_answer(state, config, runtime)
-        if answer is None:
-            return {}  # ``after_aggregate`` calls the failed proposers again
-        request = answer.start()
-        while request is not None:
-            with answer.failures_reported():
-                message = call_sync(partial(answer.attempt_sync, request),
-                                    answer.plan.aggregator.policy, on_retry=answer.on_retry,
-                                    can_retry=answer.can_retry)  # fmt: skip
-            request = answer.resume(message)
-        return answer.result()
+        return drive_sync(self._final_answer(scope, state, config), scope.limiter)
 
     async def aaggregate(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> dict:
         scope = self.mixture.scope(runtime)
         if scope.options.staircase:
             return await staircase_run.run_async(scope, state, config)
-        answer = self._final_answer(state, config, runtime)
-        if answer is None:
-            return {}  # ``after_aggregate`` calls the failed proposers again
-        request = answer.start()
-        while request is not None:
-            with answer.failures_reported():
-                message = await call_async(partial(answer.attempt_async, request),
-                                           answer.plan.aggregator.policy,
-                                           on_retry=answer.on_retry,
-                                           can_retry=answer.can_retry)  # fmt: skip
-            request = answer.resume(message)
-        return answer.result()
+        return await drive_async(self._final_answer(scope, state, config), scope.limiter)
 
-    def _final_answer(
-        self, state: MoAState, config: RunnableConfig, runtime: Runtime
-    ) -> FinalAnswer | None:
-        """The run's final answer, once the last layer is joined; ``None`` when a resumed run
-        must first call that layer's failed proposers again."""
-        scope = self.mixture.scope(runtime)
+    @staticmethod
+    def _final_answer(scope: RunScope, state: MoAState, config: RunnableConfig) -> Steps[dict]:
+        """The run's final answer, once the last layer is joined (nothing yet when a resumed
+        run must first call that layer's failed proposers again: ``after_aggregate`` does)."""
         if _joins_last_layer(scope, state) and _finish_layer(scope, state, config) == _RETRY:
-            return None
-        return FinalAnswer(scope, state, config)
+            return {}
+        answer = FinalAnswer(scope, state, config)
+        return (yield from answer.steps())
 
     def after_aggregate(
         self, state: MoAState, config: RunnableConfig, runtime: Runtime
@@ -163,6 +120,20 @@ class MixtureNodes:
         return END
 
 
+def _proposal(scope: RunScope, task: ProposerTask, config: RunnableConfig) -> Steps[dict]:
+    """One proposer's call and its outcome (the state update)."""
+    with ProposerCall(scope, task, config) as call:
+        if call.race is not None and call.race.stopped:
+            return call.outcome()
+        try:
+            message = yield call.model_call()
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            return call.outcome(error=error)
+        return call.outcome(message=message)
+
+
 _DONE, _FAILED, _RETRY = "done", "failed", "retry"
 
 
@@ -173,17 +144,10 @@ def _finish_layer(scope: RunScope, state: MoAState, config: RunnableConfig) -> s
     layer = latest_layer(state["proposals"])
     scope.layer_joined(state["run_id"], layer)
     proposals = [p for p in state["proposals"] if p["layer"] == layer]
-    counts = {status: sum(p["status"] == status for p in proposals)
-              for status in ("answered", "failed", "cancelled")}  # fmt: skip
-    emit(scope.runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
-         failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
+    scope.layer_done(layer, proposals)
     if _retry_on_resume(scope, proposals, config):
         return _RETRY
-    if not scope.layer_failed(proposals):
-        return _DONE
-    if not scope.options.fallback_to_aggregator:
-        raise ProposalsFailedError(layer, proposals, scope.options.min_proposals)
-    return _FAILED
+    return _DONE if scope.quorum_met(layer, proposals) else _FAILED
 
 
 def _joins_last_layer(scope: RunScope, state: MoAState) -> bool:

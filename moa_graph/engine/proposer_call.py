@@ -12,14 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
 
 from moa_graph.aggregation import call_seed, shuffled
 from moa_graph.aggregator import InjectReferences
 from moa_graph.confidence import answer_confidence
-from moa_graph.engine.calls import CallCancelled, cancel_requested
+from moa_graph.engine.calls import CallCancelled
 from moa_graph.engine.events import (
     PROPOSER_TAG,
     ProposalTextEvents,
@@ -30,7 +30,8 @@ from moa_graph.engine.events import (
 )
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.race import LayerRace
-from moa_graph.engine.sample_batch import SampleBatch, draw_async, draw_sync
+from moa_graph.engine.runner import Draw, ModelCall
+from moa_graph.engine.sample_batch import SampleBatch
 from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
 from moa_graph.engine.token_streaming import with_handler, without_token_streaming
 from moa_graph.prompts import with_system_prompt
@@ -66,7 +67,7 @@ class ProposerCall:
         shuffle = {f"moa_{key}": value for key, value in self.shuffle.items()}
         self.config = proposer_config(scope, slot, config, shuffle)
         self.run_id, self.members = task["run_id"], task.get("batch") or []
-        self.attempts = 0
+        self.call: ModelCall | None = None
         self.started = time.perf_counter()
 
     def __enter__(self) -> ProposerCall:
@@ -91,26 +92,18 @@ class ProposerCall:
         self.scope.call_ended(self.run_id, self.slot, race=self.race is not None, batch=members,
                               abandoned=exc_type is not None)  # fmt: skip
 
-    def attempt_sync(self) -> BaseMessage:
-        self.attempts += 1
-        if self.batch is not None:
-            return self.batch.answer_sync(self.slot.index, self.attempts, self._draw_sync)
-        with self.scope.limiter.sync_slot():
-            if self.race is None:
-                return self.runnable.invoke(self.input, self.config)
-            return invoke_until_cancelled(self.runnable, self.input, self.config)
+    def model_call(self) -> ModelCall:
+        """The call to make (once per proposer call; the runner counts its attempts)."""
+        draw = None
+        if self.batch is not None:  # its samples are drawn together, in one request
+            draw = Draw(self.batch, self.slot.index, proposer_model(self.scope.plan, self.slot),
+                        *self._batch_request())  # fmt: skip
+        self.call = ModelCall(self.runnable, self.input, self.config, self.slot.policy,
+                              race=self.race, on_retry=self.on_retry, draw=draw)  # fmt: skip
+        return self.call
 
-    async def attempt_async(self) -> BaseMessage:
-        self.attempts += 1
-        if self.batch is not None:
-            return await self.batch.answer_async(self.slot.index, self.attempts, self._draw_async)
-        async with self.scope.limiter.async_slot():
-            return await self.runnable.ainvoke(self.input, self.config)
-
-    # -- the samples of a batch, drawn in one request ----------------------------------------
-
-    def _batch_request(self) -> tuple[list[BaseMessage], int, int | None, RunnableConfig]:
-        """The batch's prompt, its size, the seed of its first sample and its traced config."""
+    def _batch_request(self) -> tuple[list[BaseMessage], int | None, RunnableConfig]:
+        """The batch's prompt, the seed of its first sample and its traced config."""
         assert self.batch is not None
         slot, members = self.slot, self.batch.members
         messages = (
@@ -123,18 +116,7 @@ class ProposerCall:
             "run_name": f"proposer {slot.layer}.{first}-{last}: {slot.spec_name} x{len(members)}",
             "metadata": {"moa_batch": list(members)},
         })  # fmt: skip
-        return messages, len(members), sample_seed(self.scope.plan, first_slot), config
-
-    def _draw_sync(self) -> list[BaseMessage]:
-        messages, n, seed, config = self._batch_request()
-        with self.scope.limiter.sync_slot():
-            return draw_sync(proposer_model(self.scope.plan, self.slot), messages, n, seed, config)
-
-    async def _draw_async(self) -> list[BaseMessage]:
-        messages, n, seed, config = self._batch_request()
-        async with self.scope.limiter.async_slot():
-            model = proposer_model(self.scope.plan, self.slot)
-            return await draw_async(model, messages, n, seed, config)
+        return messages, sample_seed(self.scope.plan, first_slot), config
 
     def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
@@ -184,7 +166,7 @@ class ProposerCall:
             layer=slot.layer, index=slot.index, proposer=slot.name, model=slot.model_name,
             status=status,  # type: ignore[typeddict-item]
             text=text, error=error, usage=dict(usage) if usage else None, latency_s=latency,
-            attempts=self.attempts,
+            attempts=self.call.attempts if self.call is not None else 0,
         )  # fmt: skip
         proposal.update(self.shuffle)  # type: ignore[typeddict-item]
         return proposal
@@ -206,23 +188,3 @@ def proposer_config(
         callbacks = without_token_streaming(callbacks)
     traced["callbacks"] = redacting_callbacks(callbacks, scope.plan.secrets)
     return traced
-
-
-def invoke_until_cancelled(
-    runnable: Runnable[Any, BaseMessage], call_input: Any, config: RunnableConfig
-) -> BaseMessage:
-    """Stream the call and stop reading (closing the connection) once the caller gave up."""
-    merged: BaseMessageChunk | None = None
-    chunks = runnable.stream(call_input, config)
-    try:
-        for chunk in chunks:
-            if cancel_requested():
-                raise CallCancelled("the layer stopped waiting")
-            merged = chunk if merged is None else merged + chunk  # type: ignore[assignment]
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()  # closes the HTTP response at once, not when the generator is collected
-    if merged is None:
-        raise RuntimeError("the model streamed nothing")
-    return message_chunk_to_message(merged)

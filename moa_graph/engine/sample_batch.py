@@ -24,10 +24,11 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.token_streaming import without_token_streaming
+from moa_graph.models import unbound
 
 
 def sample_batches(slots: Sequence[ProposerSlot]) -> dict[int, list[int]]:
@@ -176,13 +177,10 @@ def chat_model_of(model: Runnable[Any, BaseMessage]) -> tuple[BaseChatModel, dic
     Raises:
         TypeError: when something other than bindings wraps the chat model.
     """
-    kwargs: dict[str, Any] = {}
-    while isinstance(model, RunnableBinding):
-        kwargs = {**model.kwargs, **kwargs}  # the outer binding wins
-        model = model.bound
-    if not isinstance(model, BaseChatModel):
-        raise TypeError(f"{type(model).__name__} is not a chat model: its samples are drawn apart")
-    return model, kwargs
+    chat, kwargs = unbound(model)
+    if not isinstance(chat, BaseChatModel):
+        raise TypeError(f"{type(chat).__name__} is not a chat model: its samples are drawn apart")
+    return chat, kwargs
 
 
 def _n_answers(

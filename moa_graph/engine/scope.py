@@ -33,6 +33,7 @@ from moa_graph.engine.run_choices import (
 )
 from moa_graph.engine.sample_batch import SampleBatch
 from moa_graph.engine.shared_by_calls import SharedByCalls
+from moa_graph.errors import ProposalsFailedError
 from moa_graph.redact import redact
 from moa_graph.state import Proposal
 
@@ -64,22 +65,29 @@ class Mixture:
         self._variants: dict[tuple[Any, ...], tuple[MixturePlan, Runnables]] = {}
         self._configured = (plan, _runnables(plan))
 
+    def plan_for(self, context: Any) -> MixturePlan:
+        """The plan of a run with ``context`` (its per-run choices), worked out once per
+        distinct choice; a bad choice raises ``ValueError`` naming it."""
+        return self._variant(context)[0]
+
     def scope(self, runtime: Runtime | None) -> RunScope:
         """The run's scope; a bad per-run choice raises ``ValueError`` naming it."""
         context = runtime.context if runtime is not None else None
+        plan, runnables = self._variant(context)
+        return RunScope(self, plan, runnables, context_values(context), runtime)
+
+    def _variant(self, context: Any) -> tuple[MixturePlan, Runnables]:
         key = run_key(context)
         if key is None:
-            plan, runnables = self._configured
-        else:
-            variant = self._variants.get(key)
-            if variant is None:
-                narrowed = run_plan(self.plan, context)
-                variant = (narrowed, _runnables(narrowed))
-                if len(self._variants) >= _MAX_VARIANTS:
-                    self._variants.clear()
-                self._variants[key] = variant
-            plan, runnables = variant
-        return RunScope(self, plan, runnables, context_values(context), runtime)
+            return self._configured
+        variant = self._variants.get(key)
+        if variant is None:
+            narrowed = run_plan(self.plan, context)
+            variant = (narrowed, _runnables(narrowed))
+            if len(self._variants) >= _MAX_VARIANTS:
+                self._variants.clear()
+            self._variants[key] = variant
+        return variant
 
 
 class RunScope:
@@ -185,6 +193,22 @@ class RunScope:
         """Every call of ``layer`` has ended: forget what calls that never came still held."""
         self._races.forget(run_id, layer)
         self._batches.forget(run_id, layer)
+
+    def layer_done(self, layer: int, proposals: Sequence[Proposal]) -> None:
+        """Report a layer whose every proposer has ended (``layer_done``, with its counts)."""
+        counts = {status: sum(p["status"] == status for p in proposals)
+                  for status in ("answered", "failed", "cancelled")}  # fmt: skip
+        emit(self.runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
+             failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
+
+    def quorum_met(self, layer: int, proposals: Sequence[Proposal]) -> bool:
+        """Whether a joined layer stands; ``False`` below quorum with the aggregator's fallback
+        on, ``ProposalsFailedError`` without it."""
+        if not self.layer_failed(proposals):
+            return True
+        if not self.options.fallback_to_aggregator:
+            raise ProposalsFailedError(layer, proposals, self.options.min_proposals)
+        return False
 
     def layer_failed(self, proposals: Sequence[Proposal]) -> bool:
         """Whether a layer's answers fall below ``min_proposals`` (or any failed, fail-fast)."""

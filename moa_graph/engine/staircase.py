@@ -16,7 +16,8 @@ that ends without a word is left out from the first round on, so numbering never
 
 The graph runs a staircase in its ``aggregate`` step: each proposer is a LangGraph task (so a
 resumed run pays no finished proposer again), the aggregator writes in the step itself, and all
-of them talk through a ``Board``, the texts being written in one run.
+of them talk through a ``Board``, the texts being written in one run. Each writer is one body
+run by the call runner (``moa_graph.engine.runner``), waiting on the board between rounds.
 """
 
 from __future__ import annotations
@@ -24,22 +25,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    BaseMessageChunk,
-    UsageMetadata,
-    message_chunk_to_message,
-)
+from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 
-from moa_graph.engine.calls import CallCancelled, cancel_requested
 from moa_graph.engine.events import emit
 from moa_graph.engine.references import TokenCounter
 from moa_graph.prompts import inject_references, with_system_prompt
@@ -72,8 +66,9 @@ class Entry:
 class Board:
     """The texts being written in one staircase run, shared by its writers and readers.
 
-    Writers append text and end; readers wait until their references are ready. Waits work
-    from threads (``invoke``) and from asyncio tasks (``ainvoke``) alike.
+    Writers append text and end; readers wait until their references are ready, each the way
+    its driver waits (``moa_graph.engine.runner``): a thread on an event (``wait``), a task on
+    its loop (``await_ready``). A change wakes every waiter to check again.
 
     Example:
         >>> board = Board()
@@ -85,13 +80,13 @@ class Board:
 
     def __init__(self) -> None:
         self._entries: dict[Key, Entry] = {}
-        self._changed = threading.Condition()
-        self._waiters: set[Callable[[], object]] = set()
+        self._lock = threading.Lock()
+        self._waiters: list[Callable[[], object]] = []
         self.aborted: str | None = None
         """Why the run stopped (every writer stops at its next token)."""
 
     def entry(self, key: Key) -> Entry:
-        with self._changed:
+        with self._lock:
             entry = self._entries.setdefault(key, Entry())
             return Entry(entry.text, entry.status)
 
@@ -112,38 +107,41 @@ class Board:
         self.poke()
 
     def _update(self, key: Key | None, change: Callable[[Entry], object]) -> None:
-        with self._changed:
+        with self._lock:
             if key is not None:
                 change(self._entries.setdefault(key, Entry()))
-            self._changed.notify_all()
-            waiters, self._waiters = self._waiters, set()
+            waiters, self._waiters = self._waiters, []
         for notify in waiters:
             notify()
+
+    def _on_change(self, notify: Callable[[], object]) -> None:
+        """Call ``notify`` (once) at the next change."""
+        with self._lock:
+            self._waiters.append(notify)
 
     def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until ``ready()`` (checked after every change); ``False`` after ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            while not ready():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+        changed = threading.Event()
+        while True:
+            changed.clear()
+            self._on_change(changed.set)  # before checking: a change meanwhile is not missed
+            if ready():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            changed.wait(remaining)
 
     async def await_ready(self, ready: Callable[[], bool]) -> None:
-        """Wait on the running loop until ``ready()`` (checked after every change)."""
+        """Wait on the running loop until ``ready()`` (checked after every change; a change
+        may come from another thread: a layer's deadline)."""
         loop = asyncio.get_running_loop()
         while True:
             changed = loop.create_future()
-
-            def notify(future: asyncio.Future[None] = changed) -> None:
-                loop.call_soon_threadsafe(_resolve, future)
-
-            with self._changed:
-                if ready():
-                    return
-                self._waiters.add(notify)
+            self._on_change(partial(loop.call_soon_threadsafe, _resolve, changed))
+            if ready():
+                return
             await changed
 
 
@@ -339,73 +337,6 @@ def round_config(
             "metadata": {**metadata, "moa_round": round_number},
         },
     )
-
-
-def stream_merged(
-    runnable: Runnable[Any, BaseMessage],
-    call_input: Any,
-    config: RunnableConfig,
-    on_text: Callable[[str], object],
-    stopped: Callable[[], str | None],
-) -> BaseMessage:
-    """Stream a call, handing each piece of text on; stop reading once ``stopped()`` says why
-    (or the caller gave up), closing the connection."""
-    merged: BaseMessageChunk | None = None
-    chunks: Iterator[BaseMessageChunk] = runnable.stream(call_input, config)  # type: ignore[assignment]
-    try:
-        for chunk in chunks:
-            reason = stopped() or ("the layer stopped waiting" if cancel_requested() else None)
-            if reason:
-                raise CallCancelled(reason)
-            merged = chunk if merged is None else merged + chunk
-            on_text(chunk.text)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    if merged is None:
-        raise RuntimeError("the model streamed nothing")
-    return message_chunk_to_message(merged)
-
-
-async def astream_merged(
-    runnable: Runnable[Any, BaseMessage],
-    call_input: Any,
-    config: RunnableConfig,
-    on_text: Callable[[str], object],
-    stopped: Callable[[], str | None],
-) -> BaseMessage:
-    """The async twin of ``stream_merged``."""
-    merged: BaseMessageChunk | None = None
-    chunks: AsyncIterator[BaseMessageChunk] = runnable.astream(call_input, config)  # type: ignore[assignment]
-    try:
-        async for chunk in chunks:
-            reason = stopped()
-            if reason:
-                raise CallCancelled(reason)
-            merged = chunk if merged is None else merged + chunk
-            on_text(chunk.text)
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    if merged is None:
-        raise RuntimeError("the model streamed nothing")
-    return message_chunk_to_message(merged)
-
-
-_RUNS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-"""Staircase runs in progress, by run id: how a proposer task finds its run's board."""
-
-
-def register(run_id: str, run: Any) -> None:
-    """Make ``run`` findable by its proposer tasks (while the run object lives)."""
-    _RUNS[run_id] = run
-
-
-def registered(run_id: str) -> Any:
-    """The staircase run ``run_id`` (its tasks run inside its step, so it exists)."""
-    return _RUNS[run_id]
 
 
 def emit_round(runtime: Any, kind: str, identity: Mapping[str, Any], round_: Round) -> None:

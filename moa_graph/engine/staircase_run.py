@@ -9,6 +9,7 @@ answer itself (see ``moa_graph.engine.staircase`` for how the rounds go).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,12 +24,13 @@ from langgraph.config import get_config
 from langgraph.errors import GraphBubbleUp
 from langgraph.func import task
 
-from moa_graph.engine.calls import CallCancelled, CallPolicy, call_async, call_sync
+from moa_graph.engine.calls import CallCancelled, CallPolicy
 from moa_graph.engine.events import emit, identity, record_fields
-from moa_graph.engine.final_answer import TokenWatcher, aggregator_config, sum_usage
+from moa_graph.engine.final_answer import TokenWatcher, aggregator_config
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.proposer_call import proposer_config
 from moa_graph.engine.race import LayerRace
+from moa_graph.engine.runner import ModelCall, Steps, WaitFor, drive_async, drive_sync
 from moa_graph.engine.scope import RunScope, sample_seed, seeded
 from moa_graph.engine.staircase import (
     Board,
@@ -37,17 +39,14 @@ from moa_graph.engine.staircase import (
     Schedule,
     Status,
     Writer,
-    astream_merged,
     continuing,
     emit_round,
-    register,
-    registered,
     round_config,
     round_messages,
-    stream_merged,
 )
 from moa_graph.errors import AggregatorError, ProposalsFailedError
 from moa_graph.state import MoAState, Proposal
+from moa_graph.tokens import sum_usage
 from moa_graph.tool_rendering import render_tool_turns
 
 
@@ -93,7 +92,13 @@ class StaircaseRun:
         self._lock = threading.Lock()
         self._reported: set[int] = set()
         self._races: dict[int, LayerRace | None] = {}
-        register(self.run_id, self)
+
+    @staticmethod
+    def tasks(propose: Callable[[int, int], Any]) -> Callable[..., Any]:
+        """A proposer as a LangGraph task: its outcome is saved as it ends, so a resumed run
+        pays no finished proposer again. Named ``propose`` like the graph's proposer step; its
+        calls use the task's config, so traces and token streams name that step."""
+        return task(name="propose")(propose)  # type: ignore[arg-type]
 
     # -- the shape ---------------------------------------------------------------------------
 
@@ -131,8 +136,8 @@ class StaircaseRun:
                       sample_seed(self.plan, slot),
                       slot.layer if slot.takes_turns else None)  # fmt: skip
 
-    def propose(self, layer: int, index: int, config: RunnableConfig) -> Proposal:
-        """Write one proposer's answer, round by round (blocking: under ``invoke``)."""
+    def propose(self, layer: int, index: int, config: RunnableConfig) -> Steps[Proposal]:
+        """Write one proposer's answer, round by round."""
         slot, started = self._slot(layer, index), time.perf_counter()
         model = self._proposer_model(slot, config)
         writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
@@ -144,50 +149,28 @@ class StaircaseRun:
         error: str | None = None
         try:
             while not writer.done:
-                self.board.wait(partial(self._ready, writer, race))
+                yield WaitFor(self.board, partial(self._ready, writer, race))
                 self._stop_if_stopped(race)
-                round_ = writer.next_round()
-                emit_round(self.scope.runtime, "round_started", model.who, round_)
-                message = call_sync(partial(self._round_sync, model, writer, round_),
-                                    model.policy, race=race,
-                                    can_retry=self._no_text_since(writer),
-                                    continuing=bool(writer.text))  # fmt: skip
-                writer.finish_round(round_, message)
-                emit_round(self.scope.runtime, "round_finished", model.who, round_)
+                round_ = self._start_round(model, writer)
+                message = yield self._round_call(
+                    model, writer, round_, render_tool_turns(self.messages),  # no tool turns
+                    race=race, can_retry=self._no_text_since(writer),
+                    on_text=partial(self.board.write, writer.key), stopped=self._aborted,
+                )  # fmt: skip
+                self._finish_round(model, writer, round_, message)
         except GraphBubbleUp:
             raise
         except Exception as exc:
             status, error = self._failure_of(exc, race)
         return self._ended(slot, writer, status, error, started, race)
 
-    async def apropose(self, layer: int, index: int, config: RunnableConfig) -> Proposal:
-        """The async twin of ``propose`` (under ``ainvoke``)."""
-        slot, started = self._slot(layer, index), time.perf_counter()
-        model = self._proposer_model(slot, config)
-        writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
-        race = self._race(slot.layer)
-        if race is not None:  # a layer that stops waiting wakes the proposers waiting for a round
-            race.subscribe(self.board.poke)
-        emit(self.scope.runtime, moa_event="proposal_started", **model.who)
-        status: Status = "answered"
-        error: str | None = None
-        try:
-            while not writer.done:
-                await self.board.await_ready(partial(self._ready, writer, race))
-                self._stop_if_stopped(race)
-                round_ = writer.next_round()
-                emit_round(self.scope.runtime, "round_started", model.who, round_)
-                message = await call_async(partial(self._round_async, model, writer, round_),
-                                           model.policy, race=race,
-                                           can_retry=self._no_text_since(writer),
-                                           continuing=bool(writer.text))  # fmt: skip
-                writer.finish_round(round_, message)
-                emit_round(self.scope.runtime, "round_finished", model.who, round_)
-        except GraphBubbleUp:
-            raise
-        except Exception as exc:
-            status, error = self._failure_of(exc, race)
-        return self._ended(slot, writer, status, error, started, race)
+    def propose_sync(self, layer: int, index: int) -> Proposal:
+        """``propose`` as the body of a proposer's LangGraph task, under ``invoke``."""
+        return drive_sync(self.propose(layer, index, get_config()), self.scope.limiter)
+
+    async def propose_async(self, layer: int, index: int) -> Proposal:
+        """``propose`` as the body of a proposer's LangGraph task, under ``ainvoke``."""
+        return await drive_async(self.propose(layer, index, get_config()), self.scope.limiter)
 
     def _failure_of(self, exc: Exception, race: LayerRace | None) -> tuple[Status, str]:
         """A proposer's end by ``exc``: cut off or failed. When the whole run failed, the
@@ -242,19 +225,18 @@ class StaircaseRun:
                 return
             self._reported.add(layer)
         proposals = [record for record in records if record is not None]
-        counts = {status: sum(p["status"] == status for p in proposals)
-                  for status in ("answered", "failed", "cancelled")}  # fmt: skip
-        emit(self.scope.runtime, moa_event="layer_done", layer=layer, succeeded=counts["answered"],
-             failed=counts["failed"], cancelled=counts["cancelled"])  # fmt: skip
-        if not self.scope.layer_failed(proposals):
-            return
-        minimum = self.scope.options.min_proposals
-        if not self.scope.options.fallback_to_aggregator:
-            self.failure = ProposalsFailedError(layer, proposals, minimum)
+        self.scope.layer_done(layer, proposals)
+        try:
+            if self.scope.quorum_met(layer, proposals):
+                return
+        except ProposalsFailedError as failure:
+            self.failure = failure
             self.stop(f"layer {layer} fell below min_proposals", failed=True)
-        elif any(p["text"] for p in proposals):
-            self.fallback = (f"layer {layer} fell below min_proposals={minimum}: its readers "
-                             "went on with what it had written")  # fmt: skip
+            return
+        if any(p["text"] for p in proposals):
+            self.fallback = (f"layer {layer} fell below min_proposals="
+                             f"{self.scope.options.min_proposals}: its readers went on with "
+                             "what it had written")  # fmt: skip
         else:
             last = layer == len(self.plan.proposer_layers)
             readers = "the aggregator answered" if last else f"layer {layer + 1} answered"
@@ -272,10 +254,23 @@ class StaircaseRun:
 
     # -- rounds ------------------------------------------------------------------------------
 
-    def _request(
-        self, model: _Model, writer: Writer, round_: Round, conversation: Sequence[BaseMessage]
-    ) -> tuple[Runnable[Any, BaseMessage], list[BaseMessage], RunnableConfig]:
-        """A round's call: the model bound to the round's limit, its prompt and its config."""
+    def _start_round(self, model: _Model, writer: Writer) -> Round:
+        round_ = writer.next_round()
+        emit_round(self.scope.runtime, "round_started", model.who, round_)
+        return round_
+
+    def _finish_round(
+        self, model: _Model, writer: Writer, round_: Round, message: BaseMessage
+    ) -> None:
+        writer.finish_round(round_, message)
+        emit_round(self.scope.runtime, "round_finished", model.who, round_)
+
+    def _round_call(
+        self, model: _Model, writer: Writer, round_: Round, conversation: Sequence[BaseMessage],
+        **rules: Any,
+    ) -> ModelCall:  # fmt: skip
+        """A round's call, streamed: the model bound to the round's limit, its prompt and its
+        config (``rules``: how the runner makes it)."""
         runnable = continuing(model.runnable, model.continuation, writer.text)
         if round_.max_tokens is not None:
             runnable = runnable.bind(max_tokens=round_.max_tokens)
@@ -287,24 +282,8 @@ class StaircaseRun:
                                   system_prompt=model.system_prompt)  # fmt: skip
         config = round_config(model.config, run_name=model.run_name, tags=[], metadata={},
                               round_number=round_.number)  # fmt: skip
-        return runnable, messages, config
-
-    def _proposer_conversation(self) -> list[BaseMessage]:
-        return render_tool_turns(self.messages)  # proposers never see tool turns
-
-    def _round_sync(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
-        runnable, messages, config = self._request(model, writer, round_,
-                                                   self._proposer_conversation())  # fmt: skip
-        publish = partial(self.board.write, writer.key)
-        with self.scope.limiter.sync_slot():
-            return stream_merged(runnable, messages, config, publish, self._aborted)
-
-    async def _round_async(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
-        runnable, messages, config = self._request(model, writer, round_,
-                                                   self._proposer_conversation())  # fmt: skip
-        publish = partial(self.board.write, writer.key)
-        async with self.scope.limiter.async_slot():
-            return await astream_merged(runnable, messages, config, publish, self._aborted)
+        return ModelCall(runnable, messages, config, model.policy, streamed=True,
+                         continuing=bool(writer.text), **rules)  # fmt: skip
 
     def _aborted(self) -> str | None:
         return self.board.aborted
@@ -331,59 +310,25 @@ class StaircaseRun:
                        "model": aggregator.model_name}, self.scope.options.seed,
                       self.plan.layers if aggregator.takes_turns else None)  # fmt: skip
 
-    def aggregate(self) -> AIMessage:
-        """Write the final answer, round by round, streaming it (blocking: under ``invoke``)."""
+    def aggregate(self) -> Steps[AIMessage]:
+        """Write the final answer, round by round, streaming it."""
         watcher = TokenWatcher()
         model, writer = self._aggregator_model(watcher), self._aggregator_writer()
         emit(self.scope.runtime, moa_event="aggregation_started", **model.who)
         while not writer.done:
-            self.board.wait(writer.ready)
+            yield WaitFor(self.board, writer.ready)
             self._raise_if_failed()
-            round_ = writer.next_round()
-            emit_round(self.scope.runtime, "round_started", model.who, round_)
+            round_ = self._start_round(model, writer)
             with self._reported_as_aggregator_failure():
-                message = call_sync(
-                    partial(self._aggregator_round_sync, model, writer, round_), model.policy,
-                    can_retry=lambda: not watcher.streamed, continuing=bool(writer.text),
-                )  # fmt: skip
-            writer.finish_round(round_, message)
-            emit_round(self.scope.runtime, "round_finished", model.who, round_)
-        return self._final(model, writer)
-
-    async def aaggregate(self) -> AIMessage:
-        """The async twin of ``aggregate``."""
-        watcher = TokenWatcher()
-        model, writer = self._aggregator_model(watcher), self._aggregator_writer()
-        emit(self.scope.runtime, moa_event="aggregation_started", **model.who)
-        while not writer.done:
-            await self.board.await_ready(writer.ready)
-            self._raise_if_failed()
-            round_ = writer.next_round()
-            emit_round(self.scope.runtime, "round_started", model.who, round_)
-            with self._reported_as_aggregator_failure():
-                message = await call_async(
-                    partial(self._aggregator_round_async, model, writer, round_), model.policy,
-                    can_retry=lambda: not watcher.streamed, continuing=bool(writer.text),
-                )  # fmt: skip
-            writer.finish_round(round_, message)
-            emit_round(self.scope.runtime, "round_finished", model.who, round_)
+                retry = lambda: not watcher.streamed  # noqa: E731  # nothing streamed yet
+                message = yield self._round_call(model, writer, round_, self.messages,
+                                                 can_retry=retry)  # fmt: skip
+            self._finish_round(model, writer, round_, message)
         return self._final(model, writer)
 
     def _aggregator_writer(self) -> Writer:
         aggregator = self.plan.aggregator
         return self._writer((self.plan.layers, 0), aggregator.max_tokens, aggregator.takes_turns)
-
-    def _aggregator_round_sync(self, model: _Model, writer: Writer, round_: Round) -> BaseMessage:
-        runnable, messages, config = self._request(model, writer, round_, self.messages)
-        with self.scope.limiter.sync_slot():
-            return stream_merged(runnable, messages, config, _ignore, lambda: None)
-
-    async def _aggregator_round_async(
-        self, model: _Model, writer: Writer, round_: Round
-    ) -> BaseMessage:
-        runnable, messages, config = self._request(model, writer, round_, self.messages)
-        async with self.scope.limiter.async_slot():
-            return await astream_merged(runnable, messages, config, _ignore, lambda: None)
 
     def _raise_if_failed(self) -> None:
         if self.failure is not None:
@@ -439,38 +384,15 @@ class RunStopped(RuntimeError):
     """A proposer's task ends with this when its run failed: the task is not saved as done."""
 
 
-def _ignore(text: str) -> None:
-    """The aggregator's text reaches the user through the call's own streaming callbacks."""
-
-
-def _propose(run_id: str, layer: int, index: int) -> Proposal:
-    """One proposer of a staircase run, as a LangGraph task (saved when it ends). Its calls
-    use the task's config, so traces and token streams name the ``propose`` step."""
-    run: StaircaseRun = registered(run_id)
-    return run.propose(layer, index, get_config())
-
-
-async def _apropose(run_id: str, layer: int, index: int) -> Proposal:
-    """The async twin of ``propose_task``."""
-    run: StaircaseRun = registered(run_id)
-    return await run.apropose(layer, index, get_config())
-
-
-# LangGraph tasks: each proposer's outcome is saved as it ends, so a resumed run pays no finished
-# proposer again; both are named ``propose``, like the graph's proposer step.
-propose_task: Callable[..., Any] = task(name="propose")(_propose)  # type: ignore[arg-type]
-apropose_task: Callable[..., Any] = task(name="propose")(_apropose)  # type: ignore[arg-type]
-
-
 def run_sync(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[str, Any]:
     """The aggregate step of a staircase run under ``invoke``: start every proposer, write the
     answer, gather the proposals."""
     run = StaircaseRun(scope, state, config)
-    futures = [propose_task(run.run_id, slot.layer, slot.index) for slot in run.slots]
+    futures = [run.tasks(run.propose_sync)(slot.layer, slot.index) for slot in run.slots]
     for future in futures:  # a resumed run's saved proposers answer at once
         future.add_done_callback(partial(_published, run))
     try:
-        final = run.aggregate()
+        final = drive_sync(run.aggregate(), scope.limiter)
     except BaseException:
         run.stop("the run failed", failed=True)
         raise
@@ -481,15 +403,13 @@ def run_sync(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[s
 
 async def run_async(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[str, Any]:
     """The aggregate step of a staircase run under ``ainvoke``."""
-    import asyncio
-
     run = StaircaseRun(scope, state, config)
-    futures = [asyncio.ensure_future(apropose_task(run.run_id, slot.layer, slot.index))
-               for slot in run.slots]  # fmt: skip
+    propose = run.tasks(run.propose_async)
+    futures = [asyncio.ensure_future(propose(slot.layer, slot.index)) for slot in run.slots]
     for future in futures:
         future.add_done_callback(partial(_published, run))
     try:
-        final = await run.aaggregate()
+        final = await drive_async(run.aggregate(), scope.limiter)
     except BaseException:
         run.stop("the run failed", failed=True)
         raise
