@@ -173,12 +173,7 @@ async def _retrying(
         try:
             return check_answer(await _with_deadline(attempt(), policy.timeout), continuing)
         except Exception as error:
-            delay = _retry_delay(policy, attempts, error, can_retry, rng)
-            if delay is None:
-                raise
-            if on_retry is not None:
-                on_retry(attempts, error, delay)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_backoff(policy, attempts, error, can_retry, on_retry, rng))
 
 
 def call_sync(
@@ -208,11 +203,7 @@ def call_sync(
         except CallCancelled:
             raise
         except Exception as error:
-            delay = _retry_delay(policy, attempts, error, can_retry, rng)
-            if delay is None:
-                raise
-            if on_retry is not None:
-                on_retry(attempts, error, delay)
+            delay = _backoff(policy, attempts, error, can_retry, on_retry, rng)
             _sleep_unless_stopped(delay, race, wake)
 
 
@@ -278,17 +269,22 @@ def _sleep_unless_stopped(delay: float, race: LayerRace | None, wake: threading.
             wake.clear()
 
 
-def _retry_delay(
+def _backoff(
     policy: CallPolicy,
     attempts: int,
     error: Exception,
     can_retry: Callable[[], bool],
+    on_retry: RetryHook | None,
     rng: random.Random,
-) -> float | None:
-    """Seconds to wait before the next attempt, or ``None`` when ``error`` is final."""
+) -> float:
+    """Seconds to wait before the next attempt (told to ``on_retry``); ``error`` is raised
+    again when it is final (retries spent, not transient, or ``can_retry()`` says no)."""
     if attempts > policy.max_retries or not is_transient(error) or not can_retry():
-        return None
-    return policy.delay_before(attempts, error, rng)
+        raise error
+    delay = policy.delay_before(attempts, error, rng)
+    if on_retry is not None:
+        on_retry(attempts, error, delay)
+    return delay
 
 
 async def _with_deadline(call: Awaitable[BaseMessage], timeout: float | None) -> BaseMessage:

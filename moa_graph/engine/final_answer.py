@@ -10,15 +10,13 @@ failed (with ``fallback_to_aggregator``) lets the aggregator answer alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
-from langgraph.errors import GraphBubbleUp
 
 from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled
 from moa_graph.aggregator import bind_aggregator
@@ -30,7 +28,6 @@ from moa_graph.engine.runner import ModelCall, Steps
 from moa_graph.engine.scope import RunScope
 from moa_graph.engine.strategies.base import AggregationFlow
 from moa_graph.engine.strategies.rank import instruction_text
-from moa_graph.errors import AggregatorError
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import MoAState
@@ -165,7 +162,7 @@ class FinalAnswer:
                 call = next(flow) if reply is None else flow.send(reply)
             except StopIteration as finished:
                 return self.result(finished.value)
-            with self.failures_reported():
+            with self.scope.aggregator_failures():
                 reply = yield call
             if usage := getattr(reply, "usage_metadata", None):
                 self.usage.append(usage)  # the final message carries every step's usage
@@ -177,19 +174,6 @@ class FinalAnswer:
     def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
              error=self.scope.describe(error), **self.identity)  # fmt: skip
-
-    @contextmanager
-    def failures_reported(self) -> Iterator[None]:
-        """A failed call becomes an ``AggregatorError`` naming the model (graph interrupts and
-        other control flow pass through)."""
-        try:
-            yield
-        except GraphBubbleUp:
-            raise
-        except Exception as error:
-            aggregator = self.plan.aggregator
-            described = self.scope.describe(error)  # the raw cause may quote a key
-            raise AggregatorError(aggregator.name, aggregator.model_name, described) from None
 
     def result(self, message: BaseMessage) -> dict[str, list[BaseMessage]]:
         """The state update with the final ``message``."""

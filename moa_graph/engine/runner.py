@@ -113,45 +113,55 @@ Steps = Generator["ModelCall | WaitFor", Any, T]
 
 def drive_sync(steps: Steps[T], limiter: CallLimiter) -> T:
     """Run ``steps`` in the calling thread (under ``invoke``)."""
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
+    done, value = _advance(steps)
+    while not done:
         try:
-            need = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as finished:
-            return finished.value
-        reply, error = None, None
-        try:
-            if isinstance(need, WaitFor):
-                need.board.wait(need.ready)
+            reply: Any = None
+            if isinstance(value, WaitFor):
+                value.board.wait(value.ready)
             else:
-                reply = call_sync(partial(_attempt_sync, need, limiter), need.policy,
-                                  race=need.race, on_retry=need.on_retry,
-                                  can_retry=need.can_retry, continuing=need.continuing)  # fmt: skip
+                reply = call_sync(partial(_attempt_sync, value, limiter), value.policy,
+                                  **_rules(value))  # fmt: skip
         except BaseException as failure:  # raised in the step, where it yielded
-            error = failure
+            done, value = _advance(steps, error=failure)
+        else:
+            done, value = _advance(steps, reply)
+    return value
 
 
 async def drive_async(steps: Steps[T], limiter: CallLimiter) -> T:
     """Run ``steps`` on the running loop (under ``ainvoke``)."""
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
+    done, value = _advance(steps)
+    while not done:
         try:
-            need = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as finished:
-            return finished.value
-        reply, error = None, None
-        try:
-            if isinstance(need, WaitFor):
-                await need.board.await_ready(need.ready)
+            reply: Any = None
+            if isinstance(value, WaitFor):
+                await value.board.await_ready(value.ready)
             else:
-                reply = await call_async(partial(_attempt_async, need, limiter), need.policy,
-                                         race=need.race, on_retry=need.on_retry,
-                                         can_retry=need.can_retry,
-                                         continuing=need.continuing)  # fmt: skip
+                reply = await call_async(partial(_attempt_async, value, limiter), value.policy,
+                                         **_rules(value))  # fmt: skip
         except BaseException as failure:  # raised in the step, where it yielded
-            error = failure
+            done, value = _advance(steps, error=failure)
+        else:
+            done, value = _advance(steps, reply)
+    return value
+
+
+def _advance(
+    steps: Steps[Any], reply: Any = None, *, error: BaseException | None = None
+) -> tuple[bool, Any]:
+    """Hand ``steps`` a reply (or raise ``error`` where they yielded): ``(True, outcome)`` once
+    they return, else ``(False, what they need next)``."""
+    try:
+        return False, steps.send(reply) if error is None else steps.throw(error)
+    except StopIteration as finished:
+        return True, finished.value
+
+
+def _rules(call: ModelCall) -> dict[str, Any]:
+    """The rules ``calls.call_sync`` and ``calls.call_async`` make ``call`` under."""
+    return {"race": call.race, "on_retry": call.on_retry, "can_retry": call.can_retry,
+            "continuing": call.continuing}  # fmt: skip
 
 
 def _attempt_sync(call: ModelCall, limiter: CallLimiter) -> BaseMessage:

@@ -9,11 +9,13 @@ quorum, consensus).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
+from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 
 from moa_graph.aggregation import VoteCount, count_votes
@@ -33,7 +35,7 @@ from moa_graph.engine.run_choices import (
 )
 from moa_graph.engine.sample_batch import SampleBatch
 from moa_graph.engine.shared_by_calls import SharedByCalls
-from moa_graph.errors import ProposalsFailedError
+from moa_graph.errors import AggregatorError, ProposalsFailedError
 from moa_graph.redact import redact
 from moa_graph.state import Proposal
 
@@ -270,6 +272,19 @@ class RunScope:
             )  # fmt: skip
             return texts, cuts, reason, chosen
         return [], [], "every proposer failed: the aggregator answered alone", []
+
+    @contextmanager
+    def aggregator_failures(self) -> Iterator[None]:
+        """A failed aggregator call becomes an ``AggregatorError`` naming the model, its cause
+        described with secrets masked (graph interrupts and other control flow pass through)."""
+        try:
+            yield
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            aggregator = self.plan.aggregator
+            raise AggregatorError(aggregator.name, aggregator.model_name,
+                                  self.describe(error)) from None  # fmt: skip
 
     def describe(self, error: BaseException) -> str:
         """The error as recorded: type and message, secrets masked."""

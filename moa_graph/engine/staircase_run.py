@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -44,7 +43,7 @@ from moa_graph.engine.staircase import (
     round_config,
     round_messages,
 )
-from moa_graph.errors import AggregatorError, ProposalsFailedError
+from moa_graph.errors import ProposalsFailedError
 from moa_graph.state import MoAState, Proposal
 from moa_graph.tokens import sum_usage
 from moa_graph.tool_rendering import render_tool_turns
@@ -319,7 +318,7 @@ class StaircaseRun:
             yield WaitFor(self.board, writer.ready)
             self._raise_if_failed()
             round_ = self._start_round(model, writer)
-            with self._reported_as_aggregator_failure():
+            with self.scope.aggregator_failures():
                 retry = lambda: not watcher.streamed  # noqa: E731  # nothing streamed yet
                 message = yield self._round_call(model, writer, round_, self.messages,
                                                  can_retry=retry)  # fmt: skip
@@ -333,17 +332,6 @@ class StaircaseRun:
     def _raise_if_failed(self) -> None:
         if self.failure is not None:
             raise self.failure
-
-    @contextmanager
-    def _reported_as_aggregator_failure(self) -> Iterator[None]:
-        try:
-            yield
-        except GraphBubbleUp:
-            raise
-        except Exception as error:
-            aggregator = self.plan.aggregator
-            raise AggregatorError(aggregator.name, aggregator.model_name,
-                                  self.scope.describe(error)) from None  # fmt: skip
 
     def _final(self, model: _Model, writer: Writer) -> AIMessage:
         emit(self.scope.runtime, moa_event="aggregation_finished", **model.who)
