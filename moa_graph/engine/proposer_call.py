@@ -127,49 +127,57 @@ class ProposerCall:
     ) -> dict[str, list[Proposal]]:
         """The state update for this call: answered, failed or cancelled (no message, no error
         or ``CallCancelled``)."""
-        slot, latency = self.slot, round(time.perf_counter() - self.started, 6)
-        base = {**identity(slot), "latency_s": latency}
+        latency = round(time.perf_counter() - self.started, 6)
+        attempts = self.call.attempts if self.call is not None else 0
+        extra: dict[str, Any] = dict(self.shuffle)
+        text: str = ""
         if message is not None:
-            if self.race is not None:
-                self.race.answered()
-            usage = getattr(message, "usage_metadata", None)
-            proposal = self._proposal("answered", message.text, None, usage, latency)
+            status, text, failure = "answered", message.text, None
             if (confidence := answer_confidence(message)) is not None:
-                proposal["confidence"] = confidence
-            emit(self.runtime, moa_event="proposal_finished", **base, **record_fields(proposal))
-            return {"proposals": [proposal]}
-        if error is None or isinstance(error, CallCancelled):
-            reason = error.reason if isinstance(error, CallCancelled) else self._race_reason()
-            status, text = "cancelled", f"cancelled: {reason}"
-            if self.race is not None:
-                self.race.cancelled()
+                extra["confidence"] = confidence
+        elif error is None or isinstance(error, CallCancelled):
+            race_reason = self.race.reason if self.race is not None else None
+            reason = error.reason if isinstance(error, CallCancelled) else race_reason
+            status, failure = "cancelled", f"cancelled: {reason or 'not started'}"
         else:
-            status, text = "failed", self.scope.describe(error)
-            if self.race is not None:
-                self.race.failed()
-            logger.warning("proposer %s (%s) of layer %d failed: %s", slot.name,
-                           slot.model_name, slot.layer, text)  # fmt: skip
-        proposal = self._proposal(status, "", text, None, latency)
-        emit(self.runtime, moa_event="proposal_failed", error=text, **base,
-             **record_fields(proposal))  # fmt: skip
+            status, failure = "failed", self.scope.describe(error)
+        usage = getattr(message, "usage_metadata", None)
+        proposal = proposal_record(self.slot, status, text, failure, usage, latency, attempts,
+                                   **extra)  # fmt: skip
+        announce(self.scope, self.slot, self.race, proposal)
         return {"proposals": [proposal]}
 
-    def _race_reason(self) -> str:
-        return (self.race.reason if self.race is not None else None) or "not started"
 
-    def _proposal(
-        self, status: str, text: str, error: str | None, usage: Mapping[str, Any] | None,
-        latency: float,
-    ) -> Proposal:  # fmt: skip
-        slot = self.slot
-        proposal = Proposal(
-            layer=slot.layer, index=slot.index, proposer=slot.name, model=slot.model_name,
-            status=status,  # type: ignore[typeddict-item]
-            text=text, error=error, usage=dict(usage) if usage else None, latency_s=latency,
-            attempts=self.call.attempts if self.call is not None else 0,
-        )  # fmt: skip
-        proposal.update(self.shuffle)  # type: ignore[typeddict-item]
-        return proposal
+def proposal_record(
+    slot: ProposerSlot, status: str, text: str, error: str | None,
+    usage: Mapping[str, Any] | None, latency: float, attempts: int, **extra: Any,
+) -> Proposal:  # fmt: skip
+    """A proposer call's outcome as the run records it."""
+    proposal = Proposal(
+        layer=slot.layer, index=slot.index, proposer=slot.name, model=slot.model_name,
+        status=status,  # type: ignore[typeddict-item]
+        text=text, error=error, usage=dict(usage) if usage else None, latency_s=latency,
+        attempts=attempts,
+    )  # fmt: skip
+    proposal.update(extra)  # type: ignore[typeddict-item]
+    return proposal
+
+
+def announce(
+    scope: RunScope, slot: ProposerSlot, race: LayerRace | None, proposal: Proposal
+) -> None:
+    """Report a proposer's outcome (``proposal_finished`` or ``proposal_failed``, a failure
+    logged too), then tell its layer's race."""
+    status, error = proposal["status"], proposal["error"]
+    if status == "failed":
+        logger.warning("proposer %s (%s) of layer %d failed: %s", slot.name, slot.model_name,
+                       slot.layer, error)  # fmt: skip
+    event = "proposal_finished" if status == "answered" else "proposal_failed"
+    details = {"error": error} if error else {}
+    emit(scope.runtime, moa_event=event, **identity(slot), latency_s=proposal["latency_s"],
+         **details, **record_fields(proposal))  # fmt: skip
+    if race is not None:
+        {"answered": race.answered, "failed": race.failed}.get(status, race.cancelled)()
 
 
 def proposer_config(

@@ -24,10 +24,10 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.func import task
 
 from moa_graph.engine.calls import CallCancelled, CallPolicy
-from moa_graph.engine.events import emit, identity, record_fields
+from moa_graph.engine.events import emit, identity
 from moa_graph.engine.final_answer import TokenWatcher, aggregator_config
 from moa_graph.engine.plan import ProposerSlot
-from moa_graph.engine.proposer_call import proposer_config
+from moa_graph.engine.proposer_call import announce, proposal_record, proposer_config
 from moa_graph.engine.race import LayerRace
 from moa_graph.engine.runner import ModelCall, Steps, WaitFor, drive_async, drive_sync
 from moa_graph.engine.scope import RunScope, sample_seed, seeded
@@ -186,21 +186,12 @@ class StaircaseRun:
     ) -> Proposal:  # fmt: skip
         """Record a proposer's outcome, tell its readers and its layer's race."""
         latency = round(time.perf_counter() - started, 6)
-        proposal = Proposal(
-            layer=slot.layer, index=slot.index, proposer=slot.name, model=slot.model_name,
-            status=status,  # type: ignore[typeddict-item]  # never "writing" here
-            text=self.board.entry(writer.key).text,  # all it wrote, a failed round's part too
-            error=error,
-            usage=dict(sum_usage(writer.usage)) if writer.usage else None,
-            latency_s=latency, attempts=max(writer.rounds, 1), rounds=writer.rounds,
-        )  # fmt: skip
+        text = self.board.entry(writer.key).text  # all it wrote, a failed round's part too
+        usage = sum_usage(writer.usage) if writer.usage else None
+        proposal = proposal_record(slot, status, text, error, usage, latency,
+                                   max(writer.rounds, 1), rounds=writer.rounds)  # fmt: skip
         self.publish(proposal)
-        event = "proposal_finished" if status == "answered" else "proposal_failed"
-        details = {"error": error} if error else {}
-        emit(self.scope.runtime, moa_event=event, latency_s=latency, **identity(slot), **details,
-             **record_fields(proposal))  # fmt: skip
-        if race is not None:
-            {"answered": race.answered, "failed": race.failed}.get(status, race.cancelled)()
+        announce(self.scope, slot, race, proposal)
         return proposal
 
     def publish(self, proposal: Proposal) -> None:
