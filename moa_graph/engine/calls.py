@@ -82,6 +82,9 @@ class CallCancelled(Exception):
 
 RetryHook = Callable[[int, BaseException, float], Any]
 
+_JITTER = random.Random()
+"""Draws the retry delays' jitter (one generator: seeding one per call costs a system call)."""
+
 
 async def call_async(
     attempt: Callable[[], Awaitable[BaseMessage]],
@@ -166,14 +169,13 @@ async def _retrying(
     can_retry: Callable[[], bool],
     continuing: bool,
 ) -> BaseMessage:
-    rng = random.Random()
     attempts = 0
     while True:
         attempts += 1
         try:
             return check_answer(await _with_deadline(attempt(), policy.timeout), continuing)
         except Exception as error:
-            await asyncio.sleep(_backoff(policy, attempts, error, can_retry, on_retry, rng))
+            await asyncio.sleep(_backoff(policy, attempts, error, can_retry, on_retry, _JITTER))
 
 
 def call_sync(
@@ -194,7 +196,6 @@ def call_sync(
     wake = threading.Event()
     if race is not None:
         race.subscribe(wake.set)
-    rng = random.Random()
     attempts = 0
     while True:
         attempts += 1
@@ -203,7 +204,7 @@ def call_sync(
         except CallCancelled:
             raise
         except Exception as error:
-            delay = _backoff(policy, attempts, error, can_retry, on_retry, rng)
+            delay = _backoff(policy, attempts, error, can_retry, on_retry, _JITTER)
             _sleep_unless_stopped(delay, race, wake)
 
 

@@ -33,7 +33,12 @@ from moa_graph.engine.race import LayerRace
 from moa_graph.engine.runner import Draw, ModelCall
 from moa_graph.engine.sample_batch import SampleBatch
 from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
-from moa_graph.engine.token_streaming import with_handler, without_token_streaming
+from moa_graph.engine.token_streaming import (
+    makes_calls_stream,
+    with_handler,
+    without_token_streaming,
+)
+from moa_graph.models import declared
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import Proposal, ProposerTask
@@ -181,17 +186,24 @@ def announce(
 
 
 def proposer_config(
-    scope: RunScope, slot: ProposerSlot, config: RunnableConfig, metadata: dict[str, Any]
-) -> RunnableConfig:
+    scope: RunScope, slot: ProposerSlot, config: RunnableConfig, metadata: dict[str, Any],
+    *, streamed: bool = False,
+) -> RunnableConfig:  # fmt: skip
     """A proposer call's traced config: its run name, tags and metadata, its callbacks without
-    token streaming when nobody reads the proposers' tokens, and secrets masked."""
+    token streaming when nobody reads the proposers' tokens (else with ``proposal_delta``
+    events for a call that streams: ``streamed``, a staircase round read as a stream), and
+    secrets masked."""
     labels = {"moa_layer": slot.layer, "moa_index": slot.index, "moa_proposer": slot.name,
               "moa_model": slot.model_name, **metadata}  # fmt: skip
     tags = [PROPOSER_TAG, f"moa:layer:{slot.layer}", *scope.not_answer_tags]
     traced = merge_configs(config, {"run_name": run_name(slot), "tags": tags, "metadata": labels})
     callbacks = traced.get("callbacks")
     if scope.proposers_stream:
-        callbacks = with_handler(callbacks, ProposalTextEvents(scope.runtime, identity(slot)))
+        # deltas come from streamed tokens only: a call that does not stream needs no handler
+        # (each handler is called at every start and end of every call: measurable at scale)
+        streams = streamed or declared(slot.model, "streaming") is True
+        if streams or makes_calls_stream(callbacks):
+            callbacks = with_handler(callbacks, ProposalTextEvents(scope.runtime, identity(slot)))
     else:
         callbacks = without_token_streaming(callbacks)
     traced["callbacks"] = redacting_callbacks(callbacks, scope.plan.secrets)

@@ -129,7 +129,7 @@ class StaircaseRun:
     # -- proposers ---------------------------------------------------------------------------
 
     def _proposer_model(self, slot: ProposerSlot, config: RunnableConfig) -> _Model:
-        config = proposer_config(self.scope, slot, config, {})
+        config = proposer_config(self.scope, slot, config, {}, streamed=True)  # read in rounds
         return _Model(seeded(self.plan, slot), slot.continuation, slot.system_prompt, config,
                       str(config.get("run_name")), slot.policy, identity(slot),
                       sample_seed(self.plan, slot),

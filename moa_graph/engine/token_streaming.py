@@ -17,6 +17,14 @@ from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager, C
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 
+def makes_calls_stream(callbacks: Any) -> bool:
+    """Whether ``callbacks`` (a manager, a list or none) hold a handler that makes chat model
+    calls stream token by token (LangGraph's ``stream_mode="messages"``)."""
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.handlers + callbacks.inheritable_handlers
+    return any(isinstance(h, _StreamingCallbackHandler) for h in callbacks or [])
+
+
 def without_token_streaming(callbacks: Any) -> Any:
     """A copy of a callback manager without the handlers that make chat models stream.
 
@@ -27,8 +35,7 @@ def without_token_streaming(callbacks: Any) -> Any:
         return [h for h in callbacks if not isinstance(h, _StreamingCallbackHandler)]
     if not isinstance(callbacks, BaseCallbackManager):
         return callbacks
-    handlers = callbacks.handlers + callbacks.inheritable_handlers
-    if not any(isinstance(h, _StreamingCallbackHandler) for h in handlers):
+    if not makes_calls_stream(callbacks):
         return callbacks
     manager = callbacks.copy()
     manager.handlers = [h for h in manager.handlers if not isinstance(h, _StreamingCallbackHandler)]
