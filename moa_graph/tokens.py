@@ -32,9 +32,10 @@ def sum_usage(usages: Iterable[Mapping[str, Any] | None]) -> UsageMetadata:
     """The token usage of several calls added up (a call without usage counts nothing).
 
     Example:
-        >>> sum_usage([{"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}, None,
-        ...            {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}])
-        {'input_tokens': 4, 'output_tokens': 3, 'total_tokens': 7}
+        >>> usage = sum_usage([{"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}, None,
+        ...                    {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}])
+        >>> usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]
+        (4, 3, 7)
     """
     total = UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0)
     for usage in usages:

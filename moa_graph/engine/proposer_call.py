@@ -38,7 +38,7 @@ from moa_graph.engine.token_streaming import (
     with_handler,
     without_token_streaming,
 )
-from moa_graph.models import declared
+from moa_graph.models import unbound
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import Proposal, ProposerTask
@@ -201,7 +201,7 @@ def proposer_config(
     if scope.proposers_stream:
         # deltas come from streamed tokens only: a call that does not stream needs no handler
         # (each handler is called at every start and end of every call: measurable at scale)
-        streams = streamed or declared(slot.model, "streaming") is True
+        streams = streamed or getattr(unbound(slot.model)[0], "streaming", None) is True
         if streams or makes_calls_stream(callbacks):
             callbacks = with_handler(callbacks, ProposalTextEvents(scope.runtime, identity(slot)))
     else:
