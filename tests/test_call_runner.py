@@ -23,6 +23,7 @@ from moa_graph.engine.staircase import Board
 from tests.fakes import ScriptedChatModel
 
 ENGINE = Path(__file__).parent.parent / "moa_graph" / "engine"
+FORBIDDEN = {"Condition", "WeakValueDictionary"}
 
 
 def run_both(make_steps: Callable[[], Steps[Any]]) -> tuple[Any, Any]:
@@ -69,9 +70,9 @@ def test_transient_failures_are_retried_and_every_attempt_counted() -> None:
     retried: list[int] = []
 
     def steps() -> Steps[str]:
-        call = ModelCall(FlakyModel(reply="fine", failures=2), "hi", {},
-                         CallPolicy(max_retries=3, backoff_base=0.001, backoff_max=0.001),
-                         on_retry=lambda attempt, error, delay: retried.append(attempt))  # fmt: skip
+        policy = CallPolicy(max_retries=3, backoff_base=0.001, backoff_max=0.001)
+        call = ModelCall(FlakyModel(reply="fine", failures=2), "hi", {}, policy,
+                         on_retry=lambda attempt, *_: retried.append(attempt))  # fmt: skip
         calls.append(call)
         answer = yield call
         return answer.text
@@ -82,29 +83,24 @@ def test_transient_failures_are_retried_and_every_attempt_counted() -> None:
 
 
 def test_a_streamed_call_hands_its_text_on_and_stops_when_told() -> None:
-    for driver in ("sync", "async"):
-        pieces: list[str] = []
-
+    def reading(pieces: list[str]) -> Steps[str]:
         def stop_after_two() -> str | None:
             return "the run stopped" if len(pieces) >= 2 else None
 
-        def steps(pieces: list[str] = pieces, stop: Any = stop_after_two) -> Steps[str]:
-            model = ScriptedChatModel(reply="one two three four five")
-            try:
-                yield ModelCall(model, "count", {}, CallPolicy(max_retries=0), streamed=True,
-                                on_text=pieces.append, stopped=stop)  # fmt: skip
-            except CallCancelled as cancelled:
-                return cancelled.reason
-            return "read to the end"
+        model = ScriptedChatModel(reply="one two three four five")
+        try:
+            yield ModelCall(model, "count", {}, CallPolicy(max_retries=0), streamed=True,
+                            on_text=pieces.append, stopped=stop_after_two)  # fmt: skip
+        except CallCancelled as cancelled:
+            return cancelled.reason
+        return "read to the end"
 
-        limiter = CallLimiter(None)
-        outcome = (
-            drive_sync(steps(), limiter)
-            if driver == "sync"
-            else asyncio.run(drive_async(steps(), limiter))
-        )
-        assert outcome == "the run stopped", driver
-        assert len(pieces) == 2, driver
+    limiter = CallLimiter(None)
+    pieces_sync: list[str] = []
+    assert drive_sync(reading(pieces_sync), limiter) == "the run stopped"
+    pieces_async: list[str] = []
+    assert asyncio.run(drive_async(reading(pieces_async), limiter)) == "the run stopped"
+    assert len(pieces_sync) == len(pieces_async) == 2
 
 
 def test_a_step_waits_on_the_board_until_it_is_ready_under_both_drivers() -> None:
@@ -135,7 +131,7 @@ def test_the_engine_has_no_thread_condition_and_no_module_global_run_registry() 
     for path in sorted(ENGINE.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr in {"Condition", "WeakValueDictionary"}:
+            if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN:
                 pytest.fail(f"{path.name}:{node.lineno} uses {node.attr}")
         for statement in tree.body:  # module-level mutable tables of runs
             if isinstance(statement, ast.AnnAssign | ast.Assign):
@@ -161,8 +157,8 @@ def test_a_runs_plan_is_worked_out_once_for_its_check_its_run_and_its_report(
             getattr(module, "run_plan", None) is original
         ):
             monkeypatch.setattr(module, "run_plan", counting)
-    a, b = ScriptedChatModel(reply="A", model_name="a"), ScriptedChatModel(reply="B", model_name="b")
-    moa = ChatMixtureOfAgents(proposers=[a, b], aggregator=ScriptedChatModel(reply="final"),
+    proposers = [ScriptedChatModel(reply=name.upper(), model_name=name) for name in "ab"]
+    moa = ChatMixtureOfAgents(proposers=proposers, aggregator=ScriptedChatModel(reply="final"),
                               layers=3)  # fmt: skip
     config = {"configurable": {"moa": {"layers": 2, "aggregator": "b"}}}
     answer = moa.invoke("Hi", config)
