@@ -392,7 +392,9 @@ def test_a_layer_deadline_cuts_off_the_slow_and_keeps_their_chunks(
 
 @pytest.mark.local_model
 def test_embedded_models_continue_in_rounds_reading_little_anew() -> None:
-    smol = ChatLocalModel(model="smollm2-135m", temperature=0, n_ctx=2048)
+    # a context of its own size: an engine of its own, whose shared KV cache holds no sequences
+    # left by earlier tests (with 2048, shared, a full run once ran out of context)
+    smol = ChatLocalModel(model="smollm2-135m", temperature=0, n_ctx=3072)
     moa = ChatMixtureOfAgents(proposers=[ProposerSpec(model=smol, samples=2)], aggregator=smol,
                               staircase=8, max_tokens=40, seed=0)  # fmt: skip
     chunks = list(moa.stream("Name three colours and say why you like them."))
