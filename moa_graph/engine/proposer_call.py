@@ -52,7 +52,7 @@ class ProposerCall:
     sample batch while the call runs (``with ProposerCall(...) as call:``)."""
 
     def __init__(self, scope: RunScope, task: ProposerTask, config: RunnableConfig) -> None:
-        self.slot = slot = next(s for s in scope.layer(task["layer"]) if s.index == task["index"])
+        self.slot = slot = scope.slot(task["layer"], task["index"])
         self.scope, self.runtime = scope, scope.runtime
         self.race: LayerRace | None = None
         self.batch: SampleBatch | None = None
@@ -115,7 +115,7 @@ class ProposerCall:
             self.input if slot.layer == 1
             else InjectReferences(self.scope.plan.prompt, slot.system_prompt).invoke(self.input)
         )  # fmt: skip
-        first_slot = next(s for s in self.scope.layer(slot.layer) if s.index == members[0])
+        first_slot = self.scope.slot(slot.layer, members[0])
         first, last = members[0] + 1, members[-1] + 1
         config = merge_configs(self.config, {
             "run_name": f"proposer {slot.layer}.{first}-{last}: {slot.spec_name} x{len(members)}",

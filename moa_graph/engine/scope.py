@@ -165,6 +165,10 @@ class RunScope:
         """The proposer calls of layer ``number`` (from 1)."""
         return self.plan.proposer_layers[number - 1]
 
+    def slot(self, layer: int, index: int) -> ProposerSlot:
+        """The proposer call ``index`` of layer ``layer``."""
+        return next(slot for slot in self.layer(layer) if slot.index == index)
+
     def new_race(self, layer: int) -> LayerRace | None:
         """A race for ``layer`` when the run may stop waiting early (its deadline starts now)."""
         rules = self.plan.race_rules

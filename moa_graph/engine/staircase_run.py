@@ -116,9 +116,6 @@ class StaircaseRun:
         return Writer(key, self.board, self.schedule, self.scope.options.token_counter,
                       self._sources(key[0]), budget, in_chunks=in_chunks)  # fmt: skip
 
-    def _slot(self, layer: int, index: int) -> ProposerSlot:
-        return next(slot for slot in self.scope.layer(layer) if slot.index == index)
-
     def _race(self, layer: int) -> LayerRace | None:
         """The race of ``layer``, made by its first proposer; the run owns it to its end."""
         with self._lock:
@@ -137,7 +134,7 @@ class StaircaseRun:
 
     def propose(self, layer: int, index: int, config: RunnableConfig) -> Steps[Proposal]:
         """Write one proposer's answer, round by round."""
-        slot, started = self._slot(layer, index), time.perf_counter()
+        slot, started = self.scope.slot(layer, index), time.perf_counter()
         model = self._proposer_model(slot, config)
         writer = self._writer((layer, index), slot.max_tokens, slot.takes_turns)
         race = self._race(slot.layer)
@@ -367,7 +364,8 @@ def run_sync(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[s
     """The aggregate step of a staircase run under ``invoke``: start every proposer, write the
     answer, gather the proposals."""
     run = StaircaseRun(scope, state, config)
-    futures = [run.tasks(run.propose_sync)(slot.layer, slot.index) for slot in run.slots]
+    propose = run.tasks(run.propose_sync)
+    futures = [propose(slot.layer, slot.index) for slot in run.slots]
     for future in futures:  # a resumed run's saved proposers answer at once
         future.add_done_callback(partial(_published, run))
     try:
