@@ -9,7 +9,6 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.runtime import Runtime
 
 from moa_graph.engine.plan import ProposerSlot
-from moa_graph.engine.references import Truncation
 from moa_graph.state import ProgressEvent
 
 PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"
@@ -51,12 +50,6 @@ def record_fields(proposal: Mapping[str, Any]) -> dict[str, Any]:
         {'text': '4', 'usage': None, 'attempts': 1}
     """
     return {key: proposal[key] for key in RECORD_KEYS if key in proposal}
-
-
-def truncation_record(cut: Truncation) -> dict[str, int]:
-    """A reference cut to the token budget, as events and metadata record it."""
-    return {"layer": cut.layer, "index": cut.index, "tokens": cut.tokens,
-            "kept_tokens": cut.kept_tokens}  # fmt: skip
 
 
 class ProposalTextEvents(BaseCallbackHandler):

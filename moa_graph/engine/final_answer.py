@@ -11,6 +11,7 @@ failed (with ``fallback_to_aggregator``) lets the aggregator answer alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -22,7 +23,7 @@ from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
 from moa_graph.engine import strategies
-from moa_graph.engine.events import AGGREGATOR_TAG, emit, truncation_record
+from moa_graph.engine.events import AGGREGATOR_TAG, emit
 from moa_graph.engine.plan import MixturePlan
 from moa_graph.engine.runner import ModelCall, Steps
 from moa_graph.engine.scope import RunScope
@@ -183,7 +184,7 @@ class FinalAnswer:
         if self.fallback:
             extra["moa_fallback"] = self.fallback
         if self.cuts:
-            extra["moa_truncations"] = [truncation_record(cut) for cut in self.cuts]
+            extra["moa_truncations"] = [asdict(cut) for cut in self.cuts]
         if self.shuffle_seed is not None:
             extra.update(moa_reference_order=self.order, moa_shuffle_seed=self.shuffle_seed)
         extra["moa_aggregator_calls"] = self.calls

@@ -132,18 +132,13 @@ def build_graph(
     graph.add_node(AGGREGATE, node(nodes.aggregate, nodes.aaggregate, AGGREGATE), defer=True)
     graph.add_edge(START, PREPARE)
     # Routing runs inline: a plain function would hop to a worker thread under ``ainvoke``.
-    graph.add_conditional_edges(
-        PREPARE, node(nodes.send_first_layer, None, "route"), [PROPOSE, AGGREGATE]
-    )
-    graph.add_conditional_edges(
-        PROPOSE, node(nodes.after_propose, None, "route"), [COLLECT, AGGREGATE]
-    )
-    graph.add_conditional_edges(
-        COLLECT, node(nodes.route_after_layer, None, "route"), [PROPOSE, AGGREGATE]
-    )
-    graph.add_conditional_edges(
-        AGGREGATE, node(nodes.after_aggregate, None, "route"), [PROPOSE, END]
-    )
+    for source, route, targets in (
+        (PREPARE, nodes.send_first_layer, [PROPOSE, AGGREGATE]),
+        (PROPOSE, nodes.after_propose, [COLLECT, AGGREGATE]),
+        (COLLECT, nodes.route_after_layer, [PROPOSE, AGGREGATE]),
+        (AGGREGATE, nodes.after_aggregate, [PROPOSE, END]),
+    ):
+        graph.add_conditional_edges(source, node(route, None, "route"), targets)
     return graph
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
 
 class CallLimiter:
@@ -26,22 +26,16 @@ class CallLimiter:
             weakref.WeakKeyDictionary()
         )
 
-    @contextlib.contextmanager
-    def sync_slot(self) -> Iterator[None]:
-        if self._sync is None:
-            yield
-            return
-        with self._sync:
-            yield
+    def sync_slot(self) -> AbstractContextManager[object]:
+        """A slot for a blocking call, held while the ``with`` block runs."""
+        return self._sync if self._sync is not None else contextlib.nullcontext()
 
-    @contextlib.asynccontextmanager
-    async def async_slot(self) -> AsyncIterator[None]:
-        if self.limit is None:
-            yield
-            return
+    def async_slot(self) -> AbstractAsyncContextManager[object]:
+        """A slot for a call on the running event loop, held while ``async with`` runs."""
+        if not self.limit:
+            return contextlib.nullcontext()
         loop = asyncio.get_running_loop()
         semaphore = self._async.get(loop)
         if semaphore is None:
             semaphore = self._async[loop] = asyncio.Semaphore(self.limit)
-        async with semaphore:
-            yield
+        return semaphore

@@ -64,9 +64,7 @@ class MixtureNodes:
 
     def after_propose(self, state: MoAState, runtime: Runtime) -> str:
         """A proposer's layer is joined by ``collect_layer``; the last layer by the aggregator."""
-        scope = self.mixture.scope(runtime)
-        last = latest_layer(state["proposals"]) == len(scope.plan.proposer_layers)
-        return AGGREGATE if last else COLLECT
+        return AGGREGATE if _joins_last_layer(self.mixture.scope(runtime), state) else COLLECT
 
     def collect(self, state: MoAState, config: RunnableConfig, runtime: Runtime) -> None:
         scope = self.mixture.scope(runtime)
@@ -78,8 +76,7 @@ class MixtureNodes:
         self, state: MoAState, config: RunnableConfig, runtime: Runtime
     ) -> list[Send] | str:
         scope = self.mixture.scope(runtime)
-        layer = latest_layer(state["proposals"])
-        proposals = [p for p in state["proposals"] if p["layer"] == layer]
+        layer, proposals = _latest(state)
         if _retry_on_resume(scope, proposals, config):
             return _retry_sends(scope, state, layer)
         if scope.layer_failed(proposals) or scope.consensus(state["proposals"]):
@@ -113,8 +110,7 @@ class MixtureNodes:
         """The end, unless a resumed run calls its last layer's failed proposers again."""
         scope = self.mixture.scope(runtime)
         if not scope.options.staircase and _joins_last_layer(scope, state):
-            layer = latest_layer(state["proposals"])
-            proposals = [p for p in state["proposals"] if p["layer"] == layer]
+            layer, proposals = _latest(state)
             if _retry_on_resume(scope, proposals, config):
                 return _retry_sends(scope, state, layer)
         return END
@@ -141,13 +137,18 @@ def _finish_layer(scope: RunScope, state: MoAState, config: RunnableConfig) -> s
     """Join the latest layer: report it, then check its quorum. ``_RETRY`` when a resumed run
     must call its failed proposers again, ``_FAILED`` below quorum with the aggregator's
     fallback on (without it, ``ProposalsFailedError``), else ``_DONE``."""
-    layer = latest_layer(state["proposals"])
+    layer, proposals = _latest(state)
     scope.layer_joined(state["run_id"], layer)
-    proposals = [p for p in state["proposals"] if p["layer"] == layer]
     scope.layer_done(layer, proposals)
     if _retry_on_resume(scope, proposals, config):
         return _RETRY
     return _DONE if scope.quorum_met(layer, proposals) else _FAILED
+
+
+def _latest(state: MoAState) -> tuple[int, list[Proposal]]:
+    """The latest layer that has proposals, and its proposals."""
+    layer = latest_layer(state["proposals"])
+    return layer, [p for p in state["proposals"] if p["layer"] == layer]
 
 
 def _joins_last_layer(scope: RunScope, state: MoAState) -> bool:

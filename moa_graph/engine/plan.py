@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
@@ -99,16 +99,11 @@ class MixturePlan:
     @property
     def race_rules(self) -> RaceRules:
         """When a layer stops waiting for its remaining proposers."""
-        options = self.options
         return RaceRules(
-            first_k=options.first_k,
-            deadline=options.layer_timeout,
-            fail_fast=options.fail_mode == "fail_fast",
+            first_k=self.options.first_k,
+            deadline=self.options.layer_timeout,
+            fail_fast=self.options.fail_mode == "fail_fast",
         )
-
-    @property
-    def max_width(self) -> int:
-        return max(len(layer) for layer in self.proposer_layers)
 
     def run_config(self) -> RunnableConfig:
         """Graph config that lets every proposer of the widest layer run at once.
@@ -117,9 +112,8 @@ class MixturePlan:
         default ``cpu_count + 4``), one of which waits on the output stream while streaming.
         """
         # a staircase runs every proposer at once, each a task of the aggregate step
-        width = (
-            self.max_width if not self.options.staircase else sum(map(len, self.proposer_layers))
-        )
+        sizes = list(map(len, self.proposer_layers))
+        width = sum(sizes) if self.options.staircase else max(sizes)
         return RunnableConfig(max_concurrency=width + 2, recursion_limit=2 * self.layers + 10)
 
 
@@ -146,8 +140,20 @@ def build_plan(
     if aggregator is None:
         raise ValueError("aggregator: a model is required")
     specs_per_layer = _layer_specs(proposers, layers)
+    limiters = {
+        provider: InMemoryRateLimiter(requests_per_second=rate, max_bucket_size=max(1, rate))
+        for provider, rate in (settings.rate_limits or {}).items()
+    }
     resolved_models: dict[int, ResolvedModel] = {}
-    resolve = _resolver(settings, resolved_models)
+
+    def resolve(spec: ModelLike, field_name: str) -> ResolvedModel:
+        """Each distinct spec object once (a flat list is reused in every layer)."""
+        if id(spec) not in resolved_models:
+            resolved_models[id(spec)] = resolve_model(
+                spec, field=field_name, defaults=settings, rate_limiters=limiters
+            )
+        return resolved_models[id(spec)]
+
     proposer_layers = []
     for layer_number, specs in enumerate(specs_per_layer, start=1):
         slots: list[ProposerSlot] = []
@@ -167,29 +173,15 @@ def build_plan(
         ),
         models=tuple(resolved_models.values()),
     )
-    check_against_shape(settings, smallest_layer=min(len(layer) for layer in proposer_layers))
-    check_staircase(plan)
-    check_confidence(plan)
+    check_plan(plan)
     return plan
 
 
-def _resolver(
-    defaults: MixtureSettings, cache: dict[int, ResolvedModel]
-) -> Callable[[ModelLike, str], ResolvedModel]:
-    """Resolve specs into ``cache``, each distinct object once (a flat list reused in layers)."""
-    limiters = {
-        provider: InMemoryRateLimiter(requests_per_second=rate, max_bucket_size=max(1, rate))
-        for provider, rate in (defaults.rate_limits or {}).items()
-    }
-
-    def resolve(spec: ModelLike, field_name: str) -> ResolvedModel:
-        if id(spec) not in cache:
-            cache[id(spec)] = resolve_model(
-                spec, field=field_name, defaults=defaults, rate_limiters=limiters
-            )
-        return cache[id(spec)]
-
-    return resolve
+def check_plan(plan: MixturePlan) -> None:
+    """Raise ``ValueError`` for settings that do not fit the plan's models and shape."""
+    check_against_shape(plan.options, smallest_layer=min(map(len, plan.proposer_layers)))
+    check_staircase(plan)
+    check_confidence(plan)
 
 
 def check_against_shape(settings: MixtureSettings, *, smallest_layer: int) -> None:
@@ -212,11 +204,6 @@ def check_against_shape(settings: MixtureSettings, *, smallest_layer: int) -> No
             f"first_k: must be between min_proposals ({minimum}) and the {smallest_layer} "
             f"proposers of the smallest layer (got {settings.first_k!r})"
         )
-    check_strategy(settings)
-
-
-def check_strategy(settings: MixtureSettings) -> None:
-    """Raise ``ValueError`` when the strategy cannot honour another setting."""
     if (
         settings.aggregation_window is not None
         and strategies.get(settings.aggregation).picks_reference
@@ -264,14 +251,15 @@ def check_staircase(plan: MixturePlan) -> None:
     for name in ("aggregation_window", "early_exit"):
         if getattr(options, name):
             raise ValueError(f"staircase: cannot be combined with {name} (it needs whole answers)")
-    readers = [(s.name, s.model_name, s.continuation) for layer in plan.proposer_layers[1:]
-               for s in layer]  # fmt: skip
-    aggregator = plan.aggregator
-    readers.append((aggregator.name, aggregator.model_name, aggregator.continuation))
-    for name, model_name, continuation in readers:
-        if continuation is None:
+    readers: list[ProposerSlot | ResolvedModel] = [
+        *(s for layer in plan.proposer_layers[1:] for s in layer),
+        plan.aggregator,
+    ]
+    for reader in readers:
+        if reader.continuation is None:
             raise ValueError(
-                f"staircase: {name} ({model_name}) reads references but is not known to continue "
+                f"staircase: {reader.name} ({reader.model_name}) reads references but is not "
+                "known to continue "
                 "a partial answer of its own; if its server does, say how with "
                 "ProposerSpec(continuation='prefill' or 'vllm'), else turn staircase off"
             )
@@ -313,22 +301,20 @@ def _is_layer_list(entry: object) -> bool:
 
 
 def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list[ProposerSlot]:
+    # a slot carries its model's fields of the same name
+    shared = {
+        f.name: getattr(resolved, f.name)
+        for f in fields(ProposerSlot)
+        if f.name != "name" and hasattr(resolved, f.name)
+    }
     return [
         ProposerSlot(
             layer=layer,
             index=first_index + sample,
             name=resolved.name if resolved.samples == 1 else f"{resolved.name} #{sample + 1}",
             spec_name=resolved.name,
-            model_name=resolved.model_name,
-            model=resolved.model,
-            system_prompt=resolved.system_prompt,
-            policy=resolved.policy,
             sample=sample,
-            continuation=resolved.continuation,
-            max_tokens=resolved.max_tokens,
-            takes_turns=resolved.takes_turns,
-            samples_in_one_request=resolved.samples_in_one_request,
-            samples_per_request=resolved.samples_per_request,
+            **shared,
         )
         for sample in range(resolved.samples)
     ]

@@ -17,8 +17,7 @@ from moa_graph.engine.plan import (
     MixturePlan,
     ProposerSlot,
     check_against_shape,
-    check_confidence,
-    check_staircase,
+    check_plan,
 )
 from moa_graph.models import ResolvedModel
 from moa_graph.settings import RUN_CHOICES, SETTINGS, check_value, per_run_keys
@@ -35,11 +34,9 @@ tools), and whether proposers stream their tokens (``False`` saves their per-tok
 
 
 def _annotation(key: str) -> Any:
-    if (
-        key == "aggregation"
-    ):  # a name, as configs and the wire carry it (Python may give a Strategy)
+    if key == "aggregation":  # a name, as configs and the wire carry it (not a Strategy)
         return str
-    return RUN_CHOICES[key].annotation if key in RUN_CHOICES else SETTINGS[key].annotation
+    return (RUN_CHOICES[key] if key in RUN_CHOICES else SETTINGS[key]).annotation
 
 
 RunChoices: Any = TypedDict(  # type: ignore[misc]  # built from the settings declaration
@@ -110,7 +107,7 @@ def context_values(context: Any) -> dict[str, Any]:
         >>> context_values({"layers": 2, "user_id": "u1"})
         {'layers': 2}
     """
-    keys = (*RUN_KEYS, "aggregator_kwargs", "stream_proposers")
+    keys = (*RUN_KEYS, *CALL_KEYS)
     if context is None:
         return {}
     if isinstance(context, Mapping):
@@ -170,7 +167,7 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     if chosen is not None:
         proposer_layers = _subset(proposer_layers, _names(chosen, plan))
         try:
-            check_against_shape(plan.options, smallest_layer=_smallest(proposer_layers))
+            check_against_shape(plan.options, smallest_layer=min(map(len, proposer_layers)))
         except ValueError as error:
             raise ValueError(f"proposers: too few chosen for this mixture; {error}") from None
     temperature = _temperature(values, "temperature")
@@ -192,17 +189,11 @@ def run_plan(plan: MixturePlan, context: Any) -> MixturePlan:
     }
     if chosen_settings:
         options = options.model_copy(update=chosen_settings)
-        check_against_shape(options, smallest_layer=_smallest(proposer_layers))
     narrowed = dataclasses.replace(
         plan, proposer_layers=proposer_layers, aggregator=aggregator, options=options
     )
-    check_staircase(narrowed)
-    check_confidence(narrowed)
+    check_plan(narrowed)
     return narrowed
-
-
-def _smallest(layers: tuple[tuple[ProposerSlot, ...], ...]) -> int:
-    return min(len(layer) for layer in layers)
 
 
 def _layers(value: Any, configured: int) -> int:

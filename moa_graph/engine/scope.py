@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -21,7 +22,7 @@ from langgraph.runtime import Runtime
 from moa_graph.aggregation import VoteCount, count_votes
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.backend import traits_of
-from moa_graph.engine.events import NOSTREAM_TAGS, emit, run_name, truncation_record
+from moa_graph.engine.events import NOSTREAM_TAGS, emit, run_name
 from moa_graph.engine.limits import CallLimiter
 from moa_graph.engine.plan import MixturePlan, ProposerSlot
 from moa_graph.engine.race import LayerRace
@@ -136,20 +137,15 @@ class RunScope:
     def proposers_stream(self) -> bool:
         """Whether proposer calls stream their tokens (``stream_proposers``, default on): as
         ``proposal_delta`` progress events, and on the ``messages`` stream only when a run asks
-        for ``stream_proposers=True`` (``proposer_tokens_in_messages``)."""
+        for ``stream_proposers=True`` (``not_answer_tags``)."""
         return self.choices.get("stream_proposers") is not False
-
-    @property
-    def proposer_tokens_in_messages(self) -> bool:
-        """Whether proposer tokens go to LangGraph's ``messages`` stream beside the answer's
-        (``stream_proposers=True``; by default chat UIs see only the answer)."""
-        return self.choices.get("stream_proposers") is True
 
     @property
     def not_answer_tags(self) -> tuple[str, ...]:
         """Tags of a call whose tokens are not the answer's (a proposer, a ranker, a window's
-        synthesis): ``NOSTREAM_TAGS``, unless the run asks for ``stream_proposers=True``."""
-        return () if self.proposer_tokens_in_messages else NOSTREAM_TAGS
+        synthesis): ``NOSTREAM_TAGS``, unless the run asks for ``stream_proposers=True`` (by
+        default chat UIs see only the answer on the ``messages`` stream)."""
+        return () if self.choices.get("stream_proposers") is True else NOSTREAM_TAGS
 
     def sample_batch(self, run_id: str, layer: int, members: Sequence[int]) -> SampleBatch:
         """The request that draws the samples ``members`` of ``layer`` together, held by the
@@ -254,7 +250,7 @@ class RunScope:
                                     self.options.token_counter)  # fmt: skip
         if cuts and report:
             emit(self.runtime, moa_event="references_truncated", layer=layer,
-                 truncations=[truncation_record(cut) for cut in cuts])  # fmt: skip
+                 truncations=[asdict(cut) for cut in cuts])  # fmt: skip
         return texts, cuts
 
     def final_references(
@@ -301,11 +297,16 @@ def latest_layer(proposals: Sequence[Proposal]) -> int:
 
 
 def _runnables(plan: MixturePlan) -> Runnables:
+    """Each proposer call's runnable: its seeded model, behind the prompt that injects the
+    references from layer 2 on."""
     return {
-        (slot.layer, slot.index): _runnable_for(plan, slot)
+        (slot.layer, slot.index): seeded(plan, slot) if slot.layer == 1 else bind_aggregator(
+            seeded(plan, slot), prompt=plan.prompt, system_prompt=slot.system_prompt,
+            name=run_name(slot),
+        )
         for layer in plan.proposer_layers
         for slot in layer
-    }
+    }  # fmt: skip
 
 
 def proposer_model(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
@@ -330,12 +331,3 @@ def seeded(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
     model = proposer_model(plan, slot)
     seed = sample_seed(plan, slot)
     return model if seed is None else model.bind(seed=seed)
-
-
-def _runnable_for(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
-    model = seeded(plan, slot)
-    if slot.layer == 1:
-        return model
-    return bind_aggregator(
-        model, prompt=plan.prompt, system_prompt=slot.system_prompt, name=run_name(slot)
-    )
