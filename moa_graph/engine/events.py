@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.runtime import Runtime
 
-from moa_graph.engine.plan import ProposerSlot
+from moa_graph.engine.plan import MixturePlan, ProposerSlot
 from moa_graph.state import ProgressEvent
 
 PROPOSER_TAG, AGGREGATOR_TAG = "moa:proposer", "moa:aggregator"
@@ -35,6 +35,12 @@ def identity(slot: ProposerSlot) -> dict[str, Any]:
     """Who a proposer event is about."""
     return {"layer": slot.layer, "index": slot.index, "proposer": slot.name,
             "model": slot.model_name}  # fmt: skip
+
+
+def aggregator_identity(plan: MixturePlan) -> dict[str, Any]:
+    """Who an aggregator event is about (its layer is the plan's last)."""
+    return {"layer": plan.layers, "proposer": plan.aggregator.name,
+            "model": plan.aggregator.model_name}  # fmt: skip
 
 
 RECORD_KEYS = ("text", "usage", "attempts", "confidence", "rounds")

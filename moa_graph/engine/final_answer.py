@@ -23,7 +23,7 @@ from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
 from moa_graph.engine import strategies
-from moa_graph.engine.events import AGGREGATOR_TAG, emit
+from moa_graph.engine.events import AGGREGATOR_TAG, aggregator_identity, emit
 from moa_graph.engine.plan import MixturePlan
 from moa_graph.engine.runner import ModelCall, Steps
 from moa_graph.engine.scope import RunScope
@@ -48,13 +48,12 @@ class FinalAnswer:
     def __init__(self, scope: RunScope, state: MoAState, config: RunnableConfig) -> None:
         self.scope = scope
         self.plan = plan = scope.plan
-        self.options = options = plan.options
+        options = plan.options
         self.runtime, self.state = scope.runtime, state
         proposals = state["proposals"]
         refs, self.cuts, self.fallback, chosen = scope.final_references(proposals)
         confidences = [p.get("confidence") for p in chosen]
-        self.identity = {"layer": plan.layers, "proposer": plan.aggregator.name,
-                         "model": plan.aggregator.model_name}  # fmt: skip
+        self.identity = aggregator_identity(plan)
         self.consensus = scope.consensus(proposals)
         if self.consensus is not None:  # layers were skipped on purpose, not lost
             self.fallback = None
@@ -67,12 +66,7 @@ class FinalAnswer:
         self.refs, self.confidences = refs, confidences
         self.confidence_temperature = options.confidence_temperature
         self.aggregation_window = options.aggregation_window
-        self.model = plan.aggregator.model
-        aggregator_kwargs = scope.aggregator_kwargs
-        if aggregator_kwargs:
-            self.model = self.model.bind(**aggregator_kwargs)
-        if options.seed is not None:
-            self.model = self.model.bind(seed=options.seed)
+        self.model = scope.aggregator_model()
         self.watcher = TokenWatcher()
         self.base_config = config
         self.extra: dict[str, Any] = {"moa_aggregation": plan.strategy.name}

@@ -112,12 +112,13 @@ class RunScope:
 
     # -- what the run asked for --------------------------------------------------------------
 
-    @property
-    def aggregator_kwargs(self) -> dict[str, Any]:
-        """Arguments of the final aggregator call (checked: stop words, tools, formats)."""
-        kwargs = dict(self.choices.get("aggregator_kwargs") or {})
+    def aggregator_model(self) -> Runnable[Any, BaseMessage]:
+        """The aggregator's model with the run's call arguments (checked again here: a resumed
+        run skips ``prepare``) and the mixture's seed bound."""
+        model, kwargs = self.plan.aggregator.model, self.choices.get("aggregator_kwargs") or {}
         check_aggregator_kwargs(kwargs)
-        return kwargs
+        model = model.bind(**kwargs) if kwargs else model
+        return model if self.options.seed is None else model.bind(seed=self.options.seed)
 
     def check_call_choices(self) -> None:
         """Refuse the run's call arguments now, before any model is called (``ValueError``)."""

@@ -25,16 +25,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
-from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import merge_configs
 
-from moa_graph.engine.events import emit
 from moa_graph.engine.references import TokenCounter
 from moa_graph.prompts import inject_references, with_system_prompt
 
@@ -259,18 +256,13 @@ class Writer:
         for key in self.shown:
             entry = entries[key]
             part = cut_to_tokens(entry.text, shown_tokens, self.count)
-            if len(part) < len(entry.text.rstrip()) or not entry.ended:
-                references.append(part.strip() + MORE_MARK)
-                whole = False
-            elif entry.status != "answered":
-                references.append(part.strip() + STOPPED_MARK)
-            else:
-                references.append(part.strip())
+            more = len(part) < len(entry.text.rstrip()) or not entry.ended
+            whole = whole and not more
+            mark = MORE_MARK if more else "" if entry.status == "answered" else STOPPED_MARK
+            references.append(part.strip() + mark)
         remaining = None if self.budget is None else max(self.budget - self.tokens, 1)
-        if whole and not self.in_chunks:
-            limit = remaining
-        else:
-            limit = chunk if remaining is None else min(chunk, remaining)
+        # a whole last round writes to the end; any other writes a chunk (``remaining`` >= 1)
+        limit = remaining if whole and not self.in_chunks else min(chunk, remaining or chunk)
         return Round(number, references, limit, whole)
 
     def finish_round(self, round_: Round, message: BaseMessage) -> None:
@@ -314,31 +306,3 @@ def round_messages(
     if round_.references:  # a writer without references (layer 1, or left alone) gets none
         messages = inject_references(messages, round_.references, prompt)
     return [*messages, AIMessage(written)] if written else messages
-
-
-def continuing(model: Runnable[Any, BaseMessage], continuation: str | None, written: str
-               ) -> Runnable[Any, BaseMessage]:  # fmt: skip
-    """``model`` asked to continue a partial answer the way its server does."""
-    if written and continuation == "vllm":
-        return model.bind(extra_body=VLLM_CONTINUATION)
-    return model
-
-
-def round_config(
-    config: RunnableConfig, *, run_name: str, tags: list[str], metadata: Mapping[str, Any],
-    round_number: int,
-) -> RunnableConfig:  # fmt: skip
-    """A round call's traced config: a run per round, tagged and named with its round."""
-    return merge_configs(
-        config,
-        {
-            "run_name": f"{run_name} (round {round_number})",
-            "tags": [*tags, f"moa:round:{round_number}"],
-            "metadata": {**metadata, "moa_round": round_number},
-        },
-    )
-
-
-def emit_round(runtime: Any, kind: str, identity: Mapping[str, Any], round_: Round) -> None:
-    """A ``round_started`` / ``round_finished`` progress event."""
-    emit(runtime, moa_event=kind, round=round_.number, final=round_.final, **identity)

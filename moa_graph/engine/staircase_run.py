@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
 from langgraph.config import get_config
 from langgraph.errors import GraphBubbleUp
 from langgraph.func import task
 
 from moa_graph.engine.calls import CallCancelled, CallPolicy
-from moa_graph.engine.events import emit, identity
+from moa_graph.engine.events import aggregator_identity, emit, identity
 from moa_graph.engine.final_answer import TokenWatcher, aggregator_config
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.proposer_call import announce, proposal_record, proposer_config
@@ -32,15 +34,12 @@ from moa_graph.engine.race import LayerRace
 from moa_graph.engine.runner import ModelCall, Steps, WaitFor, drive_async, drive_sync
 from moa_graph.engine.scope import RunScope, sample_seed, seeded
 from moa_graph.engine.staircase import (
+    VLLM_CONTINUATION,
     Board,
     Key,
-    Round,
     Schedule,
     Status,
     Writer,
-    continuing,
-    emit_round,
-    round_config,
     round_messages,
 )
 from moa_graph.errors import ProposalsFailedError
@@ -79,7 +78,6 @@ class StaircaseRun:
         self.scope, self.plan = scope, scope.plan
         options = scope.options
         self.schedule = Schedule(options.staircase or 1, options.staircase_growth)
-        self.run_id: str = state["run_id"]
         self.messages = state["messages"]
         self.config = config
         self.board = Board()
@@ -92,13 +90,6 @@ class StaircaseRun:
         self._reported: set[int] = set()
         self._races: dict[int, LayerRace | None] = {}
 
-    @staticmethod
-    def tasks(propose: Callable[[int, int], Any]) -> Callable[..., Any]:
-        """A proposer as a LangGraph task: its outcome is saved as it ends, so a resumed run
-        pays no finished proposer again. Named ``propose`` like the graph's proposer step; its
-        calls use the task's config, so traces and token streams name that step."""
-        return task(name="propose")(propose)  # type: ignore[arg-type]
-
     # -- the shape ---------------------------------------------------------------------------
 
     @property
@@ -106,15 +97,12 @@ class StaircaseRun:
         """Every proposer of the run, layer by layer, in configured order."""
         return [slot for layer in self.plan.proposer_layers for slot in layer]
 
-    def _sources(self, layer: int) -> list[Key]:
-        """The keys of the references layer ``layer`` reads (the layer before it)."""
-        if layer == 1:
-            return []
-        return [(slot.layer, slot.index) for slot in self.scope.layer(layer - 1)]
-
     def _writer(self, key: Key, budget: int | None, in_chunks: bool) -> Writer:
+        """The writer ``key``, reading the layer before its own (layer 1 reads nothing)."""
+        layer = key[0]
+        sources = [(s.layer, s.index) for s in self.scope.layer(layer - 1)] if layer > 1 else []
         return Writer(key, self.board, self.schedule, self.scope.options.token_counter,
-                      self._sources(key[0]), budget, in_chunks=in_chunks)  # fmt: skip
+                      sources, budget, in_chunks=in_chunks)  # fmt: skip
 
     def _race(self, layer: int) -> LayerRace | None:
         """The race of ``layer``, made by its first proposer; the run owns it to its end."""
@@ -143,21 +131,20 @@ class StaircaseRun:
         emit(self.scope.runtime, moa_event="proposal_started", **model.who)
         status: Status = "answered"
         error: str | None = None
+        conversation = render_tool_turns(self.messages)  # proposers see no tool turns
         try:
             while not writer.done:
-                yield WaitFor(self.board, partial(self._ready, writer, race))
+                yield WaitFor(self.board, lambda: writer.ready() or bool(race and race.stopped))
                 self._stop_if_stopped(race)
-                round_ = self._start_round(model, writer)
-                message = yield self._round_call(
-                    model, writer, round_, render_tool_turns(self.messages),  # no tool turns
-                    race=race, can_retry=self._no_text_since(writer),
-                    on_text=partial(self.board.write, writer.key), stopped=self._aborted,
+                yield from self._round(
+                    model, writer, conversation, race=race, can_retry=self._no_text_since(writer),
+                    on_text=partial(self.board.write, writer.key),
+                    stopped=lambda: self.board.aborted,
                 )  # fmt: skip
-                self._finish_round(model, writer, round_, message)
         except GraphBubbleUp:
             raise
         except Exception as exc:
-            status, error = self._failure_of(exc, race)
+            status, error = self._failure_of(exc)
         return self._ended(slot, writer, status, error, started, race)
 
     def propose_sync(self, layer: int, index: int) -> Proposal:
@@ -168,7 +155,7 @@ class StaircaseRun:
         """``propose`` as the body of a proposer's LangGraph task, under ``ainvoke``."""
         return await drive_async(self.propose(layer, index, get_config()), self.scope.limiter)
 
-    def _failure_of(self, exc: Exception, race: LayerRace | None) -> tuple[Status, str]:
+    def _failure_of(self, exc: Exception) -> tuple[Status, str]:
         """A proposer's end by ``exc``: cut off or failed. When the whole run failed, the
         proposer is not done: its task fails too, so that a resumed run calls it again."""
         if self.failed is not None:
@@ -229,9 +216,6 @@ class StaircaseRun:
             readers = "the aggregator answered" if last else f"layer {layer + 1} answered"
             self.fallback = f"every proposer of layer {layer} failed: {readers} alone"
 
-    def _ready(self, writer: Writer, race: LayerRace | None) -> bool:
-        return writer.ready() or (race is not None and race.stopped)
-
     def _stop_if_stopped(self, race: LayerRace | None) -> None:
         """Between rounds: stop when the run stopped or the layer stopped waiting."""
         if self.board.aborted is not None:
@@ -241,39 +225,39 @@ class StaircaseRun:
 
     # -- rounds ------------------------------------------------------------------------------
 
-    def _start_round(self, model: _Model, writer: Writer) -> Round:
+    def _round(
+        self, model: _Model, writer: Writer, conversation: Sequence[BaseMessage],
+        guard: Callable[[], AbstractContextManager[Any]] = nullcontext, **rules: Any,
+    ) -> Steps[None]:  # fmt: skip
+        """A writer's next round: its call, streamed, with the model bound to the round's limit,
+        its prompt and a traced run of its own (``rules``: how the runner makes it; ``guard``
+        wraps the call), announced as it starts and ends."""
         round_ = writer.next_round()
-        emit_round(self.scope.runtime, "round_started", model.who, round_)
-        return round_
-
-    def _finish_round(
-        self, model: _Model, writer: Writer, round_: Round, message: BaseMessage
-    ) -> None:
-        writer.finish_round(round_, message)
-        emit_round(self.scope.runtime, "round_finished", model.who, round_)
-
-    def _round_call(
-        self, model: _Model, writer: Writer, round_: Round, conversation: Sequence[BaseMessage],
-        **rules: Any,
-    ) -> ModelCall:  # fmt: skip
-        """A round's call, streamed: the model bound to the round's limit, its prompt and its
-        config (``rules``: how the runner makes it)."""
-        runnable = continuing(model.runnable, model.continuation, writer.text)
+        n = round_.number
+        emit(self.scope.runtime, moa_event="round_started", round=n, final=round_.final,
+             **model.who)  # fmt: skip
+        runnable = model.runnable
+        if writer.text and model.continuation == "vllm":  # continue the final assistant message
+            runnable = runnable.bind(extra_body=VLLM_CONTINUATION)
         if round_.max_tokens is not None:
             runnable = runnable.bind(max_tokens=round_.max_tokens)
         if model.priority is not None:
             runnable = runnable.bind(priority=model.priority)
-        if model.seed is not None and round_.number > 1:  # each round draws afresh, reproducibly
-            runnable = runnable.bind(seed=model.seed + ROUND_SEED_STRIDE * (round_.number - 1))
+        if model.seed is not None and n > 1:  # each round draws afresh, reproducibly
+            runnable = runnable.bind(seed=model.seed + ROUND_SEED_STRIDE * (n - 1))
         messages = round_messages(conversation, round_, writer.text, prompt=self.plan.prompt,
                                   system_prompt=model.system_prompt)  # fmt: skip
-        config = round_config(model.config, run_name=model.run_name, tags=[], metadata={},
-                              round_number=round_.number)  # fmt: skip
-        return ModelCall(runnable, messages, config, model.policy, streamed=True,
-                         continuing=bool(writer.text), **rules)  # fmt: skip
-
-    def _aborted(self) -> str | None:
-        return self.board.aborted
+        round_labels = RunnableConfig(
+            run_name=f"{model.run_name} (round {n})", tags=[f"moa:round:{n}"],
+            metadata={"moa_round": n},
+        )  # fmt: skip
+        config = merge_configs(model.config, round_labels)
+        with guard():
+            message = yield ModelCall(runnable, messages, config, model.policy, streamed=True,
+                                      continuing=bool(writer.text), **rules)  # fmt: skip
+        writer.finish_round(round_, message)
+        emit(self.scope.runtime, moa_event="round_finished", round=n, final=round_.final,
+             **model.who)  # fmt: skip
 
     def _no_text_since(self, writer: Writer) -> Callable[[], bool]:
         """A retry is allowed while the round has not written anything (its readers and the
@@ -285,41 +269,26 @@ class StaircaseRun:
 
     def _aggregator_model(self, watcher: TokenWatcher) -> _Model:
         aggregator = self.plan.aggregator
-        runnable = aggregator.model
-        if self.scope.aggregator_kwargs:
-            runnable = runnable.bind(**self.scope.aggregator_kwargs)
-        if self.scope.options.seed is not None:
-            runnable = runnable.bind(seed=self.scope.options.seed)
         config = aggregator_config(self.plan, self.config, {}, [watcher])
-        return _Model(runnable, aggregator.continuation, aggregator.system_prompt, config,
-                      f"aggregator: {aggregator.name}", aggregator.policy,
-                      {"layer": self.plan.layers, "proposer": aggregator.name,
-                       "model": aggregator.model_name}, self.scope.options.seed,
+        return _Model(self.scope.aggregator_model(), aggregator.continuation,
+                      aggregator.system_prompt, config, f"aggregator: {aggregator.name}",
+                      aggregator.policy, aggregator_identity(self.plan), self.scope.options.seed,
                       self.plan.layers if aggregator.takes_turns else None)  # fmt: skip
 
     def aggregate(self) -> Steps[AIMessage]:
         """Write the final answer, round by round, streaming it."""
-        watcher = TokenWatcher()
-        model, writer = self._aggregator_model(watcher), self._aggregator_writer()
+        watcher, aggregator = TokenWatcher(), self.plan.aggregator
+        model = self._aggregator_model(watcher)
+        writer = self._writer((self.plan.layers, 0), aggregator.max_tokens, aggregator.takes_turns)
         emit(self.scope.runtime, moa_event="aggregation_started", **model.who)
         while not writer.done:
             yield WaitFor(self.board, writer.ready)
-            self._raise_if_failed()
-            round_ = self._start_round(model, writer)
-            with self.scope.aggregator_failures():
-                retry = lambda: not watcher.streamed  # noqa: E731  # nothing streamed yet
-                message = yield self._round_call(model, writer, round_, self.messages,
-                                                 can_retry=retry)  # fmt: skip
-            self._finish_round(model, writer, round_, message)
+            if self.failure is not None:
+                raise self.failure
+            yield from self._round(model, writer, self.messages,
+                                   guard=self.scope.aggregator_failures,
+                                   can_retry=lambda: not watcher.streamed)  # fmt: skip
         return self._final(model, writer)
-
-    def _aggregator_writer(self) -> Writer:
-        aggregator = self.plan.aggregator
-        return self._writer((self.plan.layers, 0), aggregator.max_tokens, aggregator.takes_turns)
-
-    def _raise_if_failed(self) -> None:
-        if self.failure is not None:
-            raise self.failure
 
     def _final(self, model: _Model, writer: Writer) -> AIMessage:
         emit(self.scope.runtime, moa_event="aggregation_finished", **model.who)
@@ -341,6 +310,33 @@ class StaircaseRun:
         # The last round's id: LangGraph then knows the answer's tokens were streamed already.
         return AIMessage(writer.text, id=writer.last_id, response_metadata=metadata,
                          usage_metadata=usage)  # fmt: skip
+
+    # -- the run's proposers, as LangGraph tasks ------------------------------------------------
+    # A proposer is a task (``run_sync`` / ``run_async``) so that its outcome is saved as it ends:
+    # a resumed run pays no finished proposer again. Named ``propose`` like the graph's proposer
+    # step; its calls use the task's config, so traces and token streams name that step.
+
+    def watch(self, futures: list[Any]) -> list[Any]:
+        """Publish each proposer's outcome as its task ends (a resumed run's saved proposers
+        answer at once)."""
+        for future in futures:
+            future.add_done_callback(self._published)
+        return futures
+
+    def _published(self, future: Any) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.publish(future.result())
+
+    @contextmanager
+    def stopping(self) -> Iterator[None]:
+        """Around the aggregator's writing: stop every proposer still writing once it ends
+        (the answer is written, or the run failed)."""
+        try:
+            yield
+        except BaseException:
+            self.stop("the run failed", failed=True)
+            raise
+        self.stop("the final answer is written")
 
     def stop(self, reason: str, *, failed: bool = False) -> None:
         """Stop every proposer still writing: the answer is written (they end ``cancelled``), or
@@ -364,37 +360,18 @@ def run_sync(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[s
     """The aggregate step of a staircase run under ``invoke``: start every proposer, write the
     answer, gather the proposals."""
     run = StaircaseRun(scope, state, config)
-    propose = run.tasks(run.propose_sync)
-    futures = [propose(slot.layer, slot.index) for slot in run.slots]
-    for future in futures:  # a resumed run's saved proposers answer at once
-        future.add_done_callback(partial(_published, run))
-    try:
+    propose: Callable[..., Any] = task(name="propose")(run.propose_sync)  # type: ignore[arg-type]
+    futures = run.watch([propose(slot.layer, slot.index) for slot in run.slots])
+    with run.stopping():
         final = drive_sync(run.aggregate(), scope.limiter)
-    except BaseException:
-        run.stop("the run failed", failed=True)
-        raise
-    run.stop("the final answer is written")
-    proposals = [future.result() for future in futures]
-    return {"messages": [final], "proposals": proposals}
+    return {"messages": [final], "proposals": [future.result() for future in futures]}
 
 
 async def run_async(scope: RunScope, state: MoAState, config: RunnableConfig) -> dict[str, Any]:
     """The aggregate step of a staircase run under ``ainvoke``."""
     run = StaircaseRun(scope, state, config)
-    propose = run.tasks(run.propose_async)
-    futures = [asyncio.ensure_future(propose(slot.layer, slot.index)) for slot in run.slots]
-    for future in futures:
-        future.add_done_callback(partial(_published, run))
-    try:
+    propose: Callable[..., Any] = task(name="propose")(run.propose_async)  # type: ignore[arg-type]
+    futures = run.watch([asyncio.ensure_future(propose(s.layer, s.index)) for s in run.slots])
+    with run.stopping():
         final = await drive_async(run.aggregate(), scope.limiter)
-    except BaseException:
-        run.stop("the run failed", failed=True)
-        raise
-    run.stop("the final answer is written")
-    proposals = list(await asyncio.gather(*futures))
-    return {"messages": [final], "proposals": proposals}
-
-
-def _published(run: StaircaseRun, future: Any) -> None:
-    if not future.cancelled() and future.exception() is None:
-        run.publish(future.result())
+    return {"messages": [final], "proposals": list(await asyncio.gather(*futures))}

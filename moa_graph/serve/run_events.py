@@ -32,6 +32,7 @@ from langgraph.types import StreamMode
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from moa_graph.engine.events import aggregator_identity
 from moa_graph.engine.graph import is_answer_token, settle_updates
 from moa_graph.engine.run_choices import run_plan
 from moa_graph.serve.asgi import ClientWatch, body_message, start_message
@@ -111,11 +112,9 @@ def run_shape(plan: MixturePlan) -> dict[str, Any]:
                        for s in layer]}
         for layer in plan.proposer_layers if layer
     ]  # fmt: skip
-    aggregator = plan.aggregator
     return {
         "layers": layers,
-        "aggregator": {"layer": plan.layers, "proposer": aggregator.name,
-                       "model": aggregator.model_name},
+        "aggregator": aggregator_identity(plan),
         "aggregation": plan.strategy.name,
         "staircase": plan.options.staircase,
     }  # fmt: skip
