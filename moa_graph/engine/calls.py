@@ -15,15 +15,14 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from moa_graph.call_policy import CallPolicy, retry_after_seconds, status_code
+from moa_graph.call_policy import CallPolicy, status_code
 from moa_graph.engine.race import LayerRace
 
-__all__ = ["CallPolicy", "retry_after_seconds", "status_code"]  # re-exported from call_policy
+__all__ = ["CallPolicy"]  # re-exported from call_policy
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 PERMANENT_CODES = frozenset({"context_length_exceeded", "invalid_api_key", "model_not_found"})
@@ -104,10 +103,9 @@ async def call_async(
     ``can_retry()`` says no (say, tokens were already streamed); ``CallTimeoutError`` when an
     attempt exceeds ``policy.timeout``; ``CallCancelled`` when the race stopped first.
     """
-    retrying = partial(_retrying, attempt, policy, on_retry, can_retry, continuing)
     # A task of its own, even without a race, so that a cancelled run cancels the call for
     # sure (see cancel_until_done); it starts a loop turn later, nothing next to a model call.
-    task = asyncio.ensure_future(retrying())
+    task = asyncio.ensure_future(_retrying(attempt, policy, on_retry, can_retry, continuing))
     waiters: set[asyncio.Future[Any]] = {task}
     if race is not None:
         loop = asyncio.get_running_loop()
@@ -175,7 +173,7 @@ async def _retrying(
         try:
             return check_answer(await _with_deadline(attempt(), policy.timeout), continuing)
         except Exception as error:
-            await asyncio.sleep(_backoff(policy, attempts, error, can_retry, on_retry, _JITTER))
+            await asyncio.sleep(_backoff(policy, attempts, error, can_retry, on_retry))
 
 
 def call_sync(
@@ -204,7 +202,7 @@ def call_sync(
         except CallCancelled:
             raise
         except Exception as error:
-            delay = _backoff(policy, attempts, error, can_retry, on_retry, _JITTER)
+            delay = _backoff(policy, attempts, error, can_retry, on_retry)
             _sleep_unless_stopped(delay, race, wake)
 
 
@@ -276,13 +274,12 @@ def _backoff(
     error: Exception,
     can_retry: Callable[[], bool],
     on_retry: RetryHook | None,
-    rng: random.Random,
 ) -> float:
     """Seconds to wait before the next attempt (told to ``on_retry``); ``error`` is raised
     again when it is final (retries spent, not transient, or ``can_retry()`` says no)."""
     if attempts > policy.max_retries or not is_transient(error) or not can_retry():
         raise error
-    delay = policy.delay_before(attempts, error, rng)
+    delay = policy.delay_before(attempts, error, _JITTER)
     if on_retry is not None:
         on_retry(attempts, error, delay)
     return delay

@@ -30,8 +30,8 @@ from moa_graph.engine.events import (
 )
 from moa_graph.engine.plan import ProposerSlot
 from moa_graph.engine.race import LayerRace
-from moa_graph.engine.runner import Draw, ModelCall
-from moa_graph.engine.sample_batch import SampleBatch
+from moa_graph.engine.runner import ModelCall
+from moa_graph.engine.sample_batch import Draw, SampleBatch
 from moa_graph.engine.scope import RunScope, proposer_model, sample_seed
 from moa_graph.engine.token_streaming import (
     makes_calls_stream,
@@ -99,16 +99,14 @@ class ProposerCall:
 
     def model_call(self) -> ModelCall:
         """The call to make (once per proposer call; the runner counts its attempts)."""
-        draw = None
-        if self.batch is not None:  # its samples are drawn together, in one request
-            draw = Draw(self.batch, self.slot.index, proposer_model(self.scope.plan, self.slot),
-                        *self._batch_request())  # fmt: skip
+        draw = self._draw() if self.batch is not None else None
         self.call = ModelCall(self.runnable, self.input, self.config, self.slot.policy,
                               race=self.race, on_retry=self.on_retry, draw=draw)  # fmt: skip
         return self.call
 
-    def _batch_request(self) -> tuple[list[BaseMessage], int | None, RunnableConfig]:
-        """The batch's prompt, the seed of its first sample and its traced config."""
+    def _draw(self) -> Draw:
+        """This call's share of the request that draws its batch's samples together: the
+        batch's prompt, the seed of its first sample and its traced config."""
         assert self.batch is not None
         slot, members = self.slot, self.batch.members
         messages = (
@@ -121,7 +119,9 @@ class ProposerCall:
             "run_name": f"proposer {slot.layer}.{first}-{last}: {slot.spec_name} x{len(members)}",
             "metadata": {"moa_batch": list(members)},
         })  # fmt: skip
-        return messages, sample_seed(self.scope.plan, first_slot), config
+        model = proposer_model(self.scope.plan, slot)
+        seed = sample_seed(self.scope.plan, first_slot)
+        return Draw(self.batch, slot.index, model, messages, seed, config)
 
     def on_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         emit(self.runtime, moa_event="proposal_retrying", attempt=attempt, delay_s=delay,
@@ -142,7 +142,7 @@ class ProposerCall:
                 extra["confidence"] = confidence
         elif error is None or isinstance(error, CallCancelled):
             race_reason = self.race.reason if self.race is not None else None
-            reason = error.reason if isinstance(error, CallCancelled) else race_reason
+            reason = error.reason if error is not None else race_reason
             status, failure = "cancelled", f"cancelled: {reason or 'not started'}"
         else:
             status, failure = "failed", self.scope.describe(error)

@@ -45,34 +45,10 @@ from moa_graph.engine.calls import (
 )
 from moa_graph.engine.limits import CallLimiter
 from moa_graph.engine.race import LayerRace
-from moa_graph.engine.sample_batch import SampleBatch, draw_async, draw_sync
+from moa_graph.engine.sample_batch import Draw, drawn_answers
 from moa_graph.engine.staircase import Board
 
 T = TypeVar("T")
-
-
-def _always() -> bool:
-    return True
-
-
-def _ignore(text: str) -> None:
-    """Text nobody reads as it arrives (the answer's tokens reach the user through callbacks)."""
-
-
-def _never() -> str | None:
-    return None
-
-
-@dataclass(frozen=True)
-class Draw:
-    """A call's share of one request that draws the samples of its batch together."""
-
-    batch: SampleBatch
-    index: int
-    model: Runnable[Any, BaseMessage]
-    messages: list[BaseMessage]
-    seed: int | None
-    config: RunnableConfig
 
 
 @dataclass
@@ -86,14 +62,16 @@ class ModelCall:
     race: LayerRace | None = None
     """The layer's race: the call is cut off once the layer stops waiting."""
     on_retry: RetryHook | None = None
-    can_retry: Callable[[], bool] = _always
+    can_retry: Callable[[], bool] = lambda: True
     continuing: bool = False
     """It continues a partial answer: an empty answer means the model had nothing to add."""
     streamed: bool = False
     """Read as a stream, each piece of text handed to ``on_text``, stopping at the next token
     once ``stopped()`` gives a reason."""
-    on_text: Callable[[str], object] = _ignore
-    stopped: Callable[[], str | None] = _never
+    on_text: Callable[[str], object] = lambda text: None
+    """Takes each piece of a streamed answer (by default nobody reads it as it arrives: the
+    answer's tokens reach the user through callbacks)."""
+    stopped: Callable[[], str | None] = lambda: None
     draw: Draw | None = None
     attempts: int = 0
     """Attempts made so far (counted by the runner)."""
@@ -207,15 +185,15 @@ async def _attempt_async(call: ModelCall, limiter: CallLimiter) -> BaseMessage:
 
 
 def _draw_sync(draw: Draw, limiter: CallLimiter) -> list[BaseMessage]:
+    chat, kwargs, traced = draw.request()
     with limiter.sync_slot():
-        n = len(draw.batch.members)
-        return draw_sync(draw.model, draw.messages, n, draw.seed, draw.config)
+        return drawn_answers(chat.generate([draw.messages], **traced, **kwargs))
 
 
 async def _draw_async(draw: Draw, limiter: CallLimiter) -> list[BaseMessage]:
+    chat, kwargs, traced = draw.request()
     async with limiter.async_slot():
-        n = len(draw.batch.members)
-        return await draw_async(draw.model, draw.messages, n, draw.seed, draw.config)
+        return drawn_answers(await chat.agenerate([draw.messages], **traced, **kwargs))
 
 
 class _Merged:

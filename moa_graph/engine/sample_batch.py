@@ -19,6 +19,7 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -171,57 +172,43 @@ def counted_once(answers: list[BaseMessage]) -> list[BaseMessage]:
     return [answers[0], *(a.model_copy(update={"usage_metadata": None}) for a in answers[1:])]
 
 
-def chat_model_of(model: Runnable[Any, BaseMessage]) -> tuple[BaseChatModel, dict[str, Any]]:
-    """The chat model under ``model``'s bindings, and the call arguments they bind.
+@dataclass(frozen=True)
+class Draw:
+    """A call's share of one request that draws the samples of its batch together."""
 
-    Raises:
-        TypeError: when something other than bindings wraps the chat model.
-    """
-    chat, kwargs = unbound(model)
-    if not isinstance(chat, BaseChatModel):
-        raise TypeError(f"{type(chat).__name__} is not a chat model: its samples are drawn apart")
-    return chat, kwargs
+    batch: SampleBatch
+    index: int
+    model: Runnable[Any, BaseMessage]
+    messages: list[BaseMessage]
+    seed: int | None
+    config: RunnableConfig
+
+    def request(self) -> tuple[BaseChatModel, dict[str, Any], dict[str, Any]]:
+        """The chat model under the bindings, the batch's request arguments (``n`` answers, the
+        first drawn with ``seed``) and the traced config as ``generate`` takes them.
+
+        Never streamed: LangChain merges a streamed request's chunks into one answer, whatever
+        their choice (so no ``streaming=True``, nor LangGraph's ``messages`` handler).
+
+        Raises:
+            TypeError: when something other than bindings wraps the chat model.
+        """
+        chat, kwargs = unbound(self.model)
+        if not isinstance(chat, BaseChatModel):
+            raise TypeError(
+                f"{type(chat).__name__} is not a chat model: its samples are drawn apart"
+            )
+        if getattr(chat, "streaming", None) is True:  # a model built to stream every call
+            chat = chat.model_copy(update={"streaming": False})
+        seed = {} if self.seed is None else {"seed": self.seed}
+        config = self.config
+        traced = {"callbacks": without_token_streaming(config.get("callbacks")),
+                  "tags": config.get("tags"), "metadata": config.get("metadata"),
+                  "run_name": config.get("run_name")}  # fmt: skip
+        return chat, {**kwargs, "n": len(self.batch.members), **seed}, traced
 
 
-def _n_answers(
-    model: Runnable[Any, BaseMessage], n: int, seed: int | None
-) -> tuple[BaseChatModel, dict[str, Any]]:
-    """The chat model and the call arguments of a request for ``n`` answers, never streamed:
-    LangChain merges a streamed request's chunks into one answer, whatever their choice."""
-    chat, kwargs = chat_model_of(model)
-    if getattr(chat, "streaming", None) is True:  # a model built to stream every call
-        chat = chat.model_copy(update={"streaming": False})
-    return chat, {**kwargs, "n": n, **({"seed": seed} if seed is not None else {})}
-
-
-def _messages(result: LLMResult) -> list[BaseMessage]:
+def drawn_answers(result: LLMResult) -> list[BaseMessage]:
+    """The answers of a request for several."""
     return [generation.message for generation in result.generations[0]
             if isinstance(generation, ChatGeneration)]  # fmt: skip
-
-
-def _call_arguments(config: RunnableConfig) -> dict[str, Any]:
-    """The traced config as ``generate`` takes it, without the handlers that make it stream
-    (LangGraph's ``stream_mode="messages"``): see ``_n_answers``."""
-    callbacks = without_token_streaming(config.get("callbacks"))
-    return {"callbacks": callbacks, "tags": config.get("tags"),
-            "metadata": config.get("metadata"), "run_name": config.get("run_name")}  # fmt: skip
-
-
-def draw_sync(
-    model: Runnable[Any, BaseMessage], messages: list[BaseMessage], n: int, seed: int | None,
-    config: RunnableConfig,
-) -> list[BaseMessage]:  # fmt: skip
-    """``n`` answers of ``model`` to ``messages`` in one request (the first drawn with ``seed``)."""
-    chat, kwargs = _n_answers(model, n, seed)
-    result: LLMResult = chat.generate([messages], **_call_arguments(config), **kwargs)
-    return _messages(result)
-
-
-async def draw_async(
-    model: Runnable[Any, BaseMessage], messages: list[BaseMessage], n: int, seed: int | None,
-    config: RunnableConfig,
-) -> list[BaseMessage]:  # fmt: skip
-    """The async twin of ``draw_sync``."""
-    chat, kwargs = _n_answers(model, n, seed)
-    result: LLMResult = await chat.agenerate([messages], **_call_arguments(config), **kwargs)
-    return _messages(result)

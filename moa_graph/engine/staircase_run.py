@@ -2,8 +2,8 @@
 
 ``StaircaseRun`` owns the run's ``Board`` and turns every writer's rounds into model calls (with
 the mixture's deadlines, retries, races and call limiter), progress events and traced runs, and
-the proposers' outcomes into ``Proposal`` records. The graph's aggregate step creates it, starts a
-``propose`` task per proposer (``propose_task`` / ``apropose_task``) and writes the aggregator's
+the proposers' outcomes into ``Proposal`` records. The graph's aggregate step (``run_sync`` /
+``run_async``) creates it, starts a ``propose`` task per proposer and writes the aggregator's
 answer itself (see ``moa_graph.engine.staircase`` for how the rounds go).
 """
 

@@ -26,23 +26,20 @@ def makes_calls_stream(callbacks: Any) -> bool:
 
 
 def without_token_streaming(callbacks: Any) -> Any:
-    """A copy of a callback manager without the handlers that make chat models stream.
-
-    LangGraph's ``stream_mode="messages"`` handler makes every model call stream token by
-    token; a proposer whose tokens nobody reads then pays for it on the critical path.
-    """
+    """A copy of a config's callbacks (a manager, a list or none) without the handlers that
+    make chat models stream."""
     if isinstance(callbacks, list):
-        return [h for h in callbacks if not isinstance(h, _StreamingCallbackHandler)]
-    if not isinstance(callbacks, BaseCallbackManager):
-        return callbacks
-    if not makes_calls_stream(callbacks):
+        return _non_streaming(callbacks)
+    if not isinstance(callbacks, BaseCallbackManager) or not makes_calls_stream(callbacks):
         return callbacks
     manager = callbacks.copy()
-    manager.handlers = [h for h in manager.handlers if not isinstance(h, _StreamingCallbackHandler)]
-    manager.inheritable_handlers = [
-        h for h in manager.inheritable_handlers if not isinstance(h, _StreamingCallbackHandler)
-    ]
+    manager.handlers = _non_streaming(manager.handlers)
+    manager.inheritable_handlers = _non_streaming(manager.inheritable_handlers)
     return manager
+
+
+def _non_streaming(handlers: list[BaseCallbackHandler]) -> list[BaseCallbackHandler]:
+    return [h for h in handlers if not isinstance(h, _StreamingCallbackHandler)]
 
 
 def with_handler(callbacks: Any, handler: BaseCallbackHandler) -> BaseCallbackManager:
