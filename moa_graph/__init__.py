@@ -11,11 +11,11 @@ from moa_graph import presets
 from moa_graph.aggregator import create_aggregator
 from moa_graph.chat_model import ChatMixtureOfAgents
 from moa_graph.engine.graph import MoAContext, create_moa_graph
-from moa_graph.engine.strategies.base import Strategy
 from moa_graph.errors import AggregatorError, MoAError, ProposalsFailedError, ThreadInUseError
 from moa_graph.models import ProposerSpec
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT, inject_references
 from moa_graph.state import MoAInput, MoAOutput, MoAState, Proposal
+from moa_graph.strategies.base import Strategy
 from moa_graph.subgraph import as_node
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A mixture's ``aggregation`` setting names the strategy that makes its final answer from the
 last layer's answers; the strategies themselves, one module each, are in
-``moa_graph.engine.strategies``. The pieces here are pure functions they share.
+``moa_graph.strategies``. The pieces here are pure functions they share.
 
 Example:
     >>> count = count_votes(["... so 18.", "The answer is 20", "I get 18"], extract_number)

@@ -52,10 +52,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from moa_graph import strategies
 from moa_graph.answers import EXTRACTORS, Extractor, extractor_name
-from moa_graph.engine import strategies
-from moa_graph.engine.strategies import Strategy
 from moa_graph.prompts import AGGREGATE_AND_SYNTHESIZE_PROMPT
+from moa_graph.strategies import Strategy
 from moa_graph.tokens import TokenCounter, approximate_tokens
 
 TOKEN_COUNTERS: dict[str, TokenCounter] = {"approximate": approximate_tokens}

@@ -93,7 +93,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 def unit(module: str) -> str:
     """The unit ``module`` belongs to: its innermost package below ``moa_graph``, or itself
     when it is a top-level module (``moa_graph.engine.plan`` -> ``moa_graph.engine``,
-    ``moa_graph.engine.strategies.vote`` -> ``moa_graph.engine.strategies``)."""
+    ``moa_graph.strategies.vote`` -> ``moa_graph.strategies``)."""
     parts = module.split(".")
     for end in range(len(parts), 1, -1):
         candidate = PACKAGE.parent.joinpath(*parts[:end])
@@ -143,11 +143,11 @@ def test_no_cycle_between_packages() -> None:
     only: what everything shares (``settings``, ``call_policy``, ``tokens``, ``backend``, the
     strategies and their registry) sits below ``models``, ``aggregator`` and ``engine``."""
     units = unit_graph(import_graph())
-    assert {"moa_graph.engine", "moa_graph.engine.strategies", "moa_graph.settings"} <= set(units)
-    assert unit("moa_graph.engine.strategies.vote") == "moa_graph.engine.strategies"
+    assert {"moa_graph.engine", "moa_graph.strategies", "moa_graph.settings"} <= set(units)
+    assert unit("moa_graph.strategies.vote") == "moa_graph.strategies"
     assert cycle_in(units) is None, "cycle between packages: " + " -> ".join(cycle_in(units) or [])
     below_models = ("moa_graph.settings", "moa_graph.call_policy", "moa_graph.tokens",
-                    "moa_graph.backend", "moa_graph.engine.strategies")  # fmt: skip
+                    "moa_graph.backend", "moa_graph.strategies")  # fmt: skip
     for shared in below_models:
         assert not {"moa_graph.models", "moa_graph.aggregator", "moa_graph.engine"} & set(
             units[shared]
@@ -182,7 +182,7 @@ def test_nothing_outside_testing_imports_testing() -> None:
 
 def test_the_strategies_and_the_settings_sit_below_the_engine_wiring() -> None:
     graph = import_graph()
-    below = ("moa_graph.settings", "moa_graph.engine.strategies")
+    below = ("moa_graph.settings", "moa_graph.strategies")
     for module in below:
         reachable, todo = set(), [module]
         while todo:

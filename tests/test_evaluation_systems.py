@@ -10,7 +10,6 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from moa_graph import ChatMixtureOfAgents
-from moa_graph.engine.strategies.rank import parse_ranker_choice, ranker_messages
 from moa_graph.evaluation.costs import TokenUsage
 from moa_graph.evaluation.datasets import Item
 from moa_graph.evaluation.systems import (
@@ -25,6 +24,7 @@ from moa_graph.evaluation.systems import (
     self_moa,
     single,
 )
+from moa_graph.strategies.rank import parse_ranker_choice, ranker_messages
 from tests.fakes import ScriptedChatModel
 
 TWO_TURNS = Item(id="x/1", turns=("What is 2 + 2?", "And times 3?"))

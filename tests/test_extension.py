@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from moa_graph import ChatMixtureOfAgents, Strategy, create_moa_graph, presets
-from moa_graph.engine import strategies
+from moa_graph import ChatMixtureOfAgents, Strategy, create_moa_graph, presets, strategies
 from moa_graph.settings import SETTINGS, settings_from
 from tests.fakes import ScriptedChatModel
 

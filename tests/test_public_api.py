@@ -41,8 +41,8 @@ def test_all_is_exactly_the_public_api() -> None:
 
 
 DOCUMENTED_MODULES = ["prompts", "state", "models", "engine.plan", "aggregator", "engine.graph"]
-DOCUMENTED_MODULES += ["chat_model", "presets", "answers", "aggregation", "engine.strategies.rank"]
-DOCUMENTED_MODULES += ["settings", "engine.strategies"]
+DOCUMENTED_MODULES += ["chat_model", "presets", "answers", "aggregation", "strategies.rank"]
+DOCUMENTED_MODULES += ["settings", "strategies"]
 
 
 @pytest.mark.parametrize("module", DOCUMENTED_MODULES)

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from moa_graph import ChatMixtureOfAgents, create_moa_graph, presets
+from moa_graph import ChatMixtureOfAgents, create_moa_graph, presets, strategies
 from moa_graph.cli.main import build_mixture, build_parser
 from moa_graph.cli.options import mixture_overrides
-from moa_graph.engine import strategies
 from moa_graph.evaluation.systems import parse_system
 from moa_graph.settings import SETTINGS, MixtureSettings, SettingSpec, per_run_keys
 from tests.fakes import ScriptedChatModel

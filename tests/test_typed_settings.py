@@ -15,8 +15,8 @@ import pytest
 
 from moa_graph import MoAContext, create_moa_graph
 from moa_graph.engine.run_choices import CALL_KEYS, RUN_KEYS
-from moa_graph.engine.strategies import Strategy
 from moa_graph.settings import RUN_CHOICES, SETTINGS, MixtureSettings, MixtureSettingsDict
+from moa_graph.strategies import Strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 

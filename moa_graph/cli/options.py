@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from moa_graph.engine import strategies
+from moa_graph import strategies
 from moa_graph.presets import PRESETS, Recipe, choose_recipe
 from moa_graph.serve.options import ServeOptions
 from moa_graph.settings import SETTINGS, SettingSpec

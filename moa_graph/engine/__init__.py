@@ -9,9 +9,10 @@
 - ``runner``: the one call runner every step's body is driven by (sync and async);
 - ``calls`` (deadlines, retries), ``race`` (straggler cut-off), ``limits``, ``sample_batch``
   (samples drawn in one request), ``shared_by_calls``, ``references`` (token budget),
-  ``events`` (progress events, trace labels), ``token_streaming`` (which calls stream);
-- ``strategies``: one module per aggregation strategy, behind a registry.
+  ``events`` (progress events, trace labels), ``token_streaming`` (which calls stream).
 
-Nothing is imported here, so that importing one part (the strategies' registry, say) does not
+The aggregation strategies it runs are ``moa_graph.strategies``, below it.
+
+Nothing is imported here, so that importing one part (the plan, say) does not
 load the rest.
 """

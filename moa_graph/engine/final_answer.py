@@ -1,6 +1,6 @@
 """The final answer of a run: the strategy's aggregator call(s), or an answer chosen without one.
 
-``FinalAnswer`` runs the run's aggregation strategy (``moa_graph.engine.strategies``): it gives
+``FinalAnswer`` runs the run's aggregation strategy (``moa_graph.strategies``): it gives
 the strategy its steps (``FinalAnswerSteps``: a synthesis, a ranker call, a vote count, a
 reference taken verbatim), hands the graph's aggregate node each model call to make (sync or
 async, with retries) and turns the result into the final message with its metadata. Before any
@@ -19,19 +19,19 @@ from langchain_core.messages import AIMessage, BaseMessage, UsageMetadata
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 
+from moa_graph import strategies
 from moa_graph.aggregation import VoteCount, call_seed, count_votes, shuffled
 from moa_graph.aggregator import bind_aggregator
 from moa_graph.answers import extract_number
-from moa_graph.engine import strategies
 from moa_graph.engine.events import AGGREGATOR_TAG, aggregator_identity, emit
 from moa_graph.engine.plan import MixturePlan
 from moa_graph.engine.runner import ModelCall, Steps
 from moa_graph.engine.scope import RunScope
-from moa_graph.engine.strategies.base import AggregationFlow
-from moa_graph.engine.strategies.rank import instruction_text
 from moa_graph.prompts import with_system_prompt
 from moa_graph.redact import redacting_callbacks
 from moa_graph.state import MoAState
+from moa_graph.strategies.base import AggregationFlow
+from moa_graph.strategies.rank import instruction_text
 from moa_graph.tokens import sum_usage
 
 FALLBACK_STRATEGY = "synthesize_with_votes"

@@ -28,10 +28,10 @@ from typing_extensions import TypedDict, Unpack
 from moa_graph.engine.nodes import AGGREGATE, COLLECT, PREPARE, PROPOSE, MixtureNodes
 from moa_graph.engine.plan import MixturePlan, build_plan
 from moa_graph.engine.scope import Mixture
-from moa_graph.engine.strategies import Strategy
 from moa_graph.models import ModelLike
 from moa_graph.settings import SETTINGS, MixtureSettingsDict, settings_from, settings_help
 from moa_graph.state import MoAInput, MoAOutput, MoAState, Proposal, merge_proposals
+from moa_graph.strategies import Strategy
 
 __all__ = ["MoAContext", "build_graph", "create_moa_graph", "is_answer_token", "settle_updates"]
 

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field, fields
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
 
+from moa_graph import strategies
 from moa_graph.answers import Extractor, get_extractor
-from moa_graph.engine import strategies
 from moa_graph.engine.calls import CallPolicy
 from moa_graph.engine.race import RaceRules
-from moa_graph.engine.strategies import Strategy
 from moa_graph.models import (
     ChatRunnable,
     Continuation,
@@ -23,6 +22,7 @@ from moa_graph.models import (
 )
 from moa_graph.redact import held_secrets
 from moa_graph.settings import DEFAULTS, MixtureSettings
+from moa_graph.strategies import Strategy
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 
 from moa_graph.chat_model import ChatMixtureOfAgents
-from moa_graph.engine.strategies.rank import instruction_text, parse_ranker_choice, ranker_messages
 from moa_graph.evaluation.call_cache import timing_calls
 from moa_graph.evaluation.costs import TokenUsage, UsageByModel, add_usage, merge_usage
 from moa_graph.evaluation.datasets import Item
@@ -40,6 +39,7 @@ from moa_graph.models import ModelLike, resolve_model
 from moa_graph.presets import PRESETS, Recipe, get_preset
 from moa_graph.presets import self_moa as self_moa_recipe
 from moa_graph.settings import DEFAULTS, SETTINGS, MixtureSettings, suggestion
+from moa_graph.strategies.rank import instruction_text, parse_ranker_choice, ranker_messages
 
 
 @dataclass(frozen=True)

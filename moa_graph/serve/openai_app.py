@@ -46,8 +46,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from moa_graph import strategies
 from moa_graph.chat_model import THREAD_KWARG, ChatMixtureOfAgents
-from moa_graph.engine import strategies
 from moa_graph.errors import MoAError, ThreadInUseError
 from moa_graph.redact import redact
 from moa_graph.serve import openai_wire

@@ -6,7 +6,7 @@ The note after the references counts the final answers the references state (rea
 
 from __future__ import annotations
 
-from moa_graph.engine.strategies.synthesize import Synthesize
+from moa_graph.strategies.synthesize import Synthesize
 
 
 class SynthesizeWithVotes(Synthesize):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from langchain_core.messages import BaseMessage
 
 from moa_graph.aggregation import windows
-from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
+from moa_graph.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
 
 
 class Synthesize(Strategy):

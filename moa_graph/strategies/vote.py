@@ -9,7 +9,7 @@ beside its vote; it does not change the count (``weighted_vote`` weighs by it).
 
 from __future__ import annotations
 
-from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
+from moa_graph.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
 
 
 class Vote(Strategy):

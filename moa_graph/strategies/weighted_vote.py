@@ -12,7 +12,7 @@ confidence, or the weights tie, the aggregator decides as in ``vote``.
 from __future__ import annotations
 
 from moa_graph.confidence import clear_winner, weighted_votes
-from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
+from moa_graph.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
 
 
 class WeightedVote(Strategy):

@@ -26,7 +26,7 @@ import warnings
 from functools import cache
 from importlib.metadata import entry_points
 
-from moa_graph.engine.strategies.base import Strategy
+from moa_graph.strategies.base import Strategy
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -62,7 +62,7 @@ class Strategy:
     Give an instance as ``aggregation=`` (``ChatMixtureOfAgents``, ``create_moa_graph``,
     recipes, a run's context), declare one in the ``moa_graph.strategies`` entry points of your
     distribution to make its name valid everywhere, or, inside the package, add a module to
-    ``moa_graph.engine.strategies`` with a module-level ``STRATEGY`` instance.
+    ``moa_graph.strategies`` with a module-level ``STRATEGY`` instance.
 
     Example:
         >>> class Longest(Strategy):

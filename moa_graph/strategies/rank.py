@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from moa_graph.engine.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
+from moa_graph.strategies.base import AggregationFlow, FinalAnswerSteps, Strategy
 
 RANKER_SYSTEM_PROMPT = (
     "You are a highly efficient assistant, who evaluates and selects the best large language "
