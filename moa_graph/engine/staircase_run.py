@@ -131,8 +131,8 @@ class StaircaseRun:
         emit(self.scope.runtime, moa_event="proposal_started", **model.who)
         status: Status = "answered"
         error: str | None = None
-        conversation = render_tool_turns(self.messages)  # proposers see no tool turns
         try:
+            conversation = render_tool_turns(self.messages)  # proposers see no tool turns
             while not writer.done:
                 yield WaitFor(self.board, lambda: writer.ready() or bool(race and race.stopped))
                 self._stop_if_stopped(race)
@@ -231,30 +231,31 @@ class StaircaseRun:
     ) -> Steps[None]:  # fmt: skip
         """A writer's next round: its call, streamed, with the model bound to the round's limit,
         its prompt and a traced run of its own (``rules``: how the runner makes it; ``guard``
-        wraps the call), announced as it starts and ends."""
+        wraps building and making it), announced as it starts and ends."""
         round_ = writer.next_round()
         n = round_.number
         emit(self.scope.runtime, moa_event="round_started", round=n, final=round_.final,
              **model.who)  # fmt: skip
-        runnable = model.runnable
-        if writer.text and model.continuation == "vllm":  # continue the final assistant message
-            runnable = runnable.bind(extra_body=VLLM_CONTINUATION)
-        if round_.max_tokens is not None:
-            runnable = runnable.bind(max_tokens=round_.max_tokens)
-        if model.priority is not None:
-            runnable = runnable.bind(priority=model.priority)
-        if model.seed is not None and n > 1:  # each round draws afresh, reproducibly
-            runnable = runnable.bind(seed=model.seed + ROUND_SEED_STRIDE * (n - 1))
-        messages = round_messages(conversation, round_, writer.text, prompt=self.plan.prompt,
-                                  system_prompt=model.system_prompt)  # fmt: skip
-        round_labels = RunnableConfig(
-            run_name=f"{model.run_name} (round {n})", tags=[f"moa:round:{n}"],
-            metadata={"moa_round": n},
-        )  # fmt: skip
-        config = merge_configs(model.config, round_labels)
-        with guard():
-            message = yield ModelCall(runnable, messages, config, model.policy, streamed=True,
-                                      continuing=bool(writer.text), **rules)  # fmt: skip
+        with guard():  # building the call too, as a failure of the model
+            runnable = model.runnable
+            if writer.text and model.continuation == "vllm":  # continue the final assistant message
+                runnable = runnable.bind(extra_body=VLLM_CONTINUATION)
+            if round_.max_tokens is not None:
+                runnable = runnable.bind(max_tokens=round_.max_tokens)
+            if model.priority is not None:
+                runnable = runnable.bind(priority=model.priority)
+            if model.seed is not None and n > 1:  # each round draws afresh, reproducibly
+                runnable = runnable.bind(seed=model.seed + ROUND_SEED_STRIDE * (n - 1))
+            messages = round_messages(conversation, round_, writer.text, prompt=self.plan.prompt,
+                                      system_prompt=model.system_prompt)  # fmt: skip
+            round_labels = RunnableConfig(
+                run_name=f"{model.run_name} (round {n})", tags=[f"moa:round:{n}"],
+                metadata={"moa_round": n},
+            )  # fmt: skip
+            config = merge_configs(model.config, round_labels)
+            message = yield ModelCall(runnable, messages, config, model.policy,
+                                      streamed=True, continuing=bool(writer.text),
+                                      **rules)  # fmt: skip
         writer.finish_round(round_, message)
         emit(self.scope.runtime, moa_event="round_finished", round=n, final=round_.final,
              **model.who)  # fmt: skip
