@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
+from langgraph.checkpoint.memory import InMemorySaver
 
 from moa_graph import ChatMixtureOfAgents, ProposerSpec, create_moa_graph, inject_references
+from moa_graph.errors import AggregatorError
 from tests.fakes import ScriptedChatModel
 
 QUESTION = {"messages": [HumanMessage("Why?")]}
@@ -174,6 +176,25 @@ def test_a_run_cannot_redirect_the_aggregator_call(key: str) -> None:
         graph.invoke({"messages": [("user", "q")]},
                      context={"aggregator_kwargs": {key: "http://elsewhere"}})  # fmt: skip
     assert aggregator.calls == []
+
+
+@pytest.mark.parametrize("staircase", [None, 4])
+def test_a_resumed_run_cannot_redirect_the_aggregator_call(staircase: int | None) -> None:
+    """Resuming skips ``prepare``, so the aggregator's call checks the run's arguments again."""
+    aggregator = ScriptedChatModel(reply="final", error=RuntimeError("down"))
+    proposer = ScriptedChatModel(reply="p")
+    graph = create_moa_graph(
+        [proposer], aggregator=ProposerSpec(model=aggregator, continuation="prefill"), layers=2,
+        staircase=staircase,
+    ).compile(checkpointer=InMemorySaver())  # fmt: skip
+    config = {"configurable": {"thread_id": "t"}}
+    with pytest.raises(AggregatorError):
+        graph.invoke({"messages": [("user", "q")]}, config)
+    aggregator.error, calls = None, len(aggregator.calls)
+    with pytest.raises(ValueError, match="aggregator_kwargs: 'base_url' is not allowed"):
+        graph.invoke(None, config, context={"aggregator_kwargs": {"base_url": "http://x"}})
+    assert len(aggregator.calls) == calls
+    assert graph.invoke(None, config)["messages"][-1].content == "final"
 
 
 def test_stop_and_tools_pass_to_the_aggregator() -> None:
