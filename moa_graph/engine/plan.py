@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
@@ -301,20 +301,22 @@ def _is_layer_list(entry: object) -> bool:
 
 
 def _slots_for(resolved: ResolvedModel, layer: int, *, first_index: int) -> list[ProposerSlot]:
-    # a slot carries its model's fields of the same name
-    shared = {
-        f.name: getattr(resolved, f.name)
-        for f in fields(ProposerSlot)
-        if f.name != "name" and hasattr(resolved, f.name)
-    }
     return [
         ProposerSlot(
             layer=layer,
             index=first_index + sample,
             name=resolved.name if resolved.samples == 1 else f"{resolved.name} #{sample + 1}",
             spec_name=resolved.name,
+            model_name=resolved.model_name,
+            model=resolved.model,
+            system_prompt=resolved.system_prompt,
+            policy=resolved.policy,
             sample=sample,
-            **shared,
+            continuation=resolved.continuation,
+            max_tokens=resolved.max_tokens,
+            takes_turns=resolved.takes_turns,
+            samples_in_one_request=resolved.samples_in_one_request,
+            samples_per_request=resolved.samples_per_request,
         )
         for sample in range(resolved.samples)
     ]

@@ -298,16 +298,22 @@ def latest_layer(proposals: Sequence[Proposal]) -> int:
 
 
 def _runnables(plan: MixturePlan) -> Runnables:
-    """Each proposer call's runnable: its seeded model, behind the prompt that injects the
-    references from layer 2 on."""
     return {
-        (slot.layer, slot.index): seeded(plan, slot) if slot.layer == 1 else bind_aggregator(
-            seeded(plan, slot), prompt=plan.prompt, system_prompt=slot.system_prompt,
-            name=run_name(slot),
-        )
+        (slot.layer, slot.index): _runnable_for(plan, slot)
         for layer in plan.proposer_layers
         for slot in layer
-    }  # fmt: skip
+    }
+
+
+def _runnable_for(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:
+    """A proposer call's runnable: its seeded model, behind the prompt that injects the
+    references from layer 2 on."""
+    model = seeded(plan, slot)
+    if slot.layer == 1:
+        return model
+    return bind_aggregator(
+        model, prompt=plan.prompt, system_prompt=slot.system_prompt, name=run_name(slot)
+    )
 
 
 def proposer_model(plan: MixturePlan, slot: ProposerSlot) -> Runnable[Any, BaseMessage]:

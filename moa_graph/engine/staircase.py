@@ -256,13 +256,18 @@ class Writer:
         for key in self.shown:
             entry = entries[key]
             part = cut_to_tokens(entry.text, shown_tokens, self.count)
-            more = len(part) < len(entry.text.rstrip()) or not entry.ended
-            whole = whole and not more
-            mark = MORE_MARK if more else "" if entry.status == "answered" else STOPPED_MARK
-            references.append(part.strip() + mark)
+            if len(part) < len(entry.text.rstrip()) or not entry.ended:
+                references.append(part.strip() + MORE_MARK)
+                whole = False
+            elif entry.status != "answered":
+                references.append(part.strip() + STOPPED_MARK)
+            else:
+                references.append(part.strip())
         remaining = None if self.budget is None else max(self.budget - self.tokens, 1)
-        # a whole last round writes to the end; any other writes a chunk (``remaining`` >= 1)
-        limit = remaining if whole and not self.in_chunks else min(chunk, remaining or chunk)
+        if whole and not self.in_chunks:
+            limit = remaining
+        else:
+            limit = chunk if remaining is None else min(chunk, remaining)
         return Round(number, references, limit, whole)
 
     def finish_round(self, round_: Round, message: BaseMessage) -> None:
