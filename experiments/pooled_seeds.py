@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     extractor = EXTRACTORS.get(dataset.metric)
     cache = ResultCache(args.folder / "cache.jsonl")
     right: dict[str, dict[str, list[bool]]] = {}
+    texts: dict[str, dict[str, list[str]]] = {}
     costs: dict[str, tuple[float, float | None]] = {}
     for spec in args.systems:
         answers = []
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         right[name] = {item.id: [_right(dataset.metric, item, seed[item.id]) for seed in answers]
                        for item in dataset.items}  # fmt: skip
+        texts[name] = {item.id: [seed[item.id]["turns"][-1] for seed in answers]
+                       for item in dataset.items}  # fmt: skip
         everything = [seed[item.id] for seed in answers for item in dataset.items]
         timed = [a["model_s"] for a in everything if a.get("model_s") is not None]
         costs[name] = (fmean(a["calls"] for a in everything), fmean(timed) if timed else None)
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     single_names = [parse_system(s, max_tokens=args.max_tokens).name for s in singles]
     best = max(single_names, key=lambda n: pooled_accuracy(right[n]).value)
     print(_tables(right, costs, best, args.seeds, len(dataset.items)))
+    if len(args.seeds) > 1:
+        print(_between_seeds(right, texts))
     return 0
 
 
@@ -117,6 +122,22 @@ def _tables(
                              pooled.p_value))  # fmt: skip
         paired.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows + paired)
+
+
+def _between_seeds(
+    right: dict[str, dict[str, list[bool]]], texts: dict[str, dict[str, list[str]]]
+) -> str:
+    """How often a system's answer to an item changes with the seed: its text, and whether it
+    is right. (A greedy model's text changes too: llama.cpp's prompt cache and batching change
+    the order of floating-point operations, which decides near ties.)"""
+    rows = ["\nBetween the seeds (items whose final answer's text differs, and whose right / "
+            "wrong differs):\n", "| system | texts differ | right / wrong differs |",
+            "|---|---|---|"]  # fmt: skip
+    for name, results in right.items():
+        changed = sum(len(set(seeds)) > 1 for seeds in texts[name].values())
+        flipped = sum(len(set(seeds)) > 1 for seeds in results.values())
+        rows.append(f"| {name} | {changed} | {flipped} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

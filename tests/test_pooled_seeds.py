@@ -23,7 +23,7 @@ def fill(folder: Path, data: Path, right: dict[tuple[str, int], set[int]]) -> No
     for (spec, seed), good in right.items():
         system = parse_system(spec, max_tokens=320, seed=seed, answer_extractor="number")
         for n, item in enumerate(dataset.items):
-            text = "The answer is 9." if n in good else "The answer is 7."
+            text = "The answer is 9." if n in good else f"The answer is {10 * seed + 7}."
             cache.put("answer", (system.key, item.id),
                       {"turns": [text], "usage": {}, "wall_s": 1.0, "calls": 3 if "vote" in spec
                        else 1, "model_s": 2.0})  # fmt: skip
@@ -49,6 +49,10 @@ def test_each_seed_and_both_pooled_against_the_best_single_model(
     # seed 1: 4 wins, 0 losses (McNemar p = 0.125); seed 2: 4 / 0; pooled: 8 / 0 over 6 items,
     # every item with a win but item 0 -> signs of 5 items: p = 2 / 32
     assert "4 / 0, p = 0.12" in vote_row and "8 / 0, p = 0.062" in vote_row
+    # the single model's wrong answers read differently under each seed (items 1 to 5), its
+    # right / wrong changes on item 1 only; the vote changes on item 5, both ways
+    between = out.split("Between the seeds", 1)[1]
+    assert "| smollm2-135m | 5 | 1 |" in between and "| vote | 1 | 1 |" in between
 
 
 def test_missing_answers_are_reported_not_pooled(
