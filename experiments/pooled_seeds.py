@@ -11,7 +11,7 @@ seed: accuracy with its Wilson interval, and the exact McNemar test against the 
 model. Pooled over the seeds: accuracy with an interval that resamples items (an item's draws
 move together), and the exact sign-flip test over items (``moa_graph.evaluation.pooled``).
 Calls and model seconds are means per answered item; "best single model" is the single model
-with the highest pooled accuracy.
+with the highest pooled accuracy. Last, how many items' answers change between the seeds.
 """
 
 from __future__ import annotations
