@@ -50,7 +50,7 @@ def test_each_seed_and_both_pooled_against_the_best_single_model(
     # every item with a win but item 0 -> signs of 5 items: p = 2 / 32
     assert "4 / 0, p = 0.12" in vote_row and "8 / 0, p = 0.062" in vote_row
     # the single model's wrong answers read differently under each seed (items 1 to 5), its
-    # right / wrong changes on item 1 only; the vote changes on item 5, both ways
+    # right / wrong changes on item 1 only; the vote's text and right / wrong change on item 5
     between = out.split("Between the seeds", 1)[1]
     assert "| smollm2-135m | 5 | 1 |" in between and "| vote | 1 | 1 |" in between
 
