@@ -172,6 +172,26 @@ def test_a_layer_below_quorum_fails_the_run(server: OpenAICompatibleServer) -> N
         mixture(server, min_proposals=2).invoke(QUESTION)
 
 
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_proposers_still_writing_when_the_answer_is_written_end_cancelled_not_failed(
+    server: OpenAICompatibleServer, mode: str
+) -> None:
+    """A short answer written while both proposer layers still write: every proposer is cut off,
+    and no layer is then judged below quorum (that once failed the finished run)."""
+    for name in ("p1", "p2", "p3"):
+        server.set_script(name, ModelScript(reply=words(name), per_token=0.2))
+    server.set_script("agg", ModelScript(reply=words("agg", 2)))
+    moa = mixture(server, layers=3)
+    answer = moa.invoke(QUESTION) if mode == "invoke" else asyncio.run(moa.ainvoke(QUESTION))
+    assert answer.content == words("agg", 2)
+    proposals = answer.response_metadata["proposals"]
+    assert sorted(p["layer"] for p in proposals) == [1, 1, 1, 2, 2, 2]
+    assert {(p["status"], p["error"]) for p in proposals} == {
+        ("cancelled", "cancelled: the final answer is written")
+    }
+    assert "moa_fallback" not in answer.response_metadata
+
+
 def test_a_resumed_run_pays_no_finished_proposer_again(server: OpenAICompatibleServer) -> None:
     failing = {"round": 5}  # the aggregator fails in its last round, once every proposer ended
 

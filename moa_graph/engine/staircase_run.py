@@ -86,6 +86,8 @@ class StaircaseRun:
         self.fallback: str | None = None  # why the aggregator went on below quorum
         self.failed: str | None = None
         """Why the run failed, once it did."""
+        self.answered = False
+        """Whether the final answer is written: what its proposers left undone no longer counts."""
         self._lock = threading.Lock()
         self._reported: set[int] = set()
         self._races: dict[int, LayerRace | None] = {}
@@ -200,6 +202,8 @@ class StaircaseRun:
             self._reported.add(layer)
         proposals = [record for record in records if record is not None]
         self.scope.layer_done(layer, proposals)
+        if self.answered:  # cut off by the written answer: no quorum to meet any more
+            return
         try:
             if self.scope.quorum_met(layer, proposals):
                 return
@@ -344,6 +348,8 @@ class StaircaseRun:
         the run ``failed`` (their tasks fail, to be called again when the run resumes)."""
         if failed and self.failed is None:
             self.failed = reason
+        elif not failed:
+            self.answered = True
         if self.board.aborted is None:
             self.board.abort(reason)
 
