@@ -280,6 +280,26 @@ def test_a_shared_call_cache_makes_each_identical_call_once(tmp_path: Path) -> N
     assert alone.model_s >= 0.2 and mixture.model_s >= 0.6 and voted.model_s >= 0.6
 
 
+def test_a_call_in_flight_when_the_experiment_stops_keeps_its_answer(tmp_path: Path) -> None:
+    """An interrupted experiment closes its call cache while a proposer's call still runs: the
+    call's answer is stored as it ends (once no call is in flight, the store closes)."""
+    import sqlite3
+
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration
+
+    from moa_graph.evaluation.call_cache import CallCache
+
+    cache = CallCache(tmp_path / "calls.sqlite")
+    assert cache.lookup("2 + 2?", "model") is None  # the call starts...
+    cache.close()  # ...the experiment stops...
+    cache.update("2 + 2?", "model", [ChatGeneration(message=AIMessage("4"))])  # ...it ends
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        len(cache)  # closed once nothing was in flight
+    served = CallCache(tmp_path / "calls.sqlite").lookup("2 + 2?", "model")
+    assert served is not None and served[0].text == "4"  # the rerun pays nothing for it
+
+
 def test_call_cache_times_calls_and_marks_calls_cached_before_timing_unknown(
     tmp_path: Path,
 ) -> None:

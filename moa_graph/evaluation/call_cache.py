@@ -158,7 +158,8 @@ class CallCache(BaseCache):
             self.path = Path(path)
             self._calls = _SqliteCalls(self.path)
         self._lock = threading.Lock()
-        self._started: dict[tuple[str, str], float] = {}
+        self._started: dict[tuple[str, str], float] = {}  # the calls in flight: when they missed
+        self._closing = False
         self.hits = 0
         self.misses = 0
 
@@ -194,6 +195,8 @@ class CallCache(BaseCache):
         with self._lock:
             seconds = _call_seconds(return_val, self._started.pop(key, None))
             self._calls.store(key, dumps(list(return_val)), seconds)
+            if self._closing and not self._started:
+                self._calls.close()
         _count(seconds, return_val)
 
     def clear(self, **kwargs: Any) -> None:
@@ -201,8 +204,13 @@ class CallCache(BaseCache):
             self._calls.clear()
 
     def close(self) -> None:
+        """Close the store, once no call is in flight: a call still running when an
+        experiment is interrupted keeps its answer as it ends, so a rerun pays nothing again.
+        (A call that failed leaves its store open until the process ends.)"""
         with self._lock:
-            self._calls.close()
+            self._closing = True
+            if not self._started:
+                self._calls.close()
 
 
 class _CallRows:

@@ -200,7 +200,11 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         print(f"moa-graph eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\nmoa-graph eval: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            "\nmoa-graph eval: interrupted; model calls under way end first and keep their "
+            "answers; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 
