@@ -86,8 +86,6 @@ class StaircaseRun:
         self.fallback: str | None = None  # why the aggregator went on below quorum
         self.failed: str | None = None
         """Why the run failed, once it did."""
-        self.answered = False
-        """Whether the final answer is written: what its proposers left undone no longer counts."""
         self._lock = threading.Lock()
         self._reported: set[int] = set()
         self._races: dict[int, LayerRace | None] = {}
@@ -343,13 +341,17 @@ class StaircaseRun:
             raise
         self.stop("the final answer is written")
 
+    @property
+    def answered(self) -> bool:
+        """Whether the final answer is written (the run stopped without failing): what its
+        proposers left undone no longer counts."""
+        return self.board.aborted is not None and self.failed is None
+
     def stop(self, reason: str, *, failed: bool = False) -> None:
         """Stop every proposer still writing: the answer is written (they end ``cancelled``), or
         the run ``failed`` (their tasks fail, to be called again when the run resumes)."""
         if failed and self.failed is None:
             self.failed = reason
-        elif not failed:
-            self.answered = True
         if self.board.aborted is None:
             self.board.abort(reason)
 
